@@ -1,0 +1,3 @@
+"""recsearch: hyperparameter search for recommender models on Ray."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from recsearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,232 @@
+"""The contract every recommender implements, and the registry of model families.
+
+A model is built from plain hyperparameters, ``prepare``d on a training dataset (which builds
+its untrained parameters), then fitted: closed-form models (KNN, EASE, popularity) in one
+``fit_prepared`` call, gradient models one ``train_epoch`` at a time so that the caller can
+evaluate, report, checkpoint and stop between epochs.
+
+A saved model is a self-describing directory::
+
+    model.json    family, hyperparameters, format version, free-form metadata (metrics, sweep)
+    weights.pt    the model's state: a dict of tensors, read with torch.load(weights_only=True)
+    data/         the training dataset (id maps, features, titles, seen items), no pickles
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from recsearch.data.dataset import Dataset
+from recsearch.ranking import SeenItems
+from recsearch.runtime import resolve_device
+
+FORMAT_VERSION = 1
+MODELS: dict[str, type[Recommender]] = {}
+
+
+def register(family: str):
+    """Class decorator: make a model loadable by its family name."""
+
+    def add(cls: type[Recommender]) -> type[Recommender]:
+        if family in MODELS:
+            raise ValueError(f"model family {family!r} registered twice")
+        cls.family = family
+        MODELS[family] = cls
+        return cls
+
+    return add
+
+
+def model_class(family: str) -> type[Recommender]:
+    import recsearch.models  # noqa: F401  (fills the registry)
+
+    try:
+        return MODELS[family]
+    except KeyError:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(sorted(MODELS))}") from None
+
+
+class UnsupportedOperation(ValueError):
+    """Asked a model for something its family cannot do (e.g. ratings from a ranking model)."""
+
+
+class Recommender(ABC):
+    family: ClassVar[str] = ""
+    tasks: ClassVar[tuple[str, ...]] = ("ranking",)  # "ranking" and/or "rating"
+    iterative: ClassVar[bool] = False  # trained by gradient, epoch by epoch
+    scores_history: ClassVar[bool] = False  # can score a raw list of recent items natively
+
+    def __init__(self, *, seed: int = 0, device: str = "auto", **hparams: Any):
+        self.hparams: dict[str, Any] = dict(hparams)
+        self.seed = int(seed)
+        self.device = resolve_device(device)
+        self.train_data: Dataset | None = None
+        self.metadata: dict[str, Any] = {}
+
+    # -- fitting --------------------------------------------------------------------------
+    def prepare(self, train: Dataset) -> None:
+        """Attach the training data and build untrained parameters. Subclasses extend it."""
+        self.train_data = train
+        self.seen = SeenItems.from_matrix(train.matrix(), self.device)
+
+    def fit(self, train: Dataset, epochs: int | None = None) -> Recommender:
+        """Fit in one call (library use); the training loop drives the steps itself."""
+        self.prepare(train)
+        self.fit_prepared(epochs)
+        return self
+
+    @abstractmethod
+    def fit_prepared(self, epochs: int | None = None) -> None:
+        """Closed-form models: the whole fit. Iterative models: ``epochs`` training epochs."""
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """Everything learned, as a (nested) dict of tensors and plain values."""
+
+    @abstractmethod
+    def load_state(self, state: dict[str, Any]) -> None: ...
+
+    # -- inference ------------------------------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return self._require_data().n_users
+
+    @property
+    def n_items(self) -> int:
+        return self._require_data().n_items
+
+    def score(self, users) -> torch.Tensor:
+        """Scores over all items for a batch of contiguous user ids: float tensor (b, n_items)."""
+        users = self._check_ids(users, self.n_users, "user")
+        with torch.no_grad():
+            return self._score(users)
+
+    @abstractmethod
+    def _score(self, users: torch.Tensor) -> torch.Tensor: ...
+
+    def recommend(self, users, k: int, exclude_seen: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` (item ids, scores) per user, best first; ``k`` above the catalogue is capped.
+        With ``exclude_seen`` the user's training items never appear (rows may then hold fewer
+        than ``k`` real items: those slots carry score ``-inf``)."""
+        if not isinstance(k, (int, np.integer)) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        users = self._check_ids(users, self.n_users, "user")
+        scores = self.score(users)
+        if exclude_seen:
+            self.seen.mask(scores, users)
+        top = torch.topk(scores, min(int(k), self.n_items), dim=1)
+        return top.indices, top.values
+
+    def predict(self, users, items) -> torch.Tensor:
+        """Predicted ratings for (user, item) pairs; only for families that model ratings."""
+        if "rating" not in self.tasks:
+            raise UnsupportedOperation(f"model family {self.family!r} ranks items and does not predict ratings")
+        users = self._check_ids(users, self.n_users, "user")
+        items = self._check_ids(items, self.n_items, "item")
+        if users.shape != items.shape:
+            raise ValueError(f"users and items must have the same shape, got {tuple(users.shape)} and {tuple(items.shape)}")
+        with torch.no_grad():
+            return self._predict(users, items)
+
+    def _predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        raise UnsupportedOperation(f"model family {self.family!r} does not predict ratings")
+
+    def score_history(self, histories: list[list[int]]) -> torch.Tensor:
+        """Scores for users known only by their recent items (oldest first); native for
+        sequential models, others raise and the caller falls back to item similarity."""
+        raise UnsupportedOperation(f"model family {self.family!r} cannot score a list of recent items")
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._require_data().save(directory / "data")
+        torch.save(_to_cpu(self.state()), directory / "weights.pt")
+        self.metadata.update(metadata or {})
+        description = {
+            "format": FORMAT_VERSION,
+            "family": self.family,
+            "tasks": list(self.tasks),
+            "hparams": self.hparams,
+            "seed": self.seed,
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "metadata": self.metadata,
+        }
+        (directory / "model.json").write_text(json.dumps(description, indent=2, default=_json_default))
+        return directory
+
+    @staticmethod
+    def load(directory: str | Path, device: str = "auto") -> Recommender:
+        directory = Path(directory)
+        path = directory / "model.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} is not a model directory: it has no model.json")
+        description = json.loads(path.read_text())
+        if description.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: model format {description.get('format')!r}, this version reads {FORMAT_VERSION}")
+        model = model_class(description["family"])(seed=description["seed"], device=device, **description["hparams"])
+        model.prepare(Dataset.load(directory / "data"))
+        state = torch.load(directory / "weights.pt", map_location=model.device, weights_only=True)
+        model.load_state(state)
+        model.metadata = description.get("metadata", {})
+        return model
+
+    # -- helpers --------------------------------------------------------------------------
+    def _require_data(self) -> Dataset:
+        if self.train_data is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or prepare() first")
+        return self.train_data
+
+    def _check_ids(self, ids, upper: int, what: str) -> torch.Tensor:
+        ids = torch.as_tensor(ids, device=self.device)
+        if ids.dim() != 1:
+            raise ValueError(f"{what} ids must be a 1-d sequence, got shape {tuple(ids.shape)}")
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise ValueError(f"{what} ids must be integers, got {ids.dtype}")
+        ids = ids.long()
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
+            bad = int(ids[(ids < 0) | (ids >= upper)][0])
+            raise ValueError(f"unknown {what} id {bad}: the model knows {what}s 0..{upper - 1}")
+        return ids
+
+
+class IterativeRecommender(Recommender):
+    """A model trained by gradient, one epoch per ``train_epoch`` call."""
+
+    iterative = True
+    default_epochs: ClassVar[int] = 20
+
+    def fit_prepared(self, epochs: int | None = None) -> None:
+        for _ in range(epochs or self.default_epochs):
+            self.train_epoch()
+
+    @abstractmethod
+    def train_epoch(self) -> float:
+        """One pass over the training data; returns the mean training loss."""
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,45 @@
+"""Process-level set-up shared by training, sweeps and serving: device, threads, seeds."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, otherwise the CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was asked for but CUDA is not available on this machine")
+    return device
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: Ray's per-trial allocation when inside a Ray worker, else the
+    process's CPU affinity. Ray sets OMP_NUM_THREADS to the CPUs it granted the task/actor."""
+    granted = os.environ.get("OMP_NUM_THREADS")
+    if granted and granted.isdigit() and int(granted) > 0:
+        return int(granted)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(cpus: int | None = None) -> int:
+    """Size torch's intra-op pool to the CPUs we were given, so that two trials sharing a
+    two-core machine do not each spin two busy threads."""
+    cpus = max(1, int(cpus or available_cpus()))
+    torch.set_num_threads(cpus)
+    return cpus
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
