@@ -12,11 +12,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from recsearch.data.dataset import Split
-from recsearch.evaluation.evaluator import Evaluator
-from recsearch.models.base import Recommender
+if TYPE_CHECKING:
+    from recsearch.data.dataset import Split
+    from recsearch.evaluation import Evaluator
+    from recsearch.models.base import Recommender
 
 
 def train_step(model: Recommender, split: Split, evaluator: Evaluator, epoch: int) -> dict[str, Any]:
@@ -124,6 +125,7 @@ def train_command(cfg) -> dict[str, Any]:
 
     from recsearch.config import to_container
     from recsearch.data import load_split
+    from recsearch.evaluation import Evaluator
     from recsearch.output import format_table, write_json
     from recsearch.runtime import configure_threads, seed_everything
 
@@ -131,7 +133,7 @@ def train_command(cfg) -> dict[str, Any]:
     seed_everything(cfg.seed)
     split = load_split(to_container(cfg.data), seed=cfg.seed, implicit_threshold=_implicit_threshold(cfg))
     evaluator = Evaluator.for_task(to_container(cfg.task), batch_size=cfg.train.eval_batch_size)
-    model = instantiate(cfg.model, seed=cfg.seed, device=cfg.device, _convert_="all")
+    model = instantiate(cfg.model, seed=cfg.seed, device=cfg.device, task=cfg.task.name, _convert_="all")
     result = train(
         model, split, evaluator, cfg.task.metric, cfg.task.mode, cfg.train.max_epochs, cfg.train.patience,
         on_epoch=lambda step: print(_epoch_line(step, cfg.task.metric), flush=True),

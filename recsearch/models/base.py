@@ -63,8 +63,11 @@ class Recommender(ABC):
     iterative: ClassVar[bool] = False  # trained by gradient, epoch by epoch
     scores_history: ClassVar[bool] = False  # can score a raw list of recent items natively
 
-    def __init__(self, *, seed: int = 0, device: str = "auto", **hparams: Any):
+    def __init__(self, *, seed: int = 0, device: str = "auto", task: str = "ranking", **hparams: Any):
+        if task not in self.tasks:
+            raise UnsupportedOperation(f"model family {self.family!r} supports task {' or '.join(self.tasks)}, not {task!r}")
         self.hparams: dict[str, Any] = dict(hparams)
+        self.task = task
         self.seed = int(seed)
         self.device = resolve_device(device)
         self.train_data: Dataset | None = None
@@ -126,8 +129,8 @@ class Recommender(ABC):
 
     def predict(self, users, items) -> torch.Tensor:
         """Predicted ratings for (user, item) pairs; only for families that model ratings."""
-        if "rating" not in self.tasks:
-            raise UnsupportedOperation(f"model family {self.family!r} ranks items and does not predict ratings")
+        if self.task != "rating":
+            raise UnsupportedOperation(f"this {self.family!r} model was trained for ranking and does not predict ratings")
         users = self._check_ids(users, self.n_users, "user")
         items = self._check_ids(items, self.n_items, "item")
         if users.shape != items.shape:
@@ -153,7 +156,7 @@ class Recommender(ABC):
         description = {
             "format": FORMAT_VERSION,
             "family": self.family,
-            "tasks": list(self.tasks),
+            "task": self.task,
             "hparams": self.hparams,
             "seed": self.seed,
             "n_users": self.n_users,
@@ -173,7 +176,8 @@ class Recommender(ABC):
         description = json.loads(path.read_text())
         if description.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path}: model format {description.get('format')!r}, this version reads {FORMAT_VERSION}")
-        model = model_class(description["family"])(seed=description["seed"], device=device, **description["hparams"])
+        cls = model_class(description["family"])
+        model = cls(seed=description["seed"], device=device, task=description["task"], **description["hparams"])
         model.prepare(Dataset.load(directory / "data"))
         state = torch.load(directory / "weights.pt", map_location=model.device, weights_only=True)
         model.load_state(state)

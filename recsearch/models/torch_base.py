@@ -1,0 +1,106 @@
+"""Machinery shared by the gradient-trained families (MF, NCF, LSTM): the network and its
+optimiser, device-resident shuffled batches, mixed precision and a resumable state."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from recsearch.data.dataset import Dataset
+from recsearch.models.base import IterativeRecommender
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+
+
+class TorchRecommender(IterativeRecommender):
+    """A recommender whose parameters live in ``self.net`` and are fitted by mini-batch descent.
+
+    Subclasses build the network (``build_network``), say how many training examples an epoch
+    has (``n_examples``) and compute the loss of a batch of example indices (``batch_loss``).
+    Examples are indexed, never materialised per sample: batches are slices of one shuffled
+    index tensor on the device, so the hot loop has no Python per example. ``l2`` is left to
+    ``batch_loss`` (applied to the embeddings a batch touches, as in BPR), not to the optimiser,
+    whose weight decay would shrink every embedding row at every step."""
+
+    def __init__(self, *, lr: float = 1e-3, l2: float = 0.0, optimizer: str = "adam",
+                 batch_size: int = 2048, amp: bool = False, **rest: Any):
+        super().__init__(lr=lr, l2=l2, optimizer=optimizer, batch_size=batch_size, amp=amp, **rest)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {l2}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.lr, self.l2, self.batch_size = float(lr), float(l2), int(batch_size)
+        # bf16 autocast needs no loss scaling; on the CPU it is slower than fp32, so GPU only
+        self.amp = bool(amp) and self.device.type == "cuda"
+
+    # -- what subclasses provide ------------------------------------------------------------
+    @abstractmethod
+    def build_network(self, train: Dataset) -> nn.Module:
+        """The untrained network for this training set (called with the global RNG seeded)."""
+
+    @abstractmethod
+    def n_examples(self) -> int:
+        """Training examples per epoch (interactions, sequences, ...)."""
+
+    @abstractmethod
+    def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
+        """Mean loss of the examples ``index`` (a long tensor on the device)."""
+
+    # -- shared machinery -----------------------------------------------------------------
+    def prepare(self, train: Dataset) -> None:
+        super().prepare(train)
+        torch.manual_seed(self.seed)
+        self.net = self.build_network(train).to(self.device)
+        self.net.eval()
+        self.optimizer = OPTIMIZERS[self.hparams["optimizer"]](self.net.parameters(), lr=self.lr)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(self.seed)
+        self.epochs_done = 0
+
+    def batches(self, n: int) -> Iterator[torch.Tensor]:
+        """Shuffled index batches over ``range(n)``, on the device."""
+        order = torch.randperm(n, device=self.device, generator=self.generator)
+        yield from order.split(self.batch_size)
+
+    def autocast(self) -> AbstractContextManager:
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def train_epoch(self) -> float:
+        self.net.train()
+        total = torch.zeros((), device=self.device)
+        n = self.n_examples()
+        for index in self.batches(n):
+            with self.autocast():
+                loss = self.batch_loss(index)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach().float() * len(index)
+        self.net.eval()
+        self.epochs_done += 1
+        return float(total) / max(n, 1)  # one device sync per epoch, not per batch
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "epochs_done": self.epochs_done,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu())  # generator states are CPU byte tensors
+        self.epochs_done = int(state["epochs_done"])

@@ -1,0 +1,133 @@
+"""One contract, checked against every registered model family on the planted dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recsearch.models import MODELS, Recommender
+from recsearch.models.base import UnsupportedOperation
+
+# Small, fast settings per family; every registered family must appear here.
+SETTINGS: dict[str, tuple[dict, int]] = {  # family -> (hyperparameters, epochs)
+    "pop": ({}, 1),
+    "itemknn": ({"k": 20}, 1),
+    "userknn": ({"k": 20}, 1),
+    "ease": ({"l2": 10.0}, 1),
+    "mf": ({"dim": 16, "lr": 0.05, "batch_size": 256}, 15),
+    "ncf": ({"dim": 16, "layers": [32, 16], "lr": 0.01, "batch_size": 256}, 10),
+    "lstm": ({"dim": 16, "hidden": 32, "max_len": 12, "lr": 0.01, "batch_size": 32}, 15),
+}
+FAMILIES = sorted(MODELS)
+PERSONALISED = [f for f in FAMILIES if f != "pop"]  # pop is the floor: it learns no tastes
+
+
+def test_every_family_has_contract_settings():
+    assert set(FAMILIES) <= set(SETTINGS), f"add contract settings for {set(FAMILIES) - set(SETTINGS)}"
+
+
+@pytest.fixture(scope="module")
+def fitted(planted_split):
+    """Each family fitted once on the planted training split (ranking task)."""
+    cache: dict[str, Recommender] = {}
+
+    def get(family: str) -> Recommender:
+        if family not in cache:
+            params, epochs = SETTINGS[family]
+            cache[family] = MODELS[family](seed=0, device="cpu", **params).fit(planted_split.train, epochs)
+        return cache[family]
+
+    return get
+
+
+@pytest.mark.parametrize("family", PERSONALISED)
+def test_learns_planted_tastes(family, fitted, planted):
+    split, user_group, item_group = planted
+    users = np.arange(split.n_users)
+    items, _ = fitted(family).recommend(users, 10)
+    in_group = (item_group[items.numpy()] == user_group[:, None]).mean()
+    assert in_group > 0.6, f"{family}: only {in_group:.0%} of top-10 items match the user's group (chance 25%)"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_recommend_never_returns_seen_items(family, fitted, planted_split):
+    users = np.arange(planted_split.n_users)
+    items, scores = fitted(family).recommend(users, 20, exclude_seen=True)
+    seen = planted_split.train.matrix().toarray().astype(bool)
+    assert items.shape == (len(users), 20)
+    assert not seen[users[:, None], items.numpy()].any()
+    assert torch.all(scores[:, :-1] >= scores[:, 1:]), "recommendations must be sorted best first"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_equals_single_user(family, fitted):
+    model = fitted(family)
+    batch = model.score([3, 7, 11])
+    singles = torch.cat([model.score([u]) for u in (3, 7, 11)])
+    torch.testing.assert_close(batch, singles, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_load_gives_identical_scores(family, fitted, tmp_path):
+    model = fitted(family)
+    model.save(tmp_path / family, metadata={"note": "contract"})
+    loaded = Recommender.load(tmp_path / family, device="cpu")
+    assert type(loaded) is type(model) and loaded.hparams == model.hparams
+    assert loaded.metadata["note"] == "contract"
+    torch.testing.assert_close(loaded.score(np.arange(model.n_users)), model.score(np.arange(model.n_users)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bad_arguments_raise_clear_errors(family, fitted):
+    model = fitted(family)
+    with pytest.raises(ValueError, match="unknown user id"):
+        model.score([model.n_users])
+    with pytest.raises(ValueError, match="unknown user id"):
+        model.recommend([-1], 5)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        model.recommend([0], 0)
+    with pytest.raises(ValueError, match="1-d"):
+        model.score([[0, 1]])
+    with pytest.raises(ValueError, match="integers"):
+        model.score([0.5])
+    with pytest.raises(UnsupportedOperation):
+        model.predict([0], [0])  # fitted for ranking
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_k_beyond_catalogue_is_capped(family, fitted):
+    model = fitted(family)
+    items, _ = model.recommend([0], model.n_items + 50, exclude_seen=False)
+    assert items.shape == (1, model.n_items)
+
+
+@pytest.mark.parametrize("family", [f for f in PERSONALISED if "rating" in MODELS[f].tasks])
+def test_rating_models_beat_the_global_mean(family, planted_split):
+    params, epochs = SETTINGS[family]
+    model = MODELS[family](seed=0, device="cpu", task="rating", **params).fit(planted_split.train, epochs)
+    valid = planted_split.valid
+    predicted = model.predict(valid.user, valid.item).numpy()
+    global_mean = planted_split.train.interactions.rating.mean()
+    rmse = np.sqrt(np.mean((predicted - valid.rating) ** 2))
+    baseline = np.sqrt(np.mean((global_mean - valid.rating) ** 2))
+    assert rmse < baseline, f"{family}: RMSE {rmse:.3f} not below the global mean's {baseline:.3f}"
+    with pytest.raises(ValueError, match="same shape"):
+        model.predict([0, 1], [0])
+    with pytest.raises(ValueError, match="unknown item id"):
+        model.predict([0], [model.n_items])
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if MODELS[f].iterative])
+def test_training_is_reproducible_for_a_seed(family, planted_split):
+    params, _ = SETTINGS[family]
+    a = MODELS[family](seed=3, device="cpu", **params).fit(planted_split.train, 2)
+    b = MODELS[family](seed=3, device="cpu", **params).fit(planted_split.train, 2)
+    torch.testing.assert_close(a.score([0, 1]), b.score([0, 1]))
+
+
+def test_unsupported_task_is_refused():
+    ranking_only = [f for f in FAMILIES if "rating" not in MODELS[f].tasks]
+    for family in ranking_only:
+        with pytest.raises(UnsupportedOperation, match="supports task"):
+            MODELS[family](task="rating")
