@@ -1,0 +1,193 @@
+"""The Evaluator on splits: masking of training (and, for test, validation) items, skipped users,
+batching, the per-split cache, rating evaluation and an end-to-end run with Popularity."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from recsearch.data.dataset import Dataset, Interactions, Split
+from recsearch.errors import ConfigError
+from recsearch.evaluation import Evaluator, ranking_metrics
+from recsearch.models.base import Recommender
+from recsearch.models.pop import Popularity
+
+ALL = ["ndcg", "recall", "precision", "hit", "mrr", "map", "coverage"]
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+class FixedScores(Recommender):
+    """Scores and predicted ratings read from a fixed (n_users, n_items) table."""
+
+    family = "fixed"  # not registered: evaluation needs no registry
+    tasks = ("ranking", "rating")
+
+    def __init__(self, table, **common):
+        super().__init__(device="cpu", **common)
+        self.table = torch.as_tensor(table, dtype=torch.float32)
+
+    def fit_prepared(self, epochs=None):
+        pass
+
+    def state(self):
+        return {"table": self.table}
+
+    def load_state(self, state):
+        self.table = state["table"]
+
+    def _score(self, users):
+        return self.table[users].clone()
+
+    def _predict(self, users, items):
+        return self.table[users, items]
+
+
+def interactions(pairs, ratings=None) -> Interactions:
+    users, items = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
+    rating = ratings if ratings is not None else [1.0] * len(pairs)
+    return Interactions(np.array(users), np.array(items), np.array(rating), np.arange(len(pairs)))
+
+
+def make_split(n_users, n_items, train, valid, test, valid_ratings=None) -> Split:
+    dataset = Dataset("hand", interactions(train), np.array([f"u{u}" for u in range(n_users)]),
+                      np.array([f"i{i}" for i in range(n_items)]))
+    return Split(dataset, interactions(valid, valid_ratings), interactions(test), scheme="random")
+
+
+def fitted(model: Recommender, split: Split) -> Recommender:
+    return model.fit(split.train)
+
+
+def dense(part: Interactions, split: Split) -> torch.Tensor:
+    return torch.as_tensor(part.matrix(split.n_users, split.n_items).toarray() > 0)
+
+
+def test_training_and_validation_items_are_masked():
+    # User 0 trained on item 0, validates on item 1, tests on item 2; the model prefers 0 > 1 > 2 > 3.
+    # User 1 has no held-out item at all and user 2 only a validation item.
+    split = make_split(3, 4, train=[(0, 0), (1, 3), (2, 0)], valid=[(0, 1), (2, 3)], test=[(0, 2)])
+    model = fitted(FixedScores([[4.0, 3, 2, 1]] * 3), split)
+    evaluator = Evaluator("ranking", ["hit", "mrr"], [1, 2])
+    valid = evaluator.evaluate(model, split, "valid")
+    # valid: user 0's list is 1, 2, 3 (item 0 masked): hit at rank 1.  User 2's list is 1, 2, 3:
+    # item 3 at rank 3, a miss at K <= 2.  User 1 is skipped.
+    assert valid == {"hit@1": 0.5, "hit@2": 0.5, "mrr@1": 0.5, "mrr@2": 0.5}
+    assert evaluator.last_counts == {"users": 2, "targets": 2}
+    # test: user 0's list is 2, 3 (items 0 and 1 masked): hit at rank 1; only user 0 evaluated.
+    assert evaluator.evaluate(model, split, "test") == {"hit@1": 1.0, "hit@2": 1.0, "mrr@1": 1.0, "mrr@2": 1.0}
+    assert evaluator.last_counts == {"users": 1, "targets": 1}
+
+
+def test_a_held_out_item_seen_in_training_is_not_a_target():
+    # User 0 re-rated its training item 0 in validation, plus item 2; user 1 only re-rated item 1.
+    split = make_split(2, 3, train=[(0, 0), (1, 1)], valid=[(0, 0), (0, 2), (1, 1)], test=[])
+    model = fitted(FixedScores([[9.0, 1, 5]] * 2), split)
+    evaluator = Evaluator("ranking", ["recall", "hit"], [1])
+    assert evaluator.evaluate(model, split, "valid") == {"recall@1": 1.0, "hit@1": 1.0}  # T = 1 (item 2)
+    assert evaluator.last_counts == {"users": 1, "targets": 1}
+    with pytest.raises(ValueError, match="no user has a test item"):
+        evaluator.evaluate(model, split, "test")
+
+
+@pytest.fixture(scope="module")
+def noisy_model(planted_split):
+    """Random integer scores (many ties) over the planted split."""
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randint(0, 4, (planted_split.n_users, planted_split.n_items), generator=generator)
+    return fitted(FixedScores(table.float()), planted_split)
+
+
+@pytest.mark.parametrize("part", ["valid", "test"])
+def test_matches_the_dense_computation_for_any_batch_size(planted_split, noisy_model, part):
+    split = planted_split
+    masked = dense(split.train.interactions, split) | (dense(split.valid, split) if part == "test" else False)
+    expected = ranking_metrics(noisy_model.table, dense(getattr(split, part), split), ks=[1, 5, 20, 100], mask=masked)
+    for batch_size in (16, 1024):  # 16 leaves a ragged last batch of 8
+        got = Evaluator("ranking", ALL, [1, 5, 20, 100], batch_size).evaluate(noisy_model, split, part)
+        assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_oracle_scores_are_perfect_once_validation_items_are_masked(planted_split):
+    split = planted_split
+    valid, test = dense(split.valid, split).float(), dense(split.test, split).float()
+    # Validation items score highest, test items next: perfect on valid, and perfect on test
+    # only because the validation items are masked there.
+    model = fitted(FixedScores(2 * valid + test), split)
+    evaluator = Evaluator("ranking", ["ndcg", "hit", "mrr"], [1, 10])
+    for part in ("valid", "test"):
+        assert evaluator.evaluate(model, split, part) == {name: 1.0 for name in evaluator.names}
+
+
+def test_popularity_end_to_end(planted_split):
+    model = fitted(Popularity(device="cpu"), planted_split)
+    evaluator = Evaluator.for_task(dict(OmegaConf.load(CONF / "task" / "ranking.yaml")), batch_size=50)
+    valid = evaluator.evaluate(model, planted_split, "valid")
+    assert list(valid) == evaluator.names and "ndcg@10" in valid
+    assert evaluator.last_counts == {"users": 120, "targets": 120}  # one validation item per user
+    assert all(0.0 <= value <= 1.0 for value in valid.values())
+    assert valid["hit@20"] >= valid["hit@10"] >= valid["hit@5"] and valid["hit@20"] > 0
+    # Each user's single target: recall = hit, and precision@K = hit / K.
+    assert valid["recall@10"] == pytest.approx(valid["hit@10"])
+    assert valid["precision@10"] == pytest.approx(valid["hit@10"] / 10)
+    assert evaluator.evaluate(model, planted_split, "valid") == valid  # cached masks, same answer
+
+
+def test_a_new_split_is_never_served_stale_masks(planted_split, noisy_model):
+    evaluator = Evaluator("ranking", ALL, [10])
+    evaluator.evaluate(noisy_model, planted_split, "valid")
+    swapped = replace(planted_split, valid=planted_split.test, test=planted_split.valid)
+    expected = Evaluator("ranking", ALL, [10]).evaluate(noisy_model, swapped, "valid")
+    assert evaluator.evaluate(noisy_model, swapped, "valid") == expected
+    assert expected != Evaluator("ranking", ALL, [10]).evaluate(noisy_model, planted_split, "valid")
+
+
+def test_pickles_after_use(planted_split, noisy_model):
+    evaluator = Evaluator("ranking", ["ndcg"], [10])
+    before = evaluator.evaluate(noisy_model, planted_split, "valid")
+    clone = pickle.loads(pickle.dumps(evaluator))
+    assert clone.evaluate(noisy_model, planted_split, "valid") == before
+
+
+def test_rating_by_hand():
+    split = make_split(2, 3, train=[(0, 0), (1, 1)], valid=[(0, 1), (1, 2), (1, 0)], test=[],
+                       valid_ratings=[4.0, 2.0, 5.0])
+    model = fitted(FixedScores([[0.0, 3.5, 0.0], [4.0, 0.0, 3.0]], task="rating"), split)
+    evaluator = Evaluator.for_task(dict(OmegaConf.load(CONF / "task" / "rating.yaml")), batch_size=1)
+    # predictions 3.5, 3.0, 4.0 against 4, 2, 5: errors -0.5, 1, -1
+    got = evaluator.evaluate(model, split, "valid")
+    assert got == pytest.approx({"rmse": math.sqrt((0.25 + 1 + 1) / 3), "mae": (0.5 + 1 + 1) / 3})
+    assert evaluator.last_counts == {"pairs": 3}
+    with pytest.raises(ValueError, match="test part is empty"):
+        evaluator.evaluate(model, split, "test")
+
+
+def test_popularity_ratings_end_to_end(planted_split):
+    model = fitted(Popularity(device="cpu", task="rating"), planted_split)
+    got = Evaluator("rating", ["rmse", "mae"]).evaluate(model, planted_split, "test")
+    test = planted_split.test
+    errors = model.item_means.numpy()[test.item] - test.rating
+    assert got == pytest.approx({"rmse": np.sqrt(np.mean(errors**2)), "mae": np.mean(np.abs(errors))})
+
+
+def test_bad_calls_fail_clearly(planted_split, noisy_model):
+    evaluator = Evaluator("ranking", ["ndcg"], [10])
+    with pytest.raises(ValueError, match="part must be 'valid' or 'test'"):
+        evaluator.evaluate(noisy_model, planted_split, "train")
+    other = make_split(2, 3, train=[(0, 0)], valid=[(0, 1)], test=[(0, 2)])
+    with pytest.raises(ValueError, match="the model knows 120 users x 60 items"):
+        evaluator.evaluate(noisy_model, other, "valid")
+    with pytest.raises(ConfigError, match="unknown ranking metric 'auc'"):
+        Evaluator.for_task({"name": "ranking", "metrics": ["auc"], "ks": [10]}, batch_size=64)
+    with pytest.raises(ConfigError, match="lacks metrics"):
+        Evaluator.for_task({"name": "ranking"}, batch_size=64)
+    with pytest.raises(ConfigError, match="positive integers"):
+        Evaluator("ranking", ["ndcg"], [0])
+    with pytest.raises(ConfigError, match="batch_size"):
+        Evaluator("ranking", ["ndcg"], [10], batch_size=0)
