@@ -1,0 +1,131 @@
+"""Biased matrix factorisation, for explicit ratings (MSE) and implicit feedback (BPR, BCE).
+
+Ratings (task=rating, loss mse):  r̂(u, i) = μ + b_u + b_i + p_u · q_i, with μ the training
+mean, fitted by   mean (r̂ - r)²  over the training ratings.
+
+Implicit feedback (task=ranking): s(u, i) = b_i + p_u · q_i (μ and b_u shift a user's scores
+uniformly and cannot change a ranking), fitted against ``negatives`` sampled items j per
+positive (u, i):
+
+    bpr   mean over (u, i, j) of  -log σ(s(u, i) - s(u, j))            (pairwise)
+    bce   mean over labelled pairs of  -y log σ(s) - (1 - y) log(1 - σ(s)),  y = 1 / 0
+    mse   mean over labelled pairs of  (s - y)²
+
+Every loss adds  l2 · Σ ||e||² / batch  over the embedding rows and biases the batch touches,
+a user once per interaction and an item once per use (so rarely seen users and items are not
+shrunk at every step). Scoring all items for a batch of users is one matrix product; a rating
+model scores with its predicted ratings.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsearch.data.dataset import Dataset
+from recsearch.models.base import register
+from recsearch.models.sampling import NegativeSampler
+from recsearch.models.torch_base import TorchRecommender
+
+LOSSES = ("auto", "bpr", "bce", "mse")
+DEFAULT_L2 = {"ranking": 1e-2, "rating": 1e-1}  # l2=None picks by task
+
+
+class BiasedMF(nn.Module):
+    """User rows [p_u, b_u] and item rows [q_i, b_i]: one gather fetches a vector and its bias,
+    and the penalty covers both."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int, mean: float):
+        super().__init__()
+        self.dim = dim
+        self.user = nn.Embedding(n_users, dim + 1)
+        self.item = nn.Embedding(n_items, dim + 1)
+        for table in (self.user, self.item):
+            nn.init.normal_(table.weight, std=0.1)
+            nn.init.zeros_(table.weight[:, dim])
+        self.register_buffer("mean", torch.tensor(float(mean)))
+
+
+@register("mf")
+class MatrixFactorization(TorchRecommender):
+    """Biased MF; ``loss="auto"`` is mse for task=rating and bpr for task=ranking."""
+
+    tasks = ("ranking", "rating")
+
+    def __init__(self, dim: int = 64, loss: str = "auto", negatives: int = 1, lr: float = 5e-3,
+                 l2: float | None = None, optimizer: str = "adam", batch_size: int = 2048, amp: bool = False,
+                 **common):
+        if l2 is None:  # ratings overfit sooner: ml-100k wants 10x the penalty of BPR
+            l2 = DEFAULT_L2.get(common.get("task", "ranking"), 0.0)  # an unknown task: the base refuses it
+        super().__init__(dim=dim, loss=loss, negatives=negatives, lr=lr, l2=l2, optimizer=optimizer,
+                         batch_size=batch_size, amp=amp, **common)
+        if int(dim) < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        if self.task == "rating" and loss not in ("auto", "mse"):
+            raise ValueError(f"task=rating fits ratings with loss mse, not {loss!r}")
+        if int(negatives) < 1:
+            raise ValueError(f"negatives must be >= 1, got {negatives}")
+        self.dim, self.negatives = int(dim), int(negatives)
+        self.loss = loss if loss != "auto" else ("mse" if self.task == "rating" else "bpr")
+
+    def build_network(self, train: Dataset) -> nn.Module:
+        ratings = train.interactions.rating
+        mean = float(ratings.mean()) if self.task == "rating" and len(ratings) else 0.0
+        return BiasedMF(train.n_users, train.n_items, self.dim, mean)
+
+    def prepare(self, train: Dataset) -> None:
+        super().prepare(train)
+        inter = train.interactions
+        self.users = torch.as_tensor(inter.user, device=self.device)
+        self.items = torch.as_tensor(inter.item, device=self.device)
+        self.ratings = torch.as_tensor(inter.rating, device=self.device)
+        ranking = self.task == "ranking"
+        self.sampler = NegativeSampler(self.users, self.items, train.n_users, train.n_items) if ranking else None
+
+    def n_examples(self) -> int:
+        return len(self.users)
+
+    # -- training ---------------------------------------------------------------------------
+    def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
+        users, items = self.users[index], self.items[index]
+        if self.task == "rating":
+            candidates = items[:, None]
+        else:  # (b, 1 + negatives), the positive first
+            candidates = torch.cat([items[:, None], self.sampler.sample(users, self.negatives, self.generator)], 1)
+        user_rows, item_rows = self.net.user(users), self.net.item(candidates)  # gathered once: score and penalty
+        scores = self._pair_scores(user_rows[:, None, :], item_rows)  # (b, 1 + negatives)
+        if self.loss == "bpr":
+            data_loss = F.softplus(scores[:, 1:] - scores[:, :1]).mean()  # -log σ(x) = softplus(-x)
+        elif self.task == "rating":
+            data_loss = F.mse_loss(scores, self.ratings[index][:, None])
+        else:
+            labels = torch.zeros_like(scores)
+            labels[:, 0] = 1.0
+            data_loss = (F.binary_cross_entropy_with_logits(scores, labels) if self.loss == "bce"
+                         else F.mse_loss(scores, labels))
+        # for ranking b_u gets no gradient but this one: it stays at its initial 0
+        penalty = user_rows.square().sum() + item_rows.square().sum()
+        return data_loss + self.l2 * penalty / len(index)
+
+    def _pair_scores(self, user_rows: torch.Tensor, item_rows: torch.Tensor) -> torch.Tensor:
+        """Ratings μ + b_u + b_i + p_u · q_i (task=rating) or ranking scores b_i + p_u · q_i of
+        broadcastable rows [p, b_u] and [q, b_i]."""
+        d = self.dim
+        scores = (user_rows[..., :d] * item_rows[..., :d]).sum(-1) + item_rows[..., d]
+        if self.task == "rating":
+            scores = scores + user_rows[..., d] + self.net.mean
+        return scores
+
+    # -- inference --------------------------------------------------------------------------
+    def _score(self, users: torch.Tensor) -> torch.Tensor:
+        d, items, user_rows = self.dim, self.net.item.weight, self.net.user(users)
+        scores = torch.addmm(items[:, d], user_rows[:, :d], items[:, :d].T)
+        if self.task == "rating":  # full predicted ratings, so that ranking them is meaningful too
+            scores += self.net.mean + user_rows[:, d : d + 1]
+        return scores
+
+    def _predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self._pair_scores(self.net.user(users), self.net.item(items))

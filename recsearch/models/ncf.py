@@ -1,0 +1,208 @@
+"""Neural collaborative filtering (He et al., 2017): GMF, MLP and their fusion NeuMF.
+
+With user and item vectors p_u, q_i (separate halves for the GMF and MLP towers in NeuMF):
+
+    GMF     φ_g = p_u ⊙ q_i
+    MLP     φ_m = a_L(W_L ... a_1(W_1 [p_u; q_i] + b_1) ...),   a = ReLU (then dropout)
+    NeuMF   ŷ(u, i) = σ(h · [φ_g; φ_m] + b)     (GMF alone: h · φ_g, MLP alone: h · φ_m)
+
+fitted with binary cross-entropy: each training interaction is a positive (y = 1), with
+``negatives`` uniformly sampled unseen items as negatives (y = 0); ``l2`` penalises
+Σ ||p_u||² + ||q_j||² / batch over the vectors a batch touches. ``batch_size`` counts training
+interactions, so a step sees batch_size x (1 + negatives) pairs. Ranking only: the output is an
+interaction probability, not a rating; ``score`` returns the logits (same order, no sigmoid).
+
+``W_1 [p; q] = W_p p + W_q q`` is computed per tower, so the user half is projected once per
+user, not once per (user, item) pair: scoring b users against the catalogue projects b users
+and n items, then runs the remaining layers over (b, n) pairs in chunks of users that bound
+memory. GMF's part of the score is one matrix product.
+
+With ``use_features`` each vector is its id embedding plus, for every categorical feature of
+the entity (``Dataset.user_features`` / ``item_features``), the mean embedding of its values
+(``nn.EmbeddingBag(mode="mean")``; multi-valued features such as genres average their
+values). Users and items with few interactions then borrow from others that share their
+features instead of being scored from an untrained id embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsearch.data.dataset import Dataset, Feature
+from recsearch.models.base import register
+from recsearch.models.sampling import NegativeSampler
+from recsearch.models.torch_base import TorchRecommender
+
+VARIANTS = ("gmf", "mlp", "neumf")
+INIT_STD = 0.01
+# (users x items x first layer) activations per scoring chunk: about the L2 cache on a CPU,
+# large enough on a GPU that a chunk keeps it busy
+SCORE_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
+
+
+class EntityEncoder(nn.Module):
+    """Vectors for ids: an id embedding plus the mean embedding of each categorical feature."""
+
+    def __init__(self, n: int, width: int, features: list[Feature]):
+        super().__init__()
+        self.ids = nn.Embedding(n, width)
+        nn.init.normal_(self.ids.weight, std=INIT_STD)
+        self.bags = nn.ModuleList()
+        self.single_valued: list[bool] = []
+        for index, feature in enumerate(features):
+            bag = nn.EmbeddingBag(len(feature.vocabulary), width, mode="mean")
+            nn.init.normal_(bag.weight, std=INIT_STD)
+            self.bags.append(bag)
+            self.single_valued.append(bool(np.all(np.diff(feature.offsets) == 1)))
+            # data, not parameters: rebuilt from the dataset by prepare(), so not saved
+            self.register_buffer(f"offsets{index}", torch.as_tensor(feature.offsets), persistent=False)
+            self.register_buffer(f"values{index}", torch.as_tensor(feature.values), persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        out = self.ids(flat)
+        for index, bag in enumerate(self.bags):
+            out = out + bag(*self._bag_input(index, flat))
+        return out.reshape(*ids.shape, -1)
+
+    def _bag_input(self, index: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flat value codes, start of each id's bag) for ``nn.EmbeddingBag``, without a loop."""
+        offsets, values = getattr(self, f"offsets{index}"), getattr(self, f"values{index}")
+        starts = offsets[ids]
+        if self.single_valued[index]:
+            return values[starts], torch.arange(len(ids), device=ids.device)
+        lengths = offsets[ids + 1] - starts
+        bag_starts = torch.cumsum(lengths, 0) - lengths
+        total = int(lengths.sum())
+        # position of each code within its bag: global position minus the bag's start
+        within = torch.arange(total, device=ids.device) - torch.repeat_interleave(bag_starts, lengths, output_size=total)
+        return values[torch.repeat_interleave(starts, lengths, output_size=total) + within], bag_starts
+
+
+class NeuMFNetwork(nn.Module):
+    def __init__(self, n_users: int, n_items: int, variant: str, dim: int, layers: list[int],
+                 dropout: float, user_features: list[Feature], item_features: list[Feature]):
+        super().__init__()
+        self.dim, self.dropout = dim, dropout
+        self.gmf, self.mlp = variant in ("gmf", "neumf"), variant in ("mlp", "neumf")
+        width = dim * (self.gmf + self.mlp)  # NeuMF: [GMF half | MLP half]
+        self.user = EntityEncoder(n_users, width, user_features)
+        self.item = EntityEncoder(n_items, width, item_features)
+        if self.mlp:
+            self.mlp_user = nn.Linear(dim, layers[0])  # W_1 [p; q] + b_1 = (W_p p + b_1) + W_q q
+            self.mlp_item = nn.Linear(dim, layers[0], bias=False)
+            self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(layers[:-1], layers[1:], strict=True))
+        self.out = nn.Linear(dim * self.gmf + layers[-1] * self.mlp, 1)
+
+    def pair_logits(self, users: torch.Tensor, items: torch.Tensor, generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Logits of users (b,) against items (b, m): shape (b, m); also the vectors used."""
+        p, q = self.user(users)[:, None, :], self.item(items)
+        h, logits = self.out.weight[0], self.out.bias
+        if self.gmf:
+            logits = logits + (p[..., : self.dim] * q[..., : self.dim]) @ h[: self.dim]
+        if self.mlp:
+            first = self.mlp_user(p[..., -self.dim :]) + self.mlp_item(q[..., -self.dim :])
+            logits = logits + self._tower(first, generator) @ h[-self.hidden_width :]
+        return logits, (p, q)
+
+    def all_logits(self, users: torch.Tensor) -> torch.Tensor:
+        """Logits of users (b,) against every item: shape (b, n_items)."""
+        p, q = self.user(users), self.item(torch.arange(self.item.ids.num_embeddings, device=users.device))
+        h = self.out.weight[0]
+        logits = self.out.bias.expand(len(users), len(q)).clone()
+        if self.gmf:
+            logits += (p[:, : self.dim] * h[: self.dim]) @ q[:, : self.dim].T
+        if self.mlp:
+            user_part, item_part = self.mlp_user(p[:, -self.dim :]), self.mlp_item(q[:, -self.dim :])
+            budget = SCORE_CHUNK_ELEMENTS.get(users.device.type, SCORE_CHUNK_ELEMENTS["cpu"])
+            chunk = max(1, budget // (len(q) * user_part.shape[1]))
+            for start in range(0, len(users), chunk):
+                first = user_part[start : start + chunk, None, :] + item_part[None]
+                logits[start : start + chunk] += self._tower(first) @ h[-self.hidden_width :]
+        return logits
+
+    @property
+    def hidden_width(self) -> int:
+        return self.hidden[-1].out_features if len(self.hidden) else self.mlp_item.out_features
+
+    def _tower(self, first: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        # in place: neither the sum nor a linear layer needs its output for the backward pass
+        x = self._drop(F.relu_(first), generator)
+        for layer in self.hidden:
+            x = self._drop(F.relu_(layer(x)), generator)
+        return x
+
+    def _drop(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Inverted dropout drawn from the model's generator (``nn.Dropout`` uses the global RNG,
+        which would make a resumed run differ from an uninterrupted one)."""
+        if not self.training or self.dropout == 0:
+            return x
+        keep = torch.rand(x.shape, device=x.device, generator=generator) >= self.dropout
+        return x * keep / (1 - self.dropout)
+
+
+@register("ncf")
+class NeuralCF(TorchRecommender):
+    """GMF, MLP or NeuMF (``variant``) trained with BCE over sampled negatives."""
+
+    tasks = ("ranking",)
+
+    def __init__(self, variant: str = "neumf", dim: int = 32, layers: list[int] = (32, 16, 8),
+                 dropout: float = 0.0, negatives: int = 4, use_features: bool = False, lr: float = 1e-3,
+                 l2: float = 0.0, optimizer: str = "adam", batch_size: int = 2048, amp: bool = False, **common):
+        if isinstance(layers, Sequence) and not isinstance(layers, str):
+            layers = list(layers)  # JSON-able hparams, whatever sequence type came in
+        super().__init__(variant=variant, dim=dim, layers=layers, dropout=dropout, negatives=negatives,
+                         use_features=use_features, lr=lr, l2=l2, optimizer=optimizer,
+                         batch_size=batch_size, amp=amp, **common)
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        if int(dim) < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if not (isinstance(layers, list) and layers
+                and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in layers)):
+            raise ValueError(f"layers must be a non-empty list of positive integers, got {layers!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if int(negatives) < 1:
+            raise ValueError(f"negatives must be >= 1, got {negatives}")
+        self.variant, self.dim, self.layers = variant, int(dim), layers
+        self.dropout, self.negatives, self.use_features = float(dropout), int(negatives), bool(use_features)
+
+    def build_network(self, train: Dataset) -> nn.Module:
+        user_features = list(train.user_features.values()) if self.use_features else []
+        item_features = list(train.item_features.values()) if self.use_features else []
+        if self.use_features and not (user_features or item_features):
+            raise ValueError(f"use_features=True but dataset {train.name!r} has no user or item features")
+        return NeuMFNetwork(train.n_users, train.n_items, self.variant, self.dim, self.layers, self.dropout,
+                            user_features, item_features)
+
+    def prepare(self, train: Dataset) -> None:
+        super().prepare(train)
+        self.users = torch.as_tensor(train.interactions.user, device=self.device)
+        self.items = torch.as_tensor(train.interactions.item, device=self.device)
+        self.sampler = NegativeSampler(self.users, self.items, train.n_users, train.n_items)
+
+    def n_examples(self) -> int:
+        return len(self.users)
+
+    def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
+        users = self.users[index]
+        negatives = self.sampler.sample(users, self.negatives, self.generator)
+        candidates = torch.cat([self.items[index][:, None], negatives], 1)  # (b, 1 + negatives)
+        logits, (p, q) = self.net.pair_logits(users, candidates, self.generator)
+        labels = torch.zeros_like(logits)
+        labels[:, 0] = 1.0
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        if self.l2:
+            loss = loss + self.l2 * (p.square().sum() + q.square().sum()) / len(index)
+        return loss
+
+    def _score(self, users: torch.Tensor) -> torch.Tensor:
+        return self.net.all_logits(users).float()

@@ -1,0 +1,95 @@
+"""Biased matrix factorisation: learns planted tastes and ratings, resumes exactly, refuses bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recsearch.models import Recommender
+from recsearch.models.base import UnsupportedOperation
+from recsearch.models.mf import MatrixFactorization
+from recsearch.models.pop import Popularity
+
+FAST = {"dim": 16, "lr": 0.05, "batch_size": 256}
+
+
+def heldout_percentile(model: Recommender, split) -> float:
+    """Mean share of a user's unseen items scored below the user's held-out (valid) item:
+    0.5 is chance, 1.0 puts every held-out item first."""
+    users = torch.as_tensor(split.valid.user)
+    scores = model.seen.mask(model.score(users), users, float("nan"))
+    target = scores[torch.arange(len(users)), torch.as_tensor(split.valid.item)]
+    below = (scores < target[:, None]).sum(1)
+    return (below / (scores.isfinite().sum(1) - 1)).mean().item()
+
+
+def rmse(model: Recommender, part) -> float:
+    predicted = model.predict(part.user, part.item).numpy()
+    return float(np.sqrt(np.mean((predicted - part.rating) ** 2)))
+
+
+@pytest.mark.parametrize("loss", ["bpr", "bce", "mse"])
+def test_ranking_losses_learn_planted_tastes(loss, planted_split):
+    model = MatrixFactorization(seed=0, device="cpu", loss=loss, negatives=2, **FAST).fit(planted_split.train, 15)
+    assert heldout_percentile(model, planted_split) > 0.85
+
+
+def test_ratings_beat_popularity(planted_split):
+    mf = MatrixFactorization(seed=0, device="cpu", task="rating", **FAST).fit(planted_split.train, 20)
+    pop = Popularity(seed=0, device="cpu", task="rating").fit(planted_split.train)
+    assert mf.loss == "mse" and mf.l2 == 0.1  # loss and l2 chosen by the task
+    assert rmse(mf, planted_split.valid) < rmse(pop, planted_split.valid) - 0.1
+
+
+def test_rating_model_scores_are_its_predicted_ratings(planted_split):
+    model = MatrixFactorization(seed=0, device="cpu", task="rating", **FAST).fit(planted_split.train, 2)
+    users, items = torch.tensor([0, 5, 9]), torch.tensor([3, 3, 40])
+    torch.testing.assert_close(model.score(users)[torch.arange(3), items], model.predict(users, items))
+
+
+def test_bpr_loss_decreases(planted_split):
+    model = MatrixFactorization(seed=0, device="cpu", **FAST)
+    model.prepare(planted_split.train)
+    losses = [model.train_epoch() for _ in range(10)]
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(b < a for a, b in zip(losses, losses[3:], strict=False)), losses
+
+
+def test_save_load_scores_identically_and_resumes_identically(planted_split, tmp_path):
+    model = MatrixFactorization(seed=1, device="cpu", **FAST).fit(planted_split.train, 3)
+    model.save(tmp_path / "mf")
+    loaded = Recommender.load(tmp_path / "mf", device="cpu")
+    users = np.arange(model.n_users)
+    torch.testing.assert_close(loaded.score(users), model.score(users), rtol=0, atol=0)
+    # optimiser moments and the sampler's generator travel too: the next epochs match exactly
+    assert [loaded.train_epoch() for _ in range(2)] == [model.train_epoch() for _ in range(2)]
+    torch.testing.assert_close(loaded.score(users), model.score(users), rtol=0, atol=0)
+    assert loaded.epochs_done == model.epochs_done == 5
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"loss": "hinge"}, "loss must be one of"),
+    ({"dim": -4}, "dim must be >= 1"),
+    ({"negatives": 0}, "negatives must be >= 1"),
+    ({"task": "rating", "loss": "bpr"}, "task=rating fits ratings with loss mse"),
+    ({"optimizer": "lbfgs"}, "optimizer must be one of"),
+    ({"lr": 0}, "lr must be > 0"),
+    ({"l2": -1.0}, "l2 must be >= 0"),
+])
+def test_bad_hyperparameters_raise_at_construction(params, message):
+    with pytest.raises(ValueError, match=message):
+        MatrixFactorization(device="cpu", **params)
+
+
+def test_unknown_task_is_refused():
+    with pytest.raises(UnsupportedOperation, match="supports task"):
+        MatrixFactorization(task="sequence")
+
+
+def test_divergence_shows_as_a_non_finite_loss(planted_split):
+    model = MatrixFactorization(seed=0, device="cpu", dim=16, lr=1e30, optimizer="sgd", batch_size=64)
+    model.prepare(planted_split.train)
+    assert not math.isfinite(model.train_epoch())

@@ -1,0 +1,109 @@
+"""NCF (GMF, MLP, NeuMF): learns planted tastes, uses features for cold users, resumes exactly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recsearch.data.dataset import Feature
+from recsearch.models import Recommender, ncf
+from recsearch.models.ncf import EntityEncoder, NeuralCF
+
+FAST = {"dim": 16, "layers": [32, 16], "lr": 0.01, "batch_size": 256}
+
+
+def in_group_auc(model: Recommender, users: np.ndarray, user_group: np.ndarray, item_group: np.ndarray) -> float:
+    """Chance that a user's score for an item of its own group beats one for another group's item,
+    averaged over ``users`` (0.5 = no preference)."""
+    scores = model.score(users).numpy()
+    own = item_group[None, :] == user_group[users][:, None]
+    aucs = [(s[o][:, None] > s[~o][None, :]).mean() for s, o in zip(scores, own, strict=True)]
+    return float(np.mean(aucs))
+
+
+@pytest.mark.parametrize(("variant", "epochs"), [("gmf", 10), ("mlp", 20), ("neumf", 10)])  # MLP starts slowly
+def test_every_variant_learns_planted_tastes(variant, epochs, planted):
+    split, user_group, item_group = planted
+    model = NeuralCF(seed=0, device="cpu", variant=variant, **FAST).fit(split.train, epochs)
+    assert in_group_auc(model, np.arange(split.n_users), user_group, item_group) > 0.85
+
+
+def test_features_let_users_without_interactions_be_scored_by_their_group(planted):
+    split, user_group, item_group = planted
+    cold = np.arange(12)  # three users of each group lose all their training interactions
+    inter = split.train.interactions
+    train = split.train.with_interactions(inter.take(~np.isin(inter.user, cold)))
+    with_features = NeuralCF(seed=0, device="cpu", use_features=True, **FAST).fit(train, 10)
+    without = NeuralCF(seed=0, device="cpu", **FAST).fit(train, 10)
+    assert in_group_auc(with_features, cold, user_group, item_group) > 0.9
+    assert in_group_auc(without, cold, user_group, item_group) < 0.7
+    # two cold users of different groups: only their features tell them apart
+    a, b = with_features.score([0, 1])
+    assert a.argmax() != b.argmax() and item_group[a.argmax()] == 0 and item_group[b.argmax()] == 1
+
+
+def test_multi_valued_features_are_averaged_per_entity():
+    genres = Feature.from_lists([["drama", "comedy"], ["comedy"], []], multi=True)
+    encoder = EntityEncoder(3, 4, [genres])
+    bag = encoder.bags[0].weight
+    code = {str(v): i for i, v in enumerate(genres.vocabulary)}
+    expected = encoder.ids.weight + torch.stack([
+        (bag[code["drama"]] + bag[code["comedy"]]) / 2, bag[code["comedy"]], bag[code["<unk>"]],
+    ])
+    ids = torch.tensor([[2, 0], [1, 2]])  # any shape of ids: vectors come back with one more axis
+    torch.testing.assert_close(encoder(ids), expected[ids])
+
+
+def test_chunked_scoring_equals_pairwise_logits(planted_split, monkeypatch):
+    model = NeuralCF(seed=0, device="cpu", use_features=True, **FAST).fit(planted_split.train, 1)
+    users = torch.arange(7)
+    items = torch.arange(model.n_items).expand(len(users), -1)
+    pairwise, _ = model.net.pair_logits(users, items)
+    whole = model.score(users)
+    monkeypatch.setitem(ncf.SCORE_CHUNK_ELEMENTS, "cpu", 1)  # one user per chunk
+    torch.testing.assert_close(model.score(users), whole)
+    torch.testing.assert_close(whole, pairwise.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_save_load_scores_identically_and_resumes_identically(planted_split, tmp_path):
+    params = {**FAST, "dropout": 0.3, "use_features": True}  # dropout masks come from the saved generator
+    model = NeuralCF(seed=2, device="cpu", **params).fit(planted_split.train, 2)
+    model.save(tmp_path / "ncf")
+    loaded = Recommender.load(tmp_path / "ncf", device="cpu")
+    assert loaded.hparams == model.hparams and loaded.hparams["layers"] == [32, 16]
+    users = np.arange(model.n_users)
+    torch.testing.assert_close(loaded.score(users), model.score(users), rtol=0, atol=0)
+    assert [loaded.train_epoch() for _ in range(2)] == [model.train_epoch() for _ in range(2)]
+    torch.testing.assert_close(loaded.score(users), model.score(users), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"variant": "deepfm"}, "variant must be one of"),
+    ({"dim": -1}, "dim must be >= 1"),
+    ({"layers": []}, "layers must be a non-empty list of positive integers"),
+    ({"layers": [64, 0]}, "layers must be a non-empty list of positive integers"),
+    ({"layers": "64,32"}, "layers must be a non-empty list of positive integers"),
+    ({"layers": [64.5]}, "layers must be a non-empty list of positive integers"),
+    ({"dropout": 1.0}, "dropout must be in"),
+    ({"negatives": 0}, "negatives must be >= 1"),
+    ({"optimizer": "rmsprop"}, "optimizer must be one of"),
+])
+def test_bad_hyperparameters_raise_at_construction(params, message):
+    with pytest.raises(ValueError, match=message):
+        NeuralCF(device="cpu", **params)
+
+
+def test_features_asked_of_a_dataset_without_them(planted_split):
+    bare = planted_split.train.with_interactions(planted_split.train.interactions)
+    bare.user_features, bare.item_features = {}, {}
+    with pytest.raises(ValueError, match="has no user or item features"):
+        NeuralCF(device="cpu", use_features=True).prepare(bare)
+
+
+def test_divergence_shows_as_a_non_finite_loss(planted_split):
+    model = NeuralCF(seed=0, device="cpu", dim=8, layers=[8], lr=1e30, optimizer="sgd", batch_size=64)
+    model.prepare(planted_split.train)
+    assert not math.isfinite(model.train_epoch())
