@@ -1,0 +1,290 @@
+"""The leaderboard (every trial of every family, ranked on the validation metric) and the
+self-contained HTML report: learning curves showing where ASHA stopped each trial, the best
+trial per family, and the metric against each hyperparameter. Plots are PNGs inlined as
+base64, so the report is one file that opens anywhere.
+
+``recsearch report DIR`` rebuilds both from the sweep's storage at any time, also while the
+sweep runs or after it was killed.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from recsearch.output import format_table
+from recsearch.tuning.plan import SweepPlan
+from recsearch.tuning.results import Trial, collect_trials
+
+COLUMNS = ("rank", "trial", "family", "status", "best_epoch", "epochs", "stopped")
+
+
+def report_command(directory: str) -> list[dict[str, Any]]:
+    plan = SweepPlan.load(directory)
+    out = Path(plan.out)
+    trials = collect_trials(plan)
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    board = leaderboard(plan, trials)
+    write_leaderboard(board, plan.first["task"]["metric"], out / "leaderboard.csv")
+    write_report(plan, trials, board, summary, out / "report.html")
+    print_leaderboard(board, plan.first["task"])
+    print(f"\nwrote {out}/leaderboard.csv and {out}/report.html")
+    return board
+
+
+def leaderboard(plan: SweepPlan, trials: list[Trial]) -> list[dict[str, Any]]:
+    """One row per trial: finished trials ranked by their best validation value (the epoch a
+    checkpoint was kept for), then errored and unfinished ones."""
+    task = plan.first["task"]
+    metric, mode = task["metric"], task["mode"]
+    rows = []
+    for trial in trials:
+        config = plan.configs[trial.family]
+        best = trial.best(metric, mode)
+        rows.append({
+            "rank": None,
+            "trial": trial.name,
+            "family": trial.family,
+            "status": trial.status,
+            metric: best[f"valid/{metric}"] if best else None,
+            "best_epoch": best["epoch"] if best else None,
+            "epochs": trial.history[-1]["epoch"] if trial.history else 0,
+            "stopped": stopped_by(trial, config),
+            "hparams": trial.hparams,
+            "error": trial.error,
+        })
+    finished = [r for r in rows if r["status"] == "TERMINATED" and r[metric] is not None]
+    finished.sort(key=lambda r: -r[metric] if mode == "max" else r[metric])
+    for rank, row in enumerate(finished, 1):
+        row["rank"] = rank
+    return finished + [r for r in rows if r["rank"] is None]
+
+
+def stopped_by(trial: Trial, config: dict[str, Any]) -> str:
+    """Why a trial ended: asha, patience (its own early stopping), no (ran its course; closed-form
+    fits always), error, or unfinished."""
+    if trial.status == "ERROR":
+        return "error"
+    if trial.status != "TERMINATED":
+        return "unfinished"
+    if not config["iterative"] or not trial.history:
+        return "no"
+    last = trial.history[-1]
+    if last.get("stale_epochs", 0) >= config["train"]["patience"]:
+        return "patience"
+    if last["epoch"] < config["train"]["max_epochs"] and config["scheduler"]["name"] == "asha":
+        return "asha"
+    return "no"
+
+
+def write_leaderboard(board: list[dict[str, Any]], metric: str, path: Path) -> None:
+    fields = [*COLUMNS[:4], metric, *COLUMNS[4:], "hparams", "error"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in board:
+            writer.writerow({**row, "hparams": json.dumps(row["hparams"], sort_keys=True)})
+
+
+def print_leaderboard(board: list[dict[str, Any]], task: dict[str, Any]) -> None:
+    metric = task["metric"]
+    rows = [{**row, "rank": row["rank"] or "-", "hyperparameters": _params(row["hparams"])} for row in board]
+    print(f"\nleaderboard (valid {metric}, {'higher' if task['mode'] == 'max' else 'lower'} is better)")
+    print(format_table(rows, ["rank", "trial", "family", metric, "best_epoch", "epochs", "stopped", "hyperparameters"]))
+
+
+# -- HTML ---------------------------------------------------------------------------------------
+def write_report(plan: SweepPlan, trials: list[Trial], board: list[dict[str, Any]],
+                 summary: dict[str, Any] | None, path: Path) -> None:
+    task = plan.first["task"]
+    parts = [_header(plan, board, summary),
+             "<h2>Leaderboard</h2>", _leaderboard_table(board, task["metric"]),
+             "<h2>Best trial per family</h2>", _per_family(plan, board, task),
+             "<h2>Learning curves</h2>",
+             "<p>Validation metric per epoch. &times; marks a trial ASHA stopped, &#9675; one stopped by "
+             "its own patience, &#9650; one that failed; dotted lines are ASHA's rungs.</p>",
+             _img(_curves(plan, trials, board, task)),
+             "<h2>Metric against each hyperparameter</h2>",
+             "<p>Best validation value of every finished trial.</p>"]
+    for family in plan.families:
+        figure = _against_hparams(plan, family, trials, task)
+        if figure is not None:
+            parts += [f"<h3>{_e(family)}</h3>", _img(figure)]
+    body = "\n".join(parts)
+    path.write_text(f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{_e(plan.name)}</title>"
+                    f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;"
+        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
+        "td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}.err{color:#a00}")
+
+
+def _header(plan: SweepPlan, board: list[dict[str, Any]], summary: dict[str, Any] | None) -> str:
+    first = plan.first
+    lines = [f"<h1>Sweep {_e(plan.name)}</h1>",
+             f"<p>{_e(', '.join(plan.families))} on <b>{_e(first['data']['name'])}</b>, task "
+             f"{_e(first['task']['name'])}, selected on validation {_e(first['task']['metric'])} "
+             f"({_e(first['task']['mode'])}). {len(board)} trials.</p>"]
+    if summary is None:
+        lines.append("<p><b>The sweep has not finished:</b> no model was selected or tested yet.</p>")
+    elif summary.get("best"):
+        best, metric = summary["best"], first["task"]["metric"]
+        lines.append(f"<p>Best: <b>{_e(best['trial'])}</b> ({_e(_params(best['hparams']))}), epoch {best['epoch']}: "
+                     f"validation {_e(metric)} {best['valid'][metric]:.4f}, "
+                     f"test {_e(metric)} {best['test'][metric]:.4f} (the test split was evaluated for this "
+                     f"model only). Wall time {summary['wall_seconds']:.0f} s.</p>")
+        rows = [{"metric": name, "valid": value, "test": best["test"].get(name)} for name, value in best["valid"].items()]
+        lines.append(_table(rows, ["metric", "valid", "test"]))
+    else:
+        lines.append("<p class='err'><b>Every trial failed.</b></p>")
+    return "\n".join(lines)
+
+
+def _leaderboard_table(board: list[dict[str, Any]], metric: str) -> str:
+    rows = [{**row, "hyperparameters": _params(row["hparams"]), "error": row["error"] or ""} for row in board]
+    return _table(rows, ["rank", "trial", "family", metric, "best_epoch", "epochs", "stopped", "hyperparameters",
+                         "error"])
+
+
+def _per_family(plan: SweepPlan, board: list[dict[str, Any]], task: dict[str, Any]) -> str:
+    metric = task["metric"]
+    best = [next((r for r in board if r["family"] == f and r["rank"] is not None), None) for f in plan.families]
+    best = [r for r in best if r is not None]
+    if not best:
+        return "<p>No family has a finished trial.</p>"
+    table = _table([{**r, "hyperparameters": _params(r["hparams"])} for r in best],
+                   ["family", "trial", "rank", metric, "best_epoch", "hyperparameters"])
+    fig, ax = _figure(1, 1, width=max(4.0, 1.2 * len(best) + 2), height=3)
+    ax = ax[0][0]
+    ax.bar([r["family"] for r in best], [r[metric] for r in best], color="#4c72b0")
+    ax.set_ylabel(f"best valid {metric}")
+    return table + _img(fig)
+
+
+def _curves(plan: SweepPlan, trials: list[Trial], board: list[dict[str, Any]], task: dict[str, Any]):
+    from matplotlib.ticker import MaxNLocator
+
+    metric, key = task["metric"], f"valid/{task['metric']}"
+    winner = next((r["trial"] for r in board if r["rank"] == 1), None)
+    stopped = {r["trial"]: r["stopped"] for r in board}
+    fig, cells = _grid(len(plan.families), width=5, height=3.6)
+    for ax, family in zip(cells, plan.families, strict=False):
+        config = plan.configs[family]
+        ax.set_title(family)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"valid {metric}")
+        if config["iterative"]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            for rung in _rungs(config["scheduler"]):
+                ax.axvline(rung, color="#999", linestyle=":", linewidth=1)
+        else:  # one fit per trial: nothing to stop, no rungs
+            ax.set_xticks([1], ["closed-form fit"])
+            ax.set_xlabel("")
+        for trial in (t for t in trials if t.family == family):
+            points = [(row["epoch"], row[key]) for row in trial.history if row.get(key) is not None]
+            if not points:
+                continue
+            x, y = [p[0] for p in points], [p[1] for p in points]
+            best = trial.name == winner
+            line, = ax.plot(x, y, linewidth=2.5 if best else 1, alpha=1 if best else 0.7,
+                            marker="." if len(x) == 1 else None, label="best" if best else None)
+            marker = {"asha": "x", "patience": "o", "error": "^"}.get(stopped[trial.name])
+            if marker:
+                ax.plot(x[-1], y[-1], marker=marker, color=line.get_color(), markersize=8,
+                        markerfacecolor="none" if marker == "o" else line.get_color())
+        if any(t.name == winner for t in trials if t.family == family):
+            ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def _rungs(scheduler: dict[str, Any]) -> list[int]:
+    if scheduler["name"] != "asha":
+        return []
+    rungs, t = [], scheduler["grace_period"]
+    while t < scheduler["max_t"]:
+        rungs.append(t)
+        t *= scheduler["reduction_factor"]
+    return rungs
+
+
+def _against_hparams(plan: SweepPlan, family: str, trials: list[Trial], task: dict[str, Any]):
+    space = plan.space(family)
+    finished = [(t.hparams, t.best(task["metric"], task["mode"])) for t in trials
+                if t.family == family and t.status == "TERMINATED"]
+    finished = [(h, b[f"valid/{task['metric']}"]) for h, b in finished if b is not None]
+    if not finished:
+        return None
+    names = list(space)
+    fig, cells = _grid(len(names), width=3.2, height=3)
+    for ax, name in zip(cells, names, strict=False):
+        sampler = space[name]
+        ys = [y for _, y in finished]
+        xs = [h.get(name) for h, _ in finished]
+        if sampler.categorical and not all(_number(v) for v in sampler.args):
+            labels = [str(v) for v in sampler.args]
+            xs = [labels.index(str(x)) if str(x) in labels else -1 for x in xs]
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels)) > 6 else 0, fontsize=8)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        elif sampler.log_scale or (sampler.categorical and min(xs) > 0 and max(xs) >= 10 * min(xs)):
+            ax.set_xscale("log")
+        ax.scatter(xs, ys, s=18, alpha=0.8, color="#4c72b0")
+        ax.set_xlabel(name)
+        ax.set_ylabel(f"valid {task['metric']}")
+    return fig
+
+
+def _figure(rows: int, cols: int, width: float, height: float):
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    fig = Figure(figsize=(width, height * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
+def _grid(n: int, width: float, height: float, max_cols: int = 4):
+    """A figure of ``n`` panels, at most ``max_cols`` per row; returns (figure, panels)."""
+    cols = min(max_cols, n)
+    fig, axes = _figure(-(-n // cols), cols, width=width * cols, height=height)
+    cells = [ax for row in axes for ax in row]
+    for ax in cells[n:]:
+        ax.set_visible(False)
+    return fig, cells[:n]
+
+
+def _img(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    return f"<img alt='plot' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for c in columns:
+            value = row.get(c)
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            text = "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+            cells.append(f"<td class='n'>{_e(text)}</td>" if numeric else f"<td>{_e(text)}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _params(hparams: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(hparams.items()))
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text))

@@ -1,0 +1,131 @@
+"""Reading a sweep back from Tune's files, the leaderboard's ranking and stop reasons, and the
+HTML report, on a sweep folder written here in Tune's layout (no Ray needed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from recsearch.cli import main
+from recsearch.tuning.plan import SweepPlan, plan_sweep
+from recsearch.tuning.report import leaderboard, stopped_by
+from recsearch.tuning.results import _error_line, best_checkpoint, collect_trials
+
+MAX_EPOCHS, PATIENCE = 6, 2
+TRACEBACK = """Failure # 1 (occurred at 2026-01-01_00-00-00)
+ray::ImplicitFunc.train() (pid=1, ip=127.0.0.1, actor_id=ab, repr=run_trial)
+  File "/x/recsearch/training.py", line 33, in train_step
+    raise FloatingPointError(f"training loss is {loss} at epoch {epoch}: the model diverged")
+FloatingPointError: training loss is nan at epoch 3: the model diverged
+"""
+
+
+def curve(values):
+    """result.json rows: one per epoch; stale_epochs counts epochs without a new best."""
+    rows, best, stale = [], None, 0
+    for epoch, value in enumerate(values, 1):
+        stale = 0 if best is None or value > best else stale + 1
+        best = value if best is None or value > best else best
+        rows.append({"epoch": epoch, "loss": 1.0 / epoch, "valid/ndcg@10": value, "valid/recall@10": value / 2,
+                     "stale_epochs": stale, "time_total_s": float(epoch), "config": {}, "pid": 1})
+    return rows
+
+
+TRIALS = {  # trial id -> (status, rate, epochs' validation NDCG, error)
+    "00000": ("TERMINATED", 0.1, [0.2, 0.3, 0.35, 0.4, 0.42, 0.45], None),  # ran all epochs
+    "00001": ("TERMINATED", 0.001, [0.05, 0.06], None),  # ASHA stopped it at epoch 2
+    "00002": ("TERMINATED", 0.05, [0.3, 0.5, 0.48, 0.49], None),  # its patience (2) stopped it
+    "00003": ("ERROR", 0.9, [0.6, 0.7], TRACEBACK),  # diverged: good values but not ranked
+    "00004": ("RUNNING", 0.01, [0.1], None),  # still running
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> SweepPlan:
+    out = tmp_path_factory.mktemp("report") / "toy-sweep"
+    plan = plan_sweep(["model=mf", f"out={out}", f"train.max_epochs={MAX_EPOCHS}", f"train.patience={PATIENCE}",
+                       "~search.space", "+search.space={lr:{loguniform:[1e-4,1.0]},optimizer:{choice:[adam,sgd]}}"])
+    plan.save()
+    experiment = Path(plan.experiment_path("mf"))
+    trial_data = []
+    for trial_id, (status, lr, values, error) in TRIALS.items():
+        folder = experiment / f"mf_{trial_id}"
+        folder.mkdir(parents=True)
+        rows = curve(values)
+        if trial_id == "00002":  # a resumed trial repeats its last epoch: the later report wins
+            rows.insert(2, {**rows[2], "valid/ndcg@10": 0.01})
+        (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if error:
+            (folder / "error.txt").write_text(error)
+        hparams = {"lr": lr, "optimizer": "adam" if lr < 0.05 else "sgd"}
+        meta = {"trial_id": trial_id, "status": status, "config": hparams, "relative_logdir": folder.name}
+        trial_data.append([json.dumps(meta), json.dumps({"error_filename": "error.txt" if error else None})])
+    (experiment / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
+    return plan
+
+
+def test_trials_are_read_back_with_their_histories_and_errors(sweep):
+    trials = {t.trial_id: t for t in collect_trials(sweep)}
+    assert set(trials) == set(TRIALS)
+    assert trials["00003"].error == "FloatingPointError: training loss is nan at epoch 3: the model diverged"
+    assert [r["epoch"] for r in trials["00002"].history] == [1, 2, 3, 4]
+    assert trials["00002"].history[2]["valid/ndcg@10"] == 0.48, "the last report of a repeated epoch wins"
+    assert trials["00000"].best("ndcg@10", "max")["epoch"] == 6
+    assert trials["00000"].best("ndcg@10", "min")["epoch"] == 1
+
+
+def test_leaderboard_ranks_finished_trials_and_says_why_each_stopped(sweep):
+    board = leaderboard(sweep, collect_trials(sweep))
+    assert [(r["trial"], r["rank"], r["stopped"]) for r in board] == [
+        ("mf_00002", 1, "patience"), ("mf_00000", 2, "no"), ("mf_00001", 3, "asha"),
+        ("mf_00003", None, "error"), ("mf_00004", None, "unfinished"),
+    ]
+    assert board[0]["ndcg@10"] == 0.5 and board[0]["best_epoch"] == 2 and board[0]["epochs"] == 4
+
+
+def test_a_closed_form_trial_is_never_counted_as_stopped(sweep):
+    trial = next(t for t in collect_trials(sweep) if t.trial_id == "00001")
+    assert stopped_by(trial, {**sweep.configs["mf"], "iterative": False}) == "no"
+    assert stopped_by(trial, {**sweep.configs["mf"], "scheduler": {"name": "fifo"}}) == "no"
+
+
+def test_report_command_writes_leaderboard_and_self_contained_html(sweep, capsys):
+    assert main(["report", sweep.out]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"1\s+mf_00002\s+mf\s+0\.5000\s+2\s+4\s+patience\s+lr=0\.05 optimizer=sgd", printed)
+    with open(Path(sweep.out) / "leaderboard.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["trial"] for r in rows] == ["mf_00002", "mf_00000", "mf_00001", "mf_00003", "mf_00004"]
+    assert json.loads(rows[0]["hparams"]) == {"lr": 0.05, "optimizer": "sgd"}
+    assert rows[3]["error"].startswith("FloatingPointError") and rows[3]["rank"] == ""
+    html = (Path(sweep.out) / "report.html").read_text()
+    assert "has not finished" in html  # no summary.json yet: nothing selected or tested
+    assert html.count("data:image/png;base64,") == 3  # per-family best, learning curves, hyperparameters
+    assert "src='http" not in html and "<script" not in html and "<link" not in html
+
+
+def test_best_checkpoint_is_the_best_kept_one_not_the_latest(sweep, tmp_path):
+    trial = next(t for t in collect_trials(sweep) if t.trial_id == "00002")
+    for name, epoch, value in (("checkpoint_000001", 2, 0.5), ("checkpoint_000003", 4, 0.49)):
+        folder = Path(trial.path) / name
+        folder.mkdir()
+        (folder / "progress.json").write_text(json.dumps({"epoch": epoch, "value": value}))
+    with best_checkpoint(trial, "max") as folder:
+        assert folder.name == "checkpoint_000001"
+    with best_checkpoint(trial, "min") as folder:
+        assert folder.name == "checkpoint_000003"
+
+
+def test_error_line_is_the_exception_not_the_traceback():
+    assert _error_line(TRACEBACK).startswith("FloatingPointError: training loss is nan")
+    assert _error_line("something odd\n") == "something odd"
+    assert _error_line(None) is None
+
+
+def test_report_of_a_folder_that_is_no_sweep_fails_cleanly(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not a sweep folder" in capsys.readouterr().err

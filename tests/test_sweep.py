@@ -1,0 +1,245 @@
+"""Sweeps end to end on one local Ray (started once for this module): ASHA stopping bad trials,
+the exported best model, NaN trials, a sweep where everything fails, and resuming after the
+driver was killed.
+
+The model is ``Toy``, registered here under the test-only family ``sweeptoy``: its quality is
+set by its hyperparameters, so each test knows which trials must win, stop early or fail. The
+tests run the real command line against a copy of ``conf/`` with three extra files (the toy's
+model config and search space, and a data config reading the planted dataset of conftest).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+from conftest import ROOT, make_planted
+
+from recsearch.cli import main
+from recsearch.data.dataset import Dataset, Interactions
+from recsearch.models.base import IterativeRecommender, Recommender, register
+from recsearch.tuning.plan import SweepPlan
+from recsearch.tuning.results import collect_trials
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+TESTS = Path(__file__).resolve().parent
+
+
+@register("sweeptoy")
+class Toy(IterativeRecommender):
+    """Scores ``strength * affinity + noise``: affinity (X Xᵀ X, row-normalised) recovers the
+    planted groups, the noise is fixed per seed, and ``strength`` grows by ``rate`` per epoch, so
+    a large rate ranks well after one epoch and a tiny one stays near random. The training loss
+    is NaN at epoch ``nan_at`` (0: never); ``delay`` seconds of sleep per epoch keep trials
+    running long enough to kill a driver in between."""
+
+    def __init__(self, rate: float = 0.1, nan_at: int = 0, delay: float = 0.0, **common):
+        super().__init__(rate=rate, nan_at=nan_at, delay=delay, **common)
+        self.rate, self.nan_at, self.delay = float(rate), int(nan_at), float(delay)
+
+    def prepare(self, train):
+        super().prepare(train)
+        x = torch.as_tensor(train.matrix().toarray())
+        affinity = x @ (x.T @ x)
+        self.affinity = affinity / affinity.max(dim=1, keepdim=True).values.clamp(min=1e-9)
+        self.noise = torch.rand(self.n_users, self.n_items, generator=torch.Generator().manual_seed(self.seed))
+        self.strength = torch.zeros(())
+        self.epochs = torch.zeros((), dtype=torch.long)
+
+    def train_epoch(self) -> float:
+        time.sleep(self.delay)
+        self.epochs += 1
+        self.strength += self.rate
+        return float("nan") if int(self.epochs) == self.nan_at else 1.0 / (1.0 + float(self.strength))
+
+    def state(self):
+        return {"strength": self.strength, "epochs": self.epochs}
+
+    def load_state(self, state):
+        self.strength, self.epochs = state["strength"].clone(), state["epochs"].clone()
+
+    def _score(self, users):
+        return self.strength * self.affinity[users] + self.noise[users]
+
+
+def planted_dataset() -> Dataset:
+    """conftest's planted data as one raw dataset (the sweep splits it again, leave-one-out)."""
+    split = make_planted()[0]
+    parts = (split.train.interactions, split.valid, split.test)
+    merged = Interactions(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("user", "item", "rating", "timestamp")))
+    return split.train.with_interactions(merged)
+
+
+EXTRA_CONF = {
+    "model/sweeptoy.yaml": """# @package _global_
+model:
+  _target_: test_sweep.Toy
+  rate: 0.1
+  nan_at: 0
+  delay: 0.0
+train:
+  max_epochs: 6
+  patience: 3
+""",
+    "search/sweeptoy.yaml": """defaults:
+  - base
+space:
+  rate: {grid: [1.0, 0.5, 0.002, 0.001, 0.003, 0.0015]}
+""",
+    "data/planted.yaml": """name: planted
+source:
+  _target_: test_sweep.planted_dataset
+preprocess:
+  dedup: true
+split:
+  scheme: loo
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def conf(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("conf") / "conf"
+    shutil.copytree(ROOT / "conf", root)
+    for name, text in EXTRA_CONF.items():
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_ray(conf):
+    """One local Ray for the module; drivers started by the tests join it."""
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RECSEARCH_CONF_DIR", "PYTHONPATH")}
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # independent of a token file on this machine
+    os.environ["RECSEARCH_CONF_DIR"] = str(conf)
+    # Ray's workers inherit it from the raylet: they import Toy as test_sweep.Toy
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), saved["PYTHONPATH"]]))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+TOY = ["model=sweeptoy", "data=planted", "ray.verbose=0"]
+
+
+def test_asha_sweep_ranks_trials_exports_the_best_and_reports(local_ray, tmp_path, capsys):
+    out = tmp_path / "asha"
+    code = main(["sweep", *TOY, f"out={out}", "search.num_samples=1",
+                 "scheduler.grace_period=1", "scheduler.reduction_factor=2"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"]["run"] == 6 and summary["trials"]["errored"] == 0
+    assert summary["trials"]["stopped_by_asha"] >= 1, "the near-random trials must be stopped at a rung"
+    best = summary["best"]
+    assert best["hparams"]["rate"] >= 0.5 and best["family"] == "sweeptoy"
+    assert set(best["test"]) >= {"ndcg@10", "recall@10"} and best["valid"]["ndcg@10"] > 0.3
+
+    lines = (out / "leaderboard.csv").read_text().splitlines()
+    assert len(lines) == 7 and lines[1].startswith("1,sweeptoy_")
+    plan = SweepPlan.load(out)
+    trials = {t.name: t for t in collect_trials(plan)}
+    stopped = {t.hparams["rate"] for t in trials.values() if len(t.history) < 6 and t.history[-1]["stale_epochs"] < 3}
+    # rung 1 always holds an earlier, better trial when a near-random one arrives (grid order, 2 at a time)
+    assert stopped >= {0.002, 0.001, 0.003, 0.0015} and 1.0 not in stopped
+    assert list((Path(trials[best["trial"]].path)).glob("events.out.tfevents.*")), "TensorBoard log per trial"
+
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and best["trial"] in html and "<script" not in html
+    assert "leaderboard" in printed and best["trial"] in printed
+
+    model = Recommender.load(out / "best")
+    assert model.metadata["sweep"] == "asha" and model.metadata["test"] == best["test"]
+    items, _ = model.recommend([0, 1], k=5)
+    assert items.shape == (2, 5)
+    # the exported weights are those of the best epoch: re-evaluating reproduces its valid metric
+    from recsearch.data import load_split
+    from recsearch.evaluation import Evaluator
+
+    config = plan.first
+    split = load_split(config["data"], seed=config["seed"], implicit_threshold=None)
+    valid = Evaluator.for_task(config["task"]).evaluate(model, split, "valid")
+    assert valid["ndcg@10"] == pytest.approx(best["valid"]["ndcg@10"], abs=1e-6)
+
+
+def test_a_diverged_trial_errors_and_the_sweep_goes_on(local_ray, tmp_path):
+    out = tmp_path / "nan"
+    code = main(["sweep", *TOY, f"out={out}", "search.num_samples=1", "scheduler=fifo",
+                 "search.space.rate.grid=[0.5]", "+search.space.nan_at={grid:[0,2]}"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"]["run"] == 2 and summary["trials"]["errored"] == 1
+    assert summary["best"]["hparams"]["nan_at"] == 0
+    assert "FloatingPointError: training loss is nan at epoch 2" in summary["errors"][0]["error"]
+    row = (out / "leaderboard.csv").read_text().splitlines()[2]
+    assert ",ERROR," in row and ",error," in row
+
+
+def test_a_sweep_where_every_trial_fails_exits_nonzero_with_the_reasons(local_ray, tmp_path, capsys):
+    out = tmp_path / "allfail"
+    code = main(["sweep", *TOY, f"out={out}", "search.num_samples=1", "scheduler=fifo",
+                 "search.space.rate.grid=[0.5]", "+search.space.nan_at={grid:[1,2]}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "all 2 trials failed" in err and "FloatingPointError" in err and str(out / "summary.json") in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"] is None and summary["trials"]["errored"] == 2
+    assert (out / "report.html").is_file() and not (out / "best").exists()
+
+
+def test_resume_after_a_killed_driver_does_not_rerun_finished_trials(local_ray, tmp_path):
+    """With Optuna TPE, whose state (4 samples in all) must come back too."""
+    out = tmp_path / "killed"
+    env = {**os.environ, "RAY_ADDRESS": local_ray}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "recsearch", "sweep", *TOY, f"out={out}", "scheduler=fifo", "search.num_samples=4",
+         "search.algorithm=optuna", "~search.space.rate", "+search.space.rate={loguniform:[0.2,1.0]}",
+         "model.delay=0.4", "ray.max_concurrent_trials=1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        before = _wait_for_a_finished_trial(out, driver)
+    finally:
+        driver.kill()
+        driver.wait()
+    finished = {name: lines for name, (status, lines) in before.items() if status == "TERMINATED"}
+    assert finished and len(finished) < 4, f"the kill should land mid-sweep: {before}"
+
+    assert main(["resume", str(out)]) == 0
+    after = {t.name: t for t in collect_trials(SweepPlan.load(out))}
+    assert len(after) == 4 and all(t.status == "TERMINATED" for t in after.values())
+    for name, lines in finished.items():
+        assert _result_lines(after[name].path) == lines, f"{name} finished before the kill and must not re-run"
+    for trial in after.values():
+        assert [row["epoch"] for row in trial.history] == list(range(1, 7))
+    assert json.loads((out / "summary.json").read_text())["trials"]["completed"] == 4
+
+
+def _wait_for_a_finished_trial(out: Path, driver: subprocess.Popen, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+        if (out / "sweep.json").is_file():
+            trials = collect_trials(SweepPlan.load(out))
+            if any(t.status == "TERMINATED" for t in trials):
+                return {t.name: (t.status, _result_lines(t.path)) for t in trials}
+        time.sleep(0.2)
+    raise AssertionError("no trial finished in time")
+
+
+def _result_lines(trial_dir: str) -> int:
+    path = Path(trial_dir) / "result.json"
+    return len(path.read_text().splitlines()) if path.is_file() else 0
