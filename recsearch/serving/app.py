@@ -1,0 +1,230 @@
+"""The Ray Serve application: a FastAPI ingress (OpenAPI docs at ``/docs``) over ``ModelService``.
+
+The model directory sits in the deployment's ``user_config`` (see ``ServeSettings``). Serve
+calls ``reconfigure`` when that config changes on a running app (``serve deploy`` with a new
+``model_dir``): the new model is loaded in a worker thread while the old one keeps answering,
+then one reference is swapped. Each batch takes the reference once, so a request never sees
+half of one model and half of another.
+
+``serve run serve/config.yaml`` and ``serve deploy`` import ``app`` from here;
+``recsearch serve`` builds one with ``build_app``.
+"""
+
+import asyncio
+import logging
+import os
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from ray import serve
+from starlette.exceptions import HTTPException
+
+from recsearch import __version__
+from recsearch.runtime import configure_threads
+from recsearch.serving import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, TOKEN_ENV
+from recsearch.serving.schemas import (
+    BatchingStats,
+    ErrorBody,
+    Health,
+    HistoryRecommendationRequest,
+    ModelInfo,
+    RatingPrediction,
+    RatingRequest,
+    Recommendations,
+    ServeSettings,
+    SimilarItems,
+    SimilarItemsRequest,
+    UserRecommendationRequest,
+    UserRecommendations,
+)
+from recsearch.serving.service import (
+    ModelService,
+    ServingError,
+    check_bearer,
+    describe_validation_errors,
+    read_description,
+    resolve_model_dir,
+)
+
+logger = logging.getLogger("ray.serve")
+
+api = FastAPI(
+    title="recsearch",
+    version=__version__,
+    description="Recommendations from a model trained by recsearch. Raw user and item ids as in the "
+                "dataset. Errors are JSON `{error, field}`.",
+)
+bearer = HTTPBearer(auto_error=False, description=f"needed when the server has {TOKEN_ENV} set")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 409, 422, 500, 503)
+}
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    return JSONResponse(describe_validation_errors(list(error.errors())).model_dump(), status_code=422)
+
+
+@api.exception_handler(ServingError)
+async def _serving_error(request: Request, error: ServingError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    body = ErrorBody(error=str(error.detail)).model_dump()
+    return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
+
+
+@api.middleware("http")
+async def _no_bare_server_errors(request: Request, call_next):
+    """Whatever a model raises reaches the client as JSON, with the details in the replica log."""
+    try:
+        return await call_next(request)
+    except Exception as error:
+        logger.exception("unexpected error serving %s", request.url.path)
+        body = ErrorBody(error=f"internal error ({type(error).__name__}); see the server log").model_dump()
+        return JSONResponse(body, status_code=500)
+
+
+def _batched(method):
+    return serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)(method)
+
+
+def _answer(result):
+    """A batch slot holds either the response or the request's own error."""
+    if isinstance(result, ServingError):
+        raise result
+    return result
+
+
+@serve.deployment(name="Recommender", max_ongoing_requests=2 * DEFAULT_MAX_BATCH_SIZE,
+                  ray_actor_options={"num_cpus": 1})
+@serve.ingress(api)
+class RecommenderServer:
+    def __init__(self):
+        configure_threads()
+        self.service: ModelService | None = None
+        self.settings: ServeSettings | None = None
+        self.reload_error: str | None = None
+        self.token = os.environ.get(TOKEN_ENV) or None
+        self.batching = BatchingStats(max_batch_size=DEFAULT_MAX_BATCH_SIZE)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load the configured model, then swap it in. A failed hot swap keeps the old model
+        serving and reports why in /health; a failed first load fails the deployment."""
+        try:
+            settings = ServeSettings.model_validate(user_config)
+            if self._needs_reload(settings):
+                self.service = await asyncio.to_thread(ModelService.load, settings.model_dir)
+                logger.info("serving model %s from %s", self.service.model_id, self.service.directory)
+        except Exception as error:  # anything: a broken new model must not take the old one down
+            if self.service is None:
+                raise
+            self.reload_error = f"{type(error).__name__}: {error}"
+            logger.error("hot swap failed, still serving model %s: %s", self.service.model_id, self.reload_error)
+            return
+        self.settings, self.reload_error = settings, None
+        self.batching.max_batch_size = settings.max_batch_size
+        for handler in (self._user_batch, self._history_batch, self._similar_batch):
+            handler.set_max_batch_size(settings.max_batch_size)
+            handler.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    def _needs_reload(self, settings: ServeSettings) -> bool:
+        if self.service is None or self.settings is None or settings.revision != self.settings.revision:
+            return True
+        directory = resolve_model_dir(settings.model_dir)
+        return directory != self.service.directory or read_description(directory) != self.service.description
+
+    def _authorized(self, credentials: HTTPAuthorizationCredentials | None) -> ModelService:
+        check_bearer(credentials.credentials if credentials else None, self.token)
+        service = self.service
+        if service is None:
+            raise ServingError(503, "no model loaded: give the deployment a user_config with model_dir")
+        return service
+
+    # -- endpoints ----------------------------------------------------------------------------
+    @api.get("/health", response_model=Health, responses={503: {"model": Health}})
+    async def health(self):
+        """Liveness and which model is loaded; never needs the token."""
+        service, auth = self.service, "bearer" if self.token else "none"
+        if service is None:
+            return JSONResponse(Health(status="no_model", auth=auth).model_dump(), status_code=503)
+        return Health(status="ok", model_id=service.model_id, family=service.model.family, auth=auth,
+                      reload_error=self.reload_error, batching=self.batching)
+
+    @api.get("/model", response_model=ModelInfo, responses=ERRORS)
+    async def model_info(self, credentials: Credentials):
+        """Family, hyperparameters, validation/test metrics and provenance of the loaded model."""
+        return self._authorized(credentials).info()
+
+    @api.post("/recommend/user", response_model=UserRecommendations, responses=ERRORS)
+    async def recommend_user(self, body: UserRecommendationRequest, credentials: Credentials):
+        """Top-k items for a user of the training data; unknown users get popular items."""
+        self._authorized(credentials)
+        return await self._user_batch(body)
+
+    @api.post("/recommend/history", response_model=Recommendations, responses=ERRORS)
+    async def recommend_history(self, body: HistoryRecommendationRequest, credentials: Credentials):
+        """Top-k items for an anonymous user known by recent items (oldest first)."""
+        self._authorized(credentials)
+        return _answer(await self._history_batch(body))
+
+    @api.post("/similar-items", response_model=SimilarItems, responses=ERRORS)
+    async def similar_items(self, body: SimilarItemsRequest, credentials: Credentials):
+        """Items most often consumed by the same users (cosine over the training matrix)."""
+        self._authorized(credentials)
+        return _answer(await self._similar_batch(body))
+
+    @api.post("/predict-rating", response_model=RatingPrediction, responses=ERRORS)
+    async def predict_rating(self, body: RatingRequest, credentials: Credentials):
+        """Predicted rating of (user, item); only for models trained with task=rating (else 409)."""
+        return self._authorized(credentials).predict_rating(body)
+
+    # -- batches: one forward pass for all concurrent requests of a kind ----------------------
+    @_batched
+    async def _user_batch(self, requests: list[UserRecommendationRequest]) -> list[UserRecommendations]:
+        self._count(requests)
+        return await asyncio.to_thread(self.service.recommend_users, requests)
+
+    @_batched
+    async def _history_batch(self, requests: list[HistoryRecommendationRequest]) -> list:
+        self._count(requests)
+        return await asyncio.to_thread(self.service.recommend_histories, requests)
+
+    @_batched
+    async def _similar_batch(self, requests: list[SimilarItemsRequest]) -> list:
+        self._count(requests)
+        return await asyncio.to_thread(self.service.similar_items, requests)
+
+    def _count(self, requests: list) -> None:
+        stats = self.batching
+        stats.batches += 1
+        stats.requests += len(requests)
+        stats.largest = max(stats.largest, len(requests))
+
+
+app = RecommenderServer.bind()
+
+
+def build_app(settings: ServeSettings, *, replicas: int = 1, max_replicas: int | None = None,
+              num_cpus: float = 1.0, num_gpus: float = 0.0, env_vars: dict[str, str] | None = None):
+    """The application for ``serve.run``: fixed ``replicas``, or autoscaling between ``replicas``
+    and ``max_replicas`` aiming at one full batch in flight per replica."""
+    actor_options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    if env_vars:
+        actor_options["runtime_env"] = {"env_vars": dict(env_vars)}
+    if max_replicas and max_replicas > replicas:
+        scaling: dict[str, Any] = {"autoscaling_config": {
+            "min_replicas": replicas, "max_replicas": max_replicas,
+            "target_ongoing_requests": settings.max_batch_size}}
+    else:
+        scaling = {"num_replicas": replicas}
+    return RecommenderServer.options(
+        user_config=settings.model_dump(), ray_actor_options=actor_options,
+        max_ongoing_requests=max(2 * settings.max_batch_size, 8), **scaling,
+    ).bind()

@@ -1,0 +1,131 @@
+"""Request and response bodies of the HTTP API, and the deployment's ``user_config``.
+
+Requests are strict: ids are strings (raw ids as in the dataset), ``k`` an integer, flags
+booleans, unknown keys rejected, so a typo or a wrong type is a 422 naming the field instead
+of a silently different answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from recsearch.serving import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, MAX_HISTORY, MAX_K
+
+RawId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+TopK = Annotated[int, Field(ge=1, le=MAX_K, description=f"number of items to return, 1..{MAX_K}")]
+Fallback = Literal["item_similarity", "popularity"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class UserRecommendationRequest(_Request):
+    user: RawId = Field(description="raw user id as in the dataset; unknown users get popular items")
+    k: TopK = 10
+    exclude_seen: bool = Field(True, description="leave out items the user interacted with in training")
+
+
+class HistoryRecommendationRequest(_Request):
+    items: list[RawId] = Field(max_length=MAX_HISTORY, description="recent raw item ids, oldest first")
+    k: TopK = 10
+    exclude_seen: bool = Field(True, description="leave out the items of the history")
+
+
+class SimilarItemsRequest(_Request):
+    item: RawId = Field(description="raw item id")
+    k: TopK = 10
+
+
+class RatingRequest(_Request):
+    user: RawId
+    item: RawId
+
+
+class ScoredItem(BaseModel):
+    item: str
+    score: float
+    title: str | None = None
+
+
+class Recommendations(BaseModel):
+    items: list[ScoredItem]
+    fallback: Fallback | None = Field(
+        description="null when the model personalised the answer, else how it was made instead")
+    model_id: str = Field(description="identifies the model that answered (changes on a hot swap)")
+
+
+class UserRecommendations(Recommendations):
+    user: str
+
+
+class SimilarItems(BaseModel):
+    item: str
+    items: list[ScoredItem] = Field(description="items with positive cosine similarity, best first")
+    model_id: str
+
+
+class RatingPrediction(BaseModel):
+    user: str
+    item: str
+    rating: float
+    model_id: str
+
+
+class BatchingStats(BaseModel):
+    max_batch_size: int
+    batches: int = Field(0, description="forward passes run since the replica started")
+    requests: int = Field(0, description="requests they answered")
+    largest: int = Field(0, description="most requests answered by one forward pass")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "no_model"]
+    model_id: str | None = None
+    family: str | None = None
+    auth: Literal["bearer", "none"]
+    reload_error: str | None = Field(None, description="why the last hot swap failed (old model kept)")
+    batching: BatchingStats | None = None
+
+
+class ModelInfo(BaseModel):
+    model_id: str
+    path: str
+    family: str
+    task: str
+    hparams: dict[str, Any]
+    seed: int
+    n_users: int
+    n_items: int
+    saved_at: str | None
+    loaded_at: str
+    metadata: dict[str, Any] = Field(description="what the exporter recorded: metrics, sweep, split")
+
+
+class ErrorBody(BaseModel):
+    error: str
+    field: str | None = Field(None, description="the request field at fault, when there is one")
+
+
+class ServeSettings(BaseModel):
+    """The deployment's ``user_config``; changing it on a running app is a hot swap."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str = Field(min_length=1, description="absolute path of a model directory, or of a sweep "
+                                                     "directory with best/")
+    max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(DEFAULT_BATCH_WAIT_S, ge=0.0, le=1.0)
+    revision: str | int | None = Field(
+        None, description="change it to reload a model directory that was re-exported in place")
+
+    @field_validator("model_dir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not Path(value).expanduser().is_absolute():
+            raise ValueError(f"must be an absolute path, got {value!r}: replicas do not run in the "
+                             "directory you deploy from")
+        return value

@@ -1,0 +1,292 @@
+"""What the HTTP API does, as plain classes with no Ray or HTTP in them.
+
+``ModelService`` wraps one loaded model. Its batched methods take a list of requests and
+answer them with one forward pass; per-request problems (an unknown item id) come back as a
+``ServingError`` in that request's slot, so one bad request never fails its batch-mates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsearch.errors import ConfigError
+from recsearch.models.base import FORMAT_VERSION, Recommender, model_class
+from recsearch.serving.fallback import ItemSimilarity, Popularity
+from recsearch.serving.schemas import (
+    ErrorBody,
+    HistoryRecommendationRequest,
+    ModelInfo,
+    RatingPrediction,
+    RatingRequest,
+    Recommendations,
+    ScoredItem,
+    SimilarItems,
+    SimilarItemsRequest,
+    UserRecommendationRequest,
+    UserRecommendations,
+)
+
+
+class ServingError(Exception):
+    """A request the service cannot answer: HTTP status, message and the field at fault."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        """``{error, field}``, the error led by the field as validation errors are."""
+        error = f"{self.field}: {self.message}" if self.field else self.message
+        return ErrorBody(error=error, field=self.field).model_dump()
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory (with ``model.json``) as is, or a sweep directory's ``best/``."""
+    path = Path(path).expanduser().resolve()
+    for candidate in (path, path / "best"):
+        if (candidate / "model.json").is_file():
+            return candidate
+    raise ConfigError(f"{path} is not a model directory (no model.json) nor a sweep directory with best/model.json")
+
+
+def read_description(directory: Path) -> dict[str, Any]:
+    """``model.json``, checked enough that loading cannot fail on its account."""
+    path = directory / "model.json"
+    try:
+        description = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read model description: {err}") from None
+    if not isinstance(description, dict) or description.get("format") != FORMAT_VERSION:
+        raise ConfigError(f"{path}: not a recsearch model description of format {FORMAT_VERSION}")
+    try:
+        model_class(str(description.get("family")))
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return description
+
+
+def check_bearer(presented: str | None, expected: str | None) -> None:
+    """Raise a 401 unless ``presented`` equals the configured token (no token: everyone passes).
+    Compared in constant time so the token cannot be guessed from response times."""
+    if not expected:
+        return
+    if presented is None or not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise ServingError(401, "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> ErrorBody:
+    """One readable message from pydantic/FastAPI validation errors, naming each field."""
+    parts, fields = [], []
+    for error in errors:
+        path = [str(p) for p in error.get("loc", ()) if p != "body"]
+        if error.get("type") == "json_invalid":
+            field, message = "body", f"is not valid JSON ({error.get('ctx', {}).get('error', 'decode error')})"
+        elif not path:
+            field = "body"
+            message = "a JSON object is required" if error.get("type") == "missing" else error.get("msg", "invalid")
+        else:
+            field, message = ".".join(path), error.get("msg", "invalid")
+        fields.append(field)
+        parts.append(f"{field}: {message}")
+    return ErrorBody(error="; ".join(parts) or "invalid request", field=fields[0] if fields else None)
+
+
+class ModelService:
+    """One loaded model with its id maps and fallbacks, answering batches of requests."""
+
+    def __init__(self, model: Recommender, directory: Path, description: dict[str, Any]):
+        data = model.train_data
+        if data is None:
+            raise ValueError("the model has no training data attached: load it with Recommender.load")
+        self.model = model
+        self.directory = directory
+        self.description = description
+        self.model_id = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:12]
+        self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.user_index = data.user_index()
+        self.item_index = data.item_index()
+        self.item_ids = data.item_ids.astype(str)
+        self.titles = None if data.item_titles is None else data.item_titles.astype(str)
+        self.popularity = Popularity(data.item_popularity())
+        self.similarity = ItemSimilarity(data.matrix())
+        self.tiebreak = self.popularity.tiebreak()
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> ModelService:
+        directory = resolve_model_dir(path)
+        description = read_description(directory)
+        return cls(Recommender.load(directory, device=device), directory, description)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def info(self) -> ModelInfo:
+        d = self.description
+        return ModelInfo(
+            model_id=self.model_id, path=str(self.directory), family=d["family"], task=d.get("task", "ranking"),
+            hparams=d.get("hparams", {}), seed=d.get("seed", 0), n_users=len(self.user_index),
+            n_items=self.n_items, saved_at=d.get("saved_at"), loaded_at=self.loaded_at,
+            metadata=d.get("metadata", {}),
+        )
+
+    # -- batched endpoints ------------------------------------------------------------------
+    def recommend_users(self, requests: list[UserRecommendationRequest]) -> list[UserRecommendations]:
+        """Model scores for known users, one forward pass for the whole batch; unknown users
+        get the most popular items, marked ``fallback="popularity"``."""
+        ids = [self.user_index.get(r.user) for r in requests]
+        known = [i for i, u in enumerate(ids) if u is not None]
+        answers: list[UserRecommendations | None] = [None] * len(requests)
+        if known:
+            users = torch.tensor([ids[i] for i in known], dtype=torch.long)
+            scores = self.model.score(users).float()
+            masked = torch.tensor([requests[i].exclude_seen for i in known])
+            if masked.any():
+                positions = torch.nonzero(masked).ravel()
+                row, item = self.model.seen.rows(users[positions].to(self.model.device))
+                scores[positions.to(scores.device)[row.to(scores.device)], item.to(scores.device)] = float("-inf")
+            items, values = self._top(scores, max(requests[i].k for i in known))
+            for row_number, i in enumerate(known):
+                answers[i] = UserRecommendations(
+                    user=requests[i].user, fallback=None, model_id=self.model_id,
+                    items=self._scored(items[row_number], values[row_number], values[row_number], requests[i].k))
+        for i, answer in enumerate(answers):
+            if answer is None:
+                items, counts = self.popularity.top(requests[i].k)
+                answers[i] = UserRecommendations(user=requests[i].user, fallback="popularity", model_id=self.model_id,
+                                                 items=self._scored(items, counts, counts, requests[i].k))
+        return answers
+
+    def recommend_histories(self, requests: list[HistoryRecommendationRequest]) -> list[Recommendations | ServingError]:
+        """Recommendations from recent items: the model's own sequence scoring where it has one,
+        else summed item-item cosine similarity; popularity when the history says nothing."""
+        answers: list[Recommendations | ServingError | None] = [None] * len(requests)
+        histories: dict[int, np.ndarray] = {}
+        for i, request in enumerate(requests):
+            try:
+                histories[i] = self._item_ids(request.items, "items")
+            except ServingError as err:
+                answers[i] = err
+        rows = list(histories)
+        if rows:
+            batch = [histories[i] for i in rows]
+            key, reported, fallbacks = self._history_scores(batch)
+            hidden = [n for n, i in enumerate(rows) if requests[i].exclude_seen]
+            if hidden:
+                lengths = [len(batch[n]) for n in hidden]
+                key[np.repeat(hidden, lengths), np.concatenate([batch[n] for n in hidden])] = float("-inf")
+            items, ranked = self._top(key, max(requests[i].k for i in rows))
+            values = reported.gather(1, torch.as_tensor(items)).numpy()
+            for n, i in enumerate(rows):
+                answers[i] = Recommendations(
+                    fallback=fallbacks[n], model_id=self.model_id,
+                    items=self._scored(items[n], values[n], ranked[n], requests[i].k))
+        return answers
+
+    def similar_items(self, requests: list[SimilarItemsRequest]) -> list[SimilarItems | ServingError]:
+        """Items by cosine similarity of their training columns; only positive similarities."""
+        answers: list[SimilarItems | ServingError | None] = [None] * len(requests)
+        targets: dict[int, np.ndarray] = {}
+        for i, request in enumerate(requests):
+            try:
+                targets[i] = self._item_ids([request.item], "item")
+            except ServingError as err:
+                answers[i] = err
+        rows = list(targets)
+        if rows:
+            sims = torch.from_numpy(self.similarity.scores([targets[i] for i in rows]))
+            sims[torch.arange(len(rows)), torch.as_tensor([int(targets[i][0]) for i in rows])] = float("-inf")
+            sims[sims <= 0] = float("-inf")
+            items, values = self._top(sims, max(requests[i].k for i in rows))
+            for n, i in enumerate(rows):
+                answers[i] = SimilarItems(item=requests[i].item, model_id=self.model_id,
+                                          items=self._scored(items[n], values[n], values[n], requests[i].k))
+        return answers
+
+    def predict_rating(self, request: RatingRequest) -> RatingPrediction:
+        if self.model.task != "rating":
+            raise ServingError(409, f"this {self.model.family!r} model was trained for ranking and does not "
+                                    "predict ratings: serve a model trained with task=rating")
+        user = self.user_index.get(request.user)
+        if user is None:
+            raise ServingError(422, f"unknown user {request.user!r}: ratings are predicted only for users "
+                                    "seen in training", "user")
+        item = self._item_ids([request.item], "item")
+        rating = self.model.predict(torch.tensor([user]), torch.as_tensor(item))
+        return RatingPrediction(user=request.user, item=request.item, rating=float(rating[0]),
+                                model_id=self.model_id)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _item_ids(self, raw: list[str], field: str) -> np.ndarray:
+        ids = [self.item_index.get(x) for x in raw]
+        unknown = [x for x, i in zip(raw, ids, strict=True) if i is None]
+        if unknown:
+            shown = ", ".join(repr(x) for x in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise ServingError(422, f"unknown item id{'s' if len(unknown) > 1 else ''} {shown}", field)
+        return np.asarray(ids, dtype=np.int64)
+
+    def _history_scores(self, histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, list[str | None]]:
+        """(ranking key, reported score, fallback) per history, float64 rows over all items.
+        Rows start as popularity; rows the model or the similarity can speak for are replaced."""
+        counts = torch.as_tensor(self.popularity.counts)
+        reported = counts.repeat(len(histories), 1)
+        key = reported.clone()
+        fallbacks: list[str | None] = ["popularity"] * len(histories)
+        nonempty = [n for n, h in enumerate(histories) if len(h)]
+        if self.model.scores_history and nonempty:
+            scores = self.model.score_history([histories[n].tolist() for n in nonempty]).double().cpu()
+            reported[nonempty] = scores
+            key[nonempty] = scores
+            for n in nonempty:
+                fallbacks[n] = None
+        elif not self.model.scores_history:
+            sims = torch.from_numpy(self.similarity.scores(histories))
+            signal = (sims > 0).any(dim=1)
+            reported[signal] = sims[signal]
+            key[signal] = sims[signal] + self.tiebreak
+            for n in torch.nonzero(signal).ravel().tolist():
+                fallbacks[n] = "item_similarity"
+        return key, reported, fallbacks
+
+    def _top(self, scores: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        items, values = top_k(scores, min(k, self.n_items))
+        return items.cpu().numpy(), values.cpu().numpy()
+
+    def _scored(self, items: np.ndarray, values: np.ndarray, ranked: np.ndarray, k: int) -> list[ScoredItem]:
+        """The first ``k`` items whose ranking key is finite (masked items carry -inf)."""
+        keep = np.isfinite(ranked[:k])
+        items, values = items[:k][keep], values[:k][keep]
+        titles = self.titles[items].tolist() if self.titles is not None else [None] * len(items)
+        return [ScoredItem(item=i, score=s, title=t)
+                for i, s, t in zip(self.item_ids[items].tolist(), values.tolist(), titles, strict=True)]
+
+
+def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(item ids, scores) of the ``k`` best items per row, best first, equal scores in ascending
+    item id, so an answer does not depend on the batch it was computed in.
+
+    ``torch.topk`` is O(n) but orders ties arbitrarily: only rows where ties straddle the k-th
+    place are fully (stably) sorted; the k winners of every row are then put in order."""
+    values, items = torch.topk(scores, k, dim=1)
+    threshold = values[:, -1:]
+    straddling = (scores == threshold).sum(dim=1) > (values == threshold).sum(dim=1)
+    if straddling.any():
+        rows = torch.nonzero(straddling).ravel()
+        ordered = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+        items[rows], values[rows] = ordered.indices[:, :k], ordered.values[:, :k]
+    by_id = torch.argsort(items, dim=1)
+    items, values = items.gather(1, by_id), values.gather(1, by_id)
+    by_score = torch.sort(values, dim=1, descending=True, stable=True).indices
+    return items.gather(1, by_score), values.gather(1, by_score)

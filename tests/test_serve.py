@@ -1,0 +1,268 @@
+"""The Ray Serve application end to end on a local Ray: deployed with ``serve deploy`` from the
+shipped serve/config.yaml, every endpoint and error path over HTTP, batching, hot swaps (good and
+broken) under concurrent load, and the bearer token on an app started with ``serve.run``.
+One Ray cluster and one Serve instance for the whole module."""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from recsearch.models.pop import Popularity
+from recsearch.serving import TOKEN_ENV
+from recsearch.serving.app import build_app
+from recsearch.serving.schemas import ServeSettings
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVE_CLI = Path(sys.executable).parent / "serve"
+TOKEN = "test-token-123"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """The running cluster: where to reach it and how to (re)deploy the declarative app."""
+
+    def __init__(self, url: str, dashboard: str, workdir: Path, env: dict[str, str]):
+        self.url, self.dashboard, self.workdir, self.env = url, dashboard, workdir, env
+        self.deploys = 0
+
+    def deploy(self, model_dir: str) -> None:
+        """``serve deploy`` of serve/config.yaml with this model, as an operator would."""
+        config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+        config["http_options"]["port"] = int(self.url.rsplit(":", 1)[1])
+        deployment = config["applications"][0]["deployments"][0]
+        deployment.pop("autoscaling_config")  # one replica: the swap must happen under load, in place
+        deployment["num_replicas"] = 1
+        deployment["ray_actor_options"]["num_cpus"] = 0.5
+        deployment["user_config"].update(model_dir=model_dir, batch_wait_timeout_s=0.05)
+        self.deploys += 1
+        path = self.workdir / f"config-{self.deploys}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        for _ in range(5):  # the dashboard's Serve API can lag behind ray.init by a few seconds
+            done = subprocess.run([str(SERVE_CLI), "deploy", str(path), "--address", self.dashboard],
+                                  env=self.env, capture_output=True, text=True, timeout=120)
+            if done.returncode == 0:
+                return
+            time.sleep(2)
+        raise RuntimeError(f"serve deploy failed: {done.stdout}\n{done.stderr}")
+
+    def health(self, prefix: str = "") -> dict:
+        return httpx.get(f"{self.url}{prefix}/health", timeout=30).json()
+
+    def wait_for(self, condition, timeout: float = 180, prefix: str = "") -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                health = self.health(prefix)
+                if condition(health):
+                    return health
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"the server did not reach the expected state within {timeout}s")
+
+    def post(self, path: str, body, **kwargs) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", json=body, timeout=30, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def models(planted_split, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("served")
+    ranking = Popularity(task="ranking").fit(planted_split.train).save(
+        root / "pop-ranking", metadata={"valid": {"ndcg@10": 0.3}, "test": {"ndcg@10": 0.25}, "sweep": "unit"})
+    Popularity(task="rating", shrinkage=1.0).fit(planted_split.train).save(root / "sweep" / "best")
+    return {"ranking": ranking, "rating_sweep": root / "sweep"}
+
+
+@pytest.fixture(scope="module")
+def server(models, tmp_path_factory):
+    import ray
+    from ray import serve
+
+    # Explicit, so the test does not depend on whether a Ray token file exists on this machine.
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    dashboard_port, http_port = free_port(), free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=dashboard_port, object_store_memory=100 * 2**20)
+    try:
+        running = Server(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{dashboard_port}",
+                         tmp_path_factory.mktemp("serve-config"), {**os.environ, "RAY_AUTH_MODE": "disabled"})
+        running.deploy(str(models["ranking"]))
+        running.wait_for(lambda h: h["status"] == "ok")
+        yield running
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
+
+
+def test_health_model_and_docs(server):
+    health = server.health()
+    assert health["status"] == "ok" and health["family"] == "pop" and health["auth"] == "none"
+    info = httpx.get(f"{server.url}/model", timeout=30).json()
+    assert info["model_id"] == health["model_id"] and info["task"] == "ranking"
+    assert info["metadata"]["sweep"] == "unit" and info["metadata"]["valid"] == {"ndcg@10": 0.3}
+    assert info["hparams"] == {"shrinkage": 10.0} and info["saved_at"]
+    assert httpx.get(f"{server.url}/docs", timeout=30).status_code == 200
+    paths = httpx.get(f"{server.url}/openapi.json", timeout=30).json()["paths"]
+    assert {"/recommend/user", "/recommend/history", "/similar-items", "/predict-rating", "/model"} <= set(paths)
+
+
+def test_endpoints(server):
+    known = server.post("/recommend/user", {"user": "u5", "k": 4}).json()
+    assert known["fallback"] is None and len(known["items"]) == 4 and known["items"][0]["title"]
+    unknown = server.post("/recommend/user", {"user": "new-user"}).json()
+    assert unknown["fallback"] == "popularity" and len(unknown["items"]) == 10
+    history = server.post("/recommend/history", {"items": ["i0", "i4"], "k": 3}).json()
+    assert history["fallback"] == "item_similarity" and len(history["items"]) == 3
+    similar = server.post("/similar-items", {"item": "i0", "k": 3}).json()
+    assert similar["item"] == "i0" and all(int(s["item"][1:]) % 4 == 0 for s in similar["items"])
+    refused = server.post("/predict-rating", {"user": "u5", "item": "i0"})
+    assert refused.status_code == 409 and "ranking" in refused.json()["error"]
+
+
+@pytest.mark.parametrize("path, body, status, field", [
+    ("/recommend/user", {"user": "u1", "k": 0}, 422, "k"),
+    ("/recommend/user", {"user": "u1", "k": 1001}, 422, "k"),
+    ("/recommend/user", {"user": "u1", "k": "ten"}, 422, "k"),
+    ("/recommend/user", {"user": 17}, 422, "user"),
+    ("/recommend/user", {"user": "u1", "exclude_seen": "no"}, 422, "exclude_seen"),
+    ("/recommend/user", {"user": "u1", "limit": 3}, 422, "limit"),
+    ("/recommend/user", None, 422, "body"),
+    ("/recommend/user", "{not json", 422, "body"),
+    ("/recommend/user", [1, 2], 422, "body"),
+    ("/recommend/history", {"items": ["i1", "nope"]}, 422, "items"),
+    ("/recommend/history", {"items": ["i1"] * 1001}, 422, "items"),
+    ("/recommend/history", {"items": "i1"}, 422, "items"),
+    ("/similar-items", {"item": "nope"}, 422, "item"),
+    ("/similar-items", {"item": "i1", "k": -1}, 422, "k"),
+    ("/predict-rating", {"user": "u1"}, 422, "item"),
+])
+def test_bad_requests_get_a_4xx_naming_the_field(server, path, body, status, field):
+    if isinstance(body, str):  # malformed JSON is sent raw
+        response = httpx.post(f"{server.url}{path}", content=body,
+                              headers={"content-type": "application/json"}, timeout=30)
+    elif body is None:
+        response = httpx.post(f"{server.url}{path}", timeout=30)
+    else:
+        response = server.post(path, body)
+    assert response.status_code == status
+    assert response.json()["field"] == field and field in response.json()["error"]
+
+
+def test_unknown_routes_and_methods_are_json_errors(server):
+    assert httpx.get(f"{server.url}/nowhere", timeout=30).json()["error"] == "Not Found"
+    assert httpx.get(f"{server.url}/recommend/user", timeout=30).status_code == 405
+
+
+def test_concurrent_requests_share_forward_passes(server):
+    users = [f"u{u}" for u in range(48)]
+    alone = {u: server.post("/recommend/user", {"user": u, "k": 5}).json()["items"] for u in users[:4]}
+    before = server.health()["batching"]
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/recommend/user", json={"user": u, "k": 5}) for u in users))
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+    after = server.health()["batching"]
+    assert after["requests"] - before["requests"] == len(users)
+    assert after["batches"] - before["batches"] < len(users) and after["largest"] > 1
+    for u, response in zip(users, responses, strict=True):
+        assert response.json()["user"] == u
+        if u in alone:
+            assert response.json()["items"] == alone[u]
+
+
+async def _load_during(server: Server, action, workers: int = 6) -> list[list[tuple[int, str]]]:
+    """Run ``action`` (blocking) while ``workers`` clients post recommendations back to back; each
+    client's (status, model_id) answers in order."""
+    stop = asyncio.Event()
+    seen: list[list[tuple[int, str]]] = [[] for _ in range(workers)]
+
+    async def client_loop(n: int, client: httpx.AsyncClient):
+        while not stop.is_set():
+            try:
+                response = await client.post("/recommend/user", json={"user": f"u{n}", "k": 5})
+                seen[n].append((response.status_code, response.json().get("model_id", "")))
+            except httpx.HTTPError as error:
+                seen[n].append((0, repr(error)))
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        tasks = [asyncio.create_task(client_loop(n, client)) for n in range(workers)]
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(action)
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*tasks)
+    return seen
+
+
+def test_hot_swap_under_load_fails_no_request(server, models):
+    old = server.health()["model_id"]
+
+    def swap():
+        server.deploy(str(models["rating_sweep"]))  # a sweep directory: its best/ is loaded
+        server.wait_for(lambda h: h["model_id"] != old)
+
+    seen = asyncio.run(_load_during(server, swap))
+    new = server.health()["model_id"]
+    answers = [a for worker in seen for a in worker]
+    assert answers and all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
+    assert {model for _, model in answers} == {old, new}
+    for worker in seen:  # one replica: once a client got the new model it never gets the old one back
+        ids = [model for _, model in worker]
+        if new in ids:
+            assert old not in ids[ids.index(new):]
+    rating = server.post("/predict-rating", {"user": "u1", "item": "i2"})
+    assert rating.status_code == 200 and 1.0 <= rating.json()["rating"] <= 5.0
+    assert httpx.get(f"{server.url}/model", timeout=30).json()["path"].endswith("best")
+
+
+def test_broken_hot_swap_keeps_serving_the_old_model(server, tmp_path):
+    before = server.health()
+
+    def swap():
+        server.deploy(str(tmp_path / "no-such-model"))
+        server.wait_for(lambda h: h["reload_error"] is not None)
+
+    seen = asyncio.run(_load_during(server, swap, workers=2))
+    assert all(status == 200 and model == before["model_id"] for worker in seen for status, model in worker)
+    after = server.health()
+    assert after["model_id"] == before["model_id"] and "not a model directory" in after["reload_error"]
+
+
+def test_bearer_token_guards_all_but_health(server, models):
+    from ray import serve
+
+    settings = ServeSettings(model_dir=str(models["ranking"]))
+    serve.run(build_app(settings, num_cpus=0.5, env_vars={TOKEN_ENV: TOKEN}), name="secured",
+              route_prefix="/secured")
+    assert server.wait_for(lambda h: h["status"] == "ok", prefix="/secured")["auth"] == "bearer"
+    body = {"user": "u1", "k": 2}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+        refused = server.post("/secured/recommend/user", body, headers=headers)
+        assert refused.status_code == 401 and "token" in refused.json()["error"]
+        assert httpx.get(f"{server.url}/secured/model", headers=headers, timeout=30).status_code == 401
+    granted = server.post("/secured/recommend/user", body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert granted.status_code == 200 and len(granted.json()["items"]) == 2
+    assert server.health()["auth"] == "none"  # the other app stays open

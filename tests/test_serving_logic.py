@@ -1,0 +1,345 @@
+"""The serving logic without Ray or HTTP: fallbacks, batched answers, errors, settings, CLI checks."""
+
+import argparse
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import yaml
+from pydantic import ValidationError
+
+from recsearch.cli import main
+from recsearch.errors import ConfigError
+from recsearch.models.base import MODELS, model_class
+from recsearch.models.pop import Popularity
+from recsearch.serving import MAX_HISTORY, MAX_K
+from recsearch.serving.cli import add_arguments, check_port_free, plan
+from recsearch.serving.fallback import ItemSimilarity
+from recsearch.serving.fallback import Popularity as PopularityFallback
+from recsearch.serving.schemas import (
+    HistoryRecommendationRequest,
+    RatingRequest,
+    ServeSettings,
+    SimilarItemsRequest,
+    UserRecommendationRequest,
+)
+from recsearch.serving.service import (
+    ModelService,
+    ServingError,
+    check_bearer,
+    describe_validation_errors,
+    read_description,
+    resolve_model_dir,
+    top_k,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ranking_dir(planted_split, tmp_path_factory) -> Path:
+    model = Popularity(task="ranking").fit(planted_split.train)
+    return model.save(tmp_path_factory.mktemp("models") / "pop-ranking",
+                      metadata={"valid": {"ndcg@10": 0.25}, "test": {"ndcg@10": 0.2}, "sweep": "demo"})
+
+
+@pytest.fixture(scope="module")
+def ranking(ranking_dir) -> ModelService:
+    return ModelService.load(ranking_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def rating(planted_split, tmp_path_factory) -> ModelService:
+    directory = tmp_path_factory.mktemp("models") / "sweep"
+    Popularity(task="rating", shrinkage=2.0).fit(planted_split.train).save(directory / "best")
+    return ModelService.load(directory, device="cpu")  # a sweep directory: its best/ is served
+
+
+def user_request(user, **kwargs):
+    return UserRecommendationRequest(user=user, **kwargs)
+
+
+def items_of(answer) -> list[str]:
+    return [scored.item for scored in answer.items]
+
+
+# -- fallbacks -------------------------------------------------------------------------------
+def test_item_similarity_is_summed_column_cosine():
+    rng = np.random.default_rng(0)
+    dense = (rng.random((30, 12)) < 0.3).astype(float)
+    dense[:, 5] = 0  # an item nobody touched: similarity 0 to everything
+    norms = np.linalg.norm(dense, axis=0)
+    cosine = dense.T @ dense / np.maximum(np.outer(norms, norms), 1e-12)
+    sims = ItemSimilarity(sp.csr_matrix(dense * 3.0))  # values are ignored: the pattern counts
+    got = sims.scores([np.array([0, 2, 2]), np.array([5]), np.array([], dtype=np.int64)])
+    np.testing.assert_allclose(got[0], cosine[0] + 2 * cosine[2], atol=1e-12)
+    assert not got[1].any() and not got[2].any()
+
+
+def test_popularity_fallback_orders_by_count_then_id():
+    pop = PopularityFallback(np.array([3, 7, 7, 0, 5]))
+    items, counts = pop.top(4)
+    assert items.tolist() == [1, 2, 4, 0] and counts.tolist() == [7, 7, 5, 3]
+    bonus = pop.tiebreak()
+    assert float(bonus.max()) < 1e-9 and bonus[1] > bonus[4] > bonus[0] > bonus[3]
+
+
+def test_top_k_orders_equal_scores_by_item_id():
+    scores = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0, float("-inf")], [5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    items, values = top_k(scores, 2)
+    assert items.tolist() == [[1, 2], [0, 1]] and values.tolist() == [[3.0, 3.0], [5.0, 4.0]]
+    ties = torch.as_tensor(np.random.default_rng(1).integers(0, 4, size=(8, 50)), dtype=torch.float32)
+    for k in (1, 7, 50):
+        expected = [np.lexsort((np.arange(50), -row))[:k].tolist() for row in ties.numpy()]
+        assert top_k(ties, k)[0].tolist() == expected
+
+
+# -- recommendations for known and unknown users ------------------------------------------------
+def test_known_user_gets_model_scores_without_seen_items(ranking, planted_split):
+    train = planted_split.train
+    user = 7
+    seen = {f"i{i}" for i in train.interactions.item[train.interactions.user == user]}
+    answer = ranking.recommend_users([user_request(f"u{user}", k=10)])[0]
+    assert answer.fallback is None and answer.user == "u7" and len(answer.items) == 10
+    assert not seen & set(items_of(answer))
+    scores = [s.score for s in answer.items]
+    assert scores == sorted(scores, reverse=True)
+    assert answer.items[0].title == f"Item {answer.items[0].item[1:]}"
+    with_seen = ranking.recommend_users([user_request("u7", k=60, exclude_seen=False)])[0]
+    assert seen <= set(items_of(with_seen))
+
+
+def test_unknown_user_gets_popularity_marked_as_such(ranking, planted_split):
+    counts = np.bincount(planted_split.train.interactions.item, minlength=60)
+    answer = ranking.recommend_users([user_request("stranger", k=5)])[0]
+    assert answer.fallback == "popularity"
+    assert [s.score for s in answer.items] == sorted(counts, reverse=True)[:5]
+
+
+def test_a_batch_answers_each_request_as_if_alone(ranking, planted_split):
+    requests = [user_request("u1", k=3), user_request("nobody", k=2), user_request("u2", k=7, exclude_seen=False),
+                user_request("u1", k=MAX_K)]
+    batched = ranking.recommend_users(requests)
+    alone = [ranking.recommend_users([r])[0] for r in requests]
+    assert [a.model_dump() for a in batched] == [a.model_dump() for a in alone]
+    seen_by_u1 = int((planted_split.train.interactions.user == 1).sum())
+    assert [len(a.items) for a in batched] == [3, 2, 7, 60 - seen_by_u1]  # k capped to the unseen items
+
+
+# -- history, similar items, ratings ------------------------------------------------------------
+def test_history_recommends_the_group_of_its_items(ranking, planted):
+    split, _, item_group = planted
+    history = ["i0", "i4", "i8"]
+    answer = ranking.recommend_histories([HistoryRecommendationRequest(items=history, k=5)])[0]
+    assert answer.fallback == "item_similarity"
+    recommended = [int(i[1:]) for i in items_of(answer)]
+    assert not set(history) & set(items_of(answer))
+    assert (item_group[recommended] == 0).all()
+    again = ranking.recommend_histories([HistoryRecommendationRequest(items=history, k=60, exclude_seen=False)])[0]
+    assert set(history) <= set(items_of(again))
+
+
+def test_history_errors_stay_with_their_request(ranking):
+    answers = ranking.recommend_histories([
+        HistoryRecommendationRequest(items=["i1", "ghost", "spook"], k=3),
+        HistoryRecommendationRequest(items=[], k=3),
+        HistoryRecommendationRequest(items=["i1"], k=3),
+    ])
+    assert isinstance(answers[0], ServingError) and answers[0].status == 422 and answers[0].field == "items"
+    assert "'ghost', 'spook'" in answers[0].message
+    assert answers[0].body() == {"error": f"items: {answers[0].message}", "field": "items"}
+    assert answers[1].fallback == "popularity" and len(answers[1].items) == 3
+    assert answers[2].fallback == "item_similarity"
+
+
+def test_history_with_no_overlap_falls_back_to_popularity(planted_split, tmp_path):
+    train = planted_split.train
+    keep = train.interactions.item != 3  # item 3 has no training interactions at all
+    model = Popularity().fit(train.with_interactions(train.interactions.take(keep)))
+    service = ModelService.load(model.save(tmp_path / "m"), device="cpu")
+    answer = service.recommend_histories([HistoryRecommendationRequest(items=["i3"], k=4)])[0]
+    assert answer.fallback == "popularity" and "i3" not in items_of(answer) and len(answer.items) == 4
+
+
+def test_sequential_models_score_histories_themselves(ranking):
+    class NextItem(Popularity):
+        scores_history = True
+
+        def score_history(self, histories):
+            scores = torch.zeros(len(histories), self.n_items)
+            for row, history in enumerate(histories):
+                scores[row, (history[-1] + 1) % self.n_items] = 1.0
+            return scores
+
+    model = NextItem()
+    model.prepare(ranking.model.train_data)
+    model.fit_prepared()
+    service = ModelService(model, ranking.directory, ranking.description)
+    answers = service.recommend_histories([HistoryRecommendationRequest(items=["i9", "i4"], k=2),
+                                           HistoryRecommendationRequest(items=[], k=2)])
+    assert answers[0].fallback is None and answers[0].items[0].item == "i5"
+    assert answers[1].fallback == "popularity"
+
+
+def test_similar_items_share_users_and_exclude_the_item(ranking, planted):
+    _, _, item_group = planted
+    answers = ranking.similar_items([SimilarItemsRequest(item="i2", k=5), SimilarItemsRequest(item="zz")])
+    similar = items_of(answers[0])
+    assert "i2" not in similar and len(similar) == 5
+    assert (item_group[[int(i[1:]) for i in similar]] == item_group[2]).all()
+    assert all(s.score > 0 for s in answers[0].items)
+    assert isinstance(answers[1], ServingError) and answers[1].field == "item"
+
+
+def test_rating_prediction(rating, ranking):
+    predicted = rating.predict_rating(RatingRequest(user="u3", item="i5"))
+    expected = rating.model.predict(torch.tensor([3]), torch.tensor([5]))
+    assert predicted.rating == pytest.approx(float(expected[0]))
+    with pytest.raises(ServingError) as refused:
+        ranking.predict_rating(RatingRequest(user="u3", item="i5"))
+    assert refused.value.status == 409 and "ranking" in refused.value.message
+    for request, field in ((RatingRequest(user="nobody", item="i5"), "user"), (RatingRequest(user="u3", item="x"), "item")):
+        with pytest.raises(ServingError) as unknown:
+            rating.predict_rating(request)
+        assert unknown.value.status == 422 and unknown.value.field == field
+
+
+def test_model_info_comes_from_model_json(ranking, rating, ranking_dir):
+    info = ranking.info()
+    assert info.family == "pop" and info.task == "ranking" and info.hparams == {"shrinkage": 10.0}
+    assert info.metadata["sweep"] == "demo" and info.metadata["valid"] == {"ndcg@10": 0.25}
+    assert info.saved_at and info.n_users == 120 and info.n_items == 60 and info.path == str(ranking_dir)
+    assert rating.info().task == "rating" and rating.info().path.endswith("best")
+    assert ranking.model_id != rating.model_id
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_every_registered_family_can_be_served(family, planted_split, tmp_path):
+    """Whatever the family, a saved model loads into the service and answers every endpoint."""
+    cls = model_class(family)
+    for task in cls.tasks:
+        model = cls(seed=0, device="cpu", task=task).fit(planted_split.train, epochs=1)
+        service = ModelService.load(model.save(tmp_path / task), device="cpu")
+        assert len(service.recommend_users([user_request("u0", k=5)])[0].items) == 5
+        from_history = service.recommend_histories([HistoryRecommendationRequest(items=["i0"], k=5)])[0]
+        assert from_history.items
+        assert from_history.fallback == (None if cls.scores_history else "item_similarity")
+        if task == "rating":
+            assert np.isfinite(service.predict_rating(RatingRequest(user="u0", item="i1")).rating)
+
+
+# -- requests, errors, auth ---------------------------------------------------------------------
+@pytest.mark.parametrize("body, field", [
+    ({"user": "u1", "k": 0}, "k"),
+    ({"user": "u1", "k": MAX_K + 1}, "k"),
+    ({"user": "u1", "k": "5"}, "k"),
+    ({"user": "u1", "k": 5.0}, "k"),
+    ({"user": "u1", "exclude_seen": "yes"}, "exclude_seen"),
+    ({"user": 1}, "user"),
+    ({"user": ""}, "user"),
+    ({}, "user"),
+    ({"user": "u1", "kk": 3}, "kk"),
+])
+def test_bad_user_requests_name_the_field(body, field):
+    with pytest.raises(ValidationError) as invalid:
+        UserRecommendationRequest.model_validate(body)
+    described = describe_validation_errors(invalid.value.errors())
+    assert described.field == field and described.error.startswith(f"{field}: ")
+
+
+def test_oversized_history_is_refused():
+    with pytest.raises(ValidationError) as invalid:
+        HistoryRecommendationRequest.model_validate({"items": ["i1"] * (MAX_HISTORY + 1)})
+    assert describe_validation_errors(invalid.value.errors()).field == "items"
+
+
+def test_fastapi_body_errors_are_described():
+    assert describe_validation_errors([{"type": "missing", "loc": ("body",), "msg": "Field required"}]).model_dump() == {
+        "error": "body: a JSON object is required", "field": "body"}
+    broken = describe_validation_errors([{"type": "json_invalid", "loc": ("body", 7), "msg": "JSON decode error",
+                                          "ctx": {"error": "Expecting value"}}])
+    assert broken.field == "body" and "not valid JSON (Expecting value)" in broken.error
+    nested = describe_validation_errors([{"type": "string_too_short", "loc": ("body", "items", 2), "msg": "too short"}])
+    assert nested.field == "items.2"
+
+
+def test_bearer_token():
+    check_bearer(None, None)  # no token configured: open
+    check_bearer("anything", "")
+    check_bearer("s3cret", "s3cret")
+    for presented in (None, "wrong", "s3cret "):
+        with pytest.raises(ServingError) as refused:
+            check_bearer(presented, "s3cret")
+        assert refused.value.status == 401 and refused.value.headers == {"WWW-Authenticate": "Bearer"}
+
+
+# -- model directories and settings --------------------------------------------------------------
+def test_model_directories(ranking_dir, tmp_path):
+    assert resolve_model_dir(ranking_dir) == ranking_dir
+    sweep = tmp_path / "sweep"
+    (sweep / "best").mkdir(parents=True)
+    (sweep / "best" / "model.json").write_text((ranking_dir / "model.json").read_text())
+    assert resolve_model_dir(sweep) == sweep / "best"
+    with pytest.raises(ConfigError, match="not a model directory"):
+        resolve_model_dir(tmp_path / "missing")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for text, match in (("{not json", "cannot read"), ('{"format": 99}', "format"),
+                        ('{"format": 1, "family": "nope"}', "unknown model family")):
+        (broken / "model.json").write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            read_description(broken)
+
+
+def test_serve_settings():
+    assert ServeSettings(model_dir="/m").max_batch_size >= 1
+    for bad in ({"model_dir": "relative/model"}, {"model_dir": "/m", "max_batch_size": 0},
+                {"model_dir": "/m", "batch_wait_timeout_s": -1}, {"model_dir": "/m", "typo": 1}, {}):
+        with pytest.raises(ValidationError):
+            ServeSettings.model_validate(bad)
+
+
+def test_shipped_serve_config_is_valid():
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    ServeDeploySchema.model_validate(config)
+    assert config["http_options"]["host"] == "127.0.0.1"
+    app = config["applications"][0]
+    assert app["import_path"] == "recsearch.serving.app:app"
+    deployment = app["deployments"][0]
+    settings = ServeSettings.model_validate(deployment["user_config"])
+    assert deployment["max_ongoing_requests"] >= settings.max_batch_size
+
+
+# -- the command line, all checked before Ray starts ----------------------------------------------
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_cli_plan(ranking_dir):
+    target = plan(parse(str(ranking_dir), "--replicas", "2", "--max-replicas", "4", "--max-batch-size", "8"))
+    assert target.settings.model_dir == str(ranking_dir) and target.settings.max_batch_size == 8
+    assert (target.replicas, target.max_replicas, target.num_cpus) == (2, 4, 1.0)
+    for argv, match in ((["--replicas", "0"], "--replicas"),
+                        (["--replicas", "3", "--max-replicas", "2"], "--max-replicas"),
+                        (["--max-batch-size", "0"], "max_batch_size"), (["--port", "70000"], "--port"),
+                        (["--num-gpus", "-1"], "--num-gpus")):
+        with pytest.raises(ConfigError, match=match):
+            plan(parse(str(ranking_dir), *argv))
+
+
+def test_cli_refuses_a_busy_port_and_a_bad_directory(tmp_path, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(ConfigError, match="cannot listen"):
+            check_port_free("127.0.0.1", busy.getsockname()[1])
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "not a model directory" in capsys.readouterr().err
+
