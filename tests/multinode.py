@@ -1,0 +1,291 @@
+"""A real multi-node Ray cluster on loopback, for tests: one head and N worker nodes, each its
+own ``ray start --block`` process with its own temp dir and ports, token authentication on.
+
+The head gets no CPUs, so everything that asks for a CPU (Tune trials, Serve replicas) runs on
+the worker nodes, as on a cluster whose head only coordinates. Every process started here, and
+every process those start (raylets, Ray workers, job drivers), carries a marker in its
+environment; ``stop()`` ends exactly those, by pid, and never touches another Ray on the machine.
+
+Nothing here reads ``~/.ray``: the token lives in the cluster's own folder and every process
+gets ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` explicitly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+MARKER = "RECSEARCH_LOOPBACK_CLUSTER"  # environment variable naming the cluster a process belongs to
+HOST = "127.0.0.1"
+PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Node:
+    """One ``ray start --block`` process: the node's parent, which ends its node's processes
+    when it gets SIGTERM or when one of them dies."""
+
+    name: str
+    process: subprocess.Popen
+    temp_dir: Path
+    crashed: bool = False  # killed on purpose by kill_node
+    node_id: str | None = None  # Ray's id of the node (as in the State API), once it has started
+
+    def raylet(self) -> int | None:
+        """Pid of the node's raylet, the process whose death is a node failure."""
+        return next((pid for pid in _pids() if _read(pid, "comm").strip() == "raylet"
+                     and str(self.temp_dir) in _read(pid, "cmdline")), None)
+
+    def read_node_id(self) -> None:
+        """Remember the node's id, from its raylet's command line (kept after a crash)."""
+        raylet = self.raylet()
+        arguments = _read(raylet, "cmdline").split() if raylet else []
+        self.node_id = next((a.split("=", 1)[1] for a in arguments if a.startswith("--node_id=")), self.node_id)
+
+
+class LoopbackCluster:
+    """``with LoopbackCluster(root, workers=2) as cluster:`` starts the nodes and always stops
+    them. ``root`` holds the token, the node logs and whatever the tests share between nodes."""
+
+    def __init__(self, root: Path, workers: int = 2, cpus_per_worker: int = 1,
+                 object_store_mb: int = 150):
+        self.root = Path(root)
+        self.workers = workers
+        self.cpus_per_worker = cpus_per_worker
+        self.object_store_bytes = object_store_mb * 2**20
+        self.id = secrets.token_hex(6)
+        # Ray's unix socket paths must stay short: temp dirs under /tmp, not under pytest's tmp_path.
+        self.temp_root = Path(tempfile.mkdtemp(prefix=f"rs-{self.id}-", dir="/tmp"))
+        self.token = secrets.token_hex(32)
+        self.token_path = self.root / "auth_token"
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.nodes: list[Node] = []
+        self.start_seconds = 0.0
+
+    # -- addresses and environment ----------------------------------------------------------
+    @property
+    def address(self) -> str:
+        """The GCS address that ``ray start --address`` and ``ray.init(address=...)`` take."""
+        return f"{HOST}:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard and Job API: what ``ray job submit --address`` takes."""
+        return f"http://{HOST}:{self.dashboard_port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for any process talking to this cluster (CLI clients and drivers)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update({
+            MARKER: self.id,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(extra)
+        return env
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def __enter__(self) -> LoopbackCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        begin = time.perf_counter()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.token_path.write_text(self.token)
+        self.token_path.chmod(0o600)
+        head = self._start_node("head", [
+            "--head", f"--port={self.gcs_port}", "--num-cpus=0",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+            f"--ray-client-server-port={free_port()}",
+        ])
+        self._wait_for_dashboard(head)
+        self.wait_for_nodes(1)  # workers joining before the head node registered give up
+        for _ in range(self.workers):
+            self.add_worker(wait=False)
+        self.wait_for_nodes(1 + self.workers)
+        self.start_seconds = time.perf_counter() - begin
+
+    def add_worker(self, wait: bool = True) -> Node:
+        """Start one more worker node; with ``wait``, return once the cluster sees it alive."""
+        index = len([n for n in self.nodes if n.name.startswith("worker")]) + 1
+        node = self._start_node(f"worker{index}", [
+            f"--address={self.address}", f"--num-cpus={self.cpus_per_worker}",
+            '--resources={"worker": 1}',
+        ])
+        if wait:
+            self.wait_for_nodes(len(self.alive_nodes()) + 1)
+        return node
+
+    def _start_node(self, name: str, args: list[str]) -> Node:
+        temp_dir = self.temp_root / name
+        command = [
+            str(BIN / "ray"), "start", "--block", *args,
+            f"--temp-dir={temp_dir}", f"--node-ip-address={HOST}",
+            f"--object-store-memory={self.object_store_bytes}",
+            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            "--disable-usage-stats",
+        ]
+        # A node on a busy machine (the test suite shares two cores) can take longer than
+        # Ray's default 30 s to register.
+        env = self.env(RAY_raylet_start_wait_time_s="180")
+        with (self.root / f"{name}.log").open("w") as log:
+            # A new session: a Ctrl-C in the test runner must not reach the nodes before stop() does.
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True, preexec_fn=_end_with_parent)
+        node = Node(name, process, temp_dir)
+        self.nodes.append(node)
+        return node
+
+    def _wait_for_dashboard(self, head: Node, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if head.process.poll() is not None:
+                raise RuntimeError(f"the head node exited: see {self.root / 'head.log'}")
+            try:
+                if httpx.get(f"{self.dashboard_url}/api/version", headers=self.headers, timeout=2).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"the dashboard did not answer within {timeout}s: see {self.root / 'head.log'}")
+
+    def alive_nodes(self) -> list[dict]:
+        """The nodes the cluster itself reports ALIVE (the State API over HTTP)."""
+        response = httpx.get(f"{self.dashboard_url}/api/v0/nodes", headers=self.headers,
+                             params={"limit": 100, "detail": "1"}, timeout=10)
+        response.raise_for_status()
+        return [n for n in response.json()["data"]["result"]["result"] if n["state"] == "ALIVE"]
+
+    def wait_for_nodes(self, count: int, timeout: float = 120) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if not node.crashed and node.process.poll() is not None:
+                    raise RuntimeError(f"node {node.name} exited: see {self.root / (node.name + '.log')}")
+            alive = self.alive_nodes()
+            if len(alive) == count:
+                for node in self.nodes:
+                    if node.node_id is None:
+                        node.read_node_id()
+                return alive
+            time.sleep(0.5)
+        raise TimeoutError(f"{count} nodes were not alive within {timeout}s")
+
+    def kill_node(self, node: Node) -> None:
+        """Crash a worker node: SIGKILL its raylet, as when a machine or a spot instance
+        disappears. The ``ray start --block`` parent then ends the node's other processes."""
+        raylet = node.raylet()
+        if raylet is None:
+            raise RuntimeError(f"node {node.name} has no raylet")
+        node.crashed = True
+        os.kill(raylet, signal.SIGKILL)
+        node.process.wait(timeout=60)
+
+    def stop(self) -> None:
+        """End every process of this cluster, and only those; then remove the temp dirs. The
+        nodes get SIGTERM and a few seconds, not the half minute a node would spend draining
+        its Serve replicas: nothing here needs a graceful end."""
+        for node in reversed(self.nodes):
+            if node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(n.process.poll() is None for n in self.nodes):
+            time.sleep(0.2)
+        for node in self.nodes:
+            if node.process.poll() is None:
+                node.process.kill()
+            node.process.wait()
+        for pid in self.processes():
+            _kill(pid)
+        shutil.rmtree(self.temp_root, ignore_errors=True)
+
+    def processes(self) -> list[int]:
+        """Pids of live processes carrying this cluster's marker (started here or by its nodes)."""
+        marker = f"{MARKER}={self.id}".encode()
+        return [pid for pid in _pids() if pid != os.getpid() and marker in _read(pid, "environ", binary=True).split(b"\0")]
+
+    # -- clients ----------------------------------------------------------------------------
+    def run(self, args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+        """Run a command (e.g. ``ray job submit ...``) as a client of this cluster."""
+        return subprocess.run(args, env=self.env(**env), capture_output=True, text=True, timeout=timeout)
+
+    def job_status(self, job_id: str) -> dict:
+        response = httpx.get(f"{self.dashboard_url}/api/jobs/{job_id}", headers=self.headers, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def job_logs(self, job_id: str) -> str:
+        response = httpx.get(f"{self.dashboard_url}/api/jobs/{job_id}/logs", headers=self.headers, timeout=10)
+        response.raise_for_status()
+        return response.json()["logs"]
+
+    def actors(self, **filters: str) -> list[dict]:
+        """Actors (alive and recently dead) from the State API, e.g. ``state="ALIVE"``."""
+        params = [("limit", "1000"), ("detail", "1")]
+        for key, value in filters.items():
+            params += [("filter_keys", key), ("filter_predicates", "="), ("filter_values", value)]
+        response = httpx.get(f"{self.dashboard_url}/api/v0/actors", headers=self.headers, params=params, timeout=10)
+        response.raise_for_status()
+        return response.json()["data"]["result"]["result"]
+
+
+def _end_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies, even by SIGKILL, so a
+    node never outlives the test run (``ray start --block`` ends its node's processes on SIGTERM)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# Linux /proc, read directly: a process may vanish between listing and reading.
+def _pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _read(pid: int, what: str, binary: bool = False):
+    try:
+        data = Path(f"/proc/{pid}/{what}").read_bytes()
+    except OSError:
+        data = b""
+    return data if binary else data.replace(b"\0", b" ").decode(errors="replace")
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
