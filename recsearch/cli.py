@@ -2,6 +2,10 @@
 
     recsearch data info data=ml-100k
     recsearch train model=mf data=ml-100k task=rating out=runs/mf
+    recsearch sweep model=ncf data=ml-100k search.num_samples=64 out=runs/ncf
+    recsearch resume runs/ncf
+    recsearch report runs/ncf
+    recsearch serve runs/ncf/best/model
 """
 
 from __future__ import annotations
@@ -22,13 +26,43 @@ def _data_info(args) -> None:
 def _data_fetch(args) -> None:
     from recsearch.data.fetch import fetch_command
 
-    fetch_command(args.name, args.dest)
+    fetch_command(args.name, args.dest, sha256=args.sha256)
 
 
 def _train(args) -> None:
     from recsearch.training import train_command
 
     train_command(load_config(args.overrides))
+
+
+def _sweep(args) -> None:
+    from recsearch.tuning.sweep import sweep_command
+
+    sweep_command(args.overrides)
+
+
+def _resume(args) -> None:
+    from recsearch.tuning.sweep import resume_command
+
+    resume_command(args.directory)
+
+
+def _report(args) -> None:
+    from recsearch.tuning.report import report_command
+
+    report_command(args.directory)
+
+
+def _submit(args) -> None:
+    from recsearch.tuning.submit import submit_command
+
+    submit_command(args.overrides, args.address, args.python, wait=not args.no_wait)
+
+
+def _serve(args) -> None:
+    from recsearch.serving.cli import serve_command
+
+    serve_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,11 +79,36 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = data_commands.add_parser("fetch", help="download a MovieLens dataset from GroupLens (checksummed)")
     fetch.add_argument("name", choices=["ml-100k", "ml-1m"])
     fetch.add_argument("--dest", default="data", help="folder to unpack into (default: data/)")
+    fetch.add_argument("--sha256", help="expected checksum of the archive (default: the one pinned in recsearch)")
     fetch.set_defaults(run=_data_fetch)
 
     train = commands.add_parser("train", help="train and evaluate one configuration")
     train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=mf data=ml-100k")
     train.set_defaults(run=_train)
+
+    from recsearch.serving.cli import add_arguments as add_serve_arguments
+
+    serve = commands.add_parser("serve", help="serve a trained model over HTTP with Ray Serve")
+    add_serve_arguments(serve)
+    serve.set_defaults(run=_serve)
+
+    sweep = commands.add_parser("sweep", help="search hyperparameters with Ray Tune; rank, test and export the best")
+    sweep.add_argument("overrides", nargs="*",
+                       help="Hydra overrides, e.g. model=mf search.num_samples=32 (or search.models=[mf,lstm])")
+    sweep.set_defaults(run=_sweep)
+    resume = commands.add_parser("resume", help="continue a killed or interrupted sweep")
+    resume.add_argument("directory", help="the sweep's folder (its out=)")
+    resume.set_defaults(run=_resume)
+    report = commands.add_parser("report", help="print a sweep's leaderboard and write report.html")
+    report.add_argument("directory", help="the sweep's folder (its out=)")
+    report.set_defaults(run=_report)
+    submit = commands.add_parser("submit", help="run a sweep as a Ray Job on a running cluster")
+    submit.add_argument("--address", help="the head's dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+    submit.add_argument("--python", default=sys.executable,
+                        help="the cluster's Python with recsearch installed (default: this one)")
+    submit.add_argument("--no-wait", action="store_true", help="return once submitted instead of following its logs")
+    submit.add_argument("overrides", nargs="*", help="Hydra overrides, as for sweep")
+    submit.set_defaults(run=_submit)
     return parser
 
 

@@ -61,9 +61,16 @@ def validate(cfg: DictConfig) -> None:
     if task not in getattr(cls, "tasks", ()):
         raise ConfigError(f"model {cls.__name__} does not support task={task} (it supports: {', '.join(cls.tasks)})")
     model_class(cls.family)  # the class must be a registered family, so that saved models reload
+    try:  # constructors check their hyperparameters; nothing is allocated before fit
+        cls(**model_params(cfg), seed=cfg.seed, device="cpu", task=task)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model={cls.family}: {err}") from None
     for key in ("max_epochs", "patience", "eval_batch_size"):
         if int(cfg.train[key]) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {cfg.train[key]}")
+    from recsearch.data import check_config
+
+    check_config(to_container(cfg.data))
 
 
 def _target_class(target: str) -> type:
