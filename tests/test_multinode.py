@@ -34,8 +34,8 @@ from recsearch.models.pop import Popularity
 
 pytestmark = pytest.mark.ray
 
-# A small synthetic dataset and a fast MF: epochs of about a second, so that a fault lands
-# mid-trial, yet a whole sweep stays under a minute.
+# A small synthetic dataset and a fast MF (epochs of 0.1-0.5 s), so that a whole sweep stays
+# under a minute; the crashed sweep runs enough epochs for the crash to land mid-trial.
 SMALL_MF = [
     "model=mf", "model.batch_size=256", "search.space.dim={choice:[8,16]}",
     "~search.space.negatives", "data.source.n_users=1000", "data.source.n_items=500",
@@ -43,6 +43,11 @@ SMALL_MF = [
 ]
 # Every trial runs every epoch (no ASHA, no patience): a fault then always finds trials running.
 FULL_LENGTH = ["scheduler=fifo", "train.patience=100"]
+# The crashed sweep's trials must overlap for long, whatever the start-up skew of their actors:
+# batches of 16 make an epoch about 0.5 s, so a trial runs some 15-20 s; the crash comes after
+# epoch 2-10, when at least 20 epochs are still to run.
+CRASHED_SWEEP_EPOCHS = 30
+CRASHED_SWEEP = ["model.batch_size=16", f"train.max_epochs={CRASHED_SWEEP_EPOCHS}"]
 
 
 def log(message: str) -> None:
@@ -206,7 +211,7 @@ def crashed_sweep(cluster) -> CrashedSweep:
         cluster.add_worker()
     sweep = "multinode"
     submitted = time.perf_counter()
-    job_id = submit(cluster, sweep_args(cluster, sweep, *FULL_LENGTH, "search.num_samples=2", "train.max_epochs=6"))
+    job_id = submit(cluster, sweep_args(cluster, sweep, *FULL_LENGTH, *CRASHED_SWEEP, "search.num_samples=2"))
     seen: dict[str, dict] = {}  # actor id -> actor, every trial actor of this sweep
 
     def both_workers_busy_and_a_checkpoint():
@@ -218,7 +223,7 @@ def crashed_sweep(cluster) -> CrashedSweep:
         by_pid = {a["pid"]: a for a in alive}
         for name, trial in trial_dirs(cluster, sweep).items():
             rows = reports(trial)
-            if len(rows) >= 2 and rows[-1]["pid"] in by_pid and any(trial.glob("checkpoint_*")):
+            if 2 <= len(rows) <= 10 and rows[-1]["pid"] in by_pid and any(trial.glob("checkpoint_*")):
                 return name, by_pid[rows[-1]["pid"]]
         return None
 
@@ -273,7 +278,7 @@ def test_trials_of_a_crashed_worker_node_resume_from_their_checkpoints(cluster, 
     assert restart["pid"] != lost_pid
     assert 1 < restart["epoch"] <= max(before_crash) + 1, "resumed from its last checkpoint, not from scratch"
     for name, trial in trials.items():  # no result lost: every epoch reported
-        assert sorted({r["epoch"] for r in reports(trial)}) == list(range(1, 7)), name
+        assert sorted({r["epoch"] for r in reports(trial)}) == list(range(1, CRASHED_SWEEP_EPOCHS + 1)), name
 
 
 # -- fault: a Serve replica dies -----------------------------------------------------------

@@ -199,7 +199,7 @@ def _fit_family(plan: SweepPlan, family: str, split_ref, resume: bool) -> None:
     # Save Tune's experiment state every second (default: at most every 10 s), so that a killed
     # driver does not re-run finished trials or point at checkpoints already deleted.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    # keeping one checkpoint forces a state snapshot per checkpoint: intended, not a problem
+    # num_to_keep forces a state snapshot per checkpoint: intended, not a problem
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     path = plan.experiment_path(family)
     if resume and tune.Tuner.can_restore(path):
@@ -266,8 +266,10 @@ def _run_config(plan: SweepPlan, family: str):
         name=family,
         storage_path=plan.storage,
         failure_config=tune.FailureConfig(max_failures=config["ray"]["max_failures"]),
-        # the best checkpoint (for export) and, always, the latest (for resuming)
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
+        # The best checkpoints (for export) and, always, the latest (for resuming). Two, not one:
+        # Tune deletes a checkpoint before the experiment state naming it as the latest has
+        # reached storage, so a driver killed then would leave a state pointing at nothing.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                                 checkpoint_score_order=config["task"]["mode"]),
         callbacks=[TBXLoggerCallback()],  # TensorBoard: tensorboard --logdir <storage>
         verbose=config["ray"]["verbose"],
