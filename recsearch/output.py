@@ -53,3 +53,10 @@ def _numeric(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """The same table as GitHub markdown, for results files pasted into the README."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

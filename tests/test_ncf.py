@@ -11,6 +11,7 @@ import torch
 from recsearch.data.dataset import Feature
 from recsearch.models import Recommender, ncf
 from recsearch.models.ncf import EntityEncoder, NeuralCF
+from recsearch.models.torch_base import bf16_is_native
 
 FAST = {"dim": 16, "layers": [32, 16], "lr": 0.01, "batch_size": 256}
 
@@ -107,3 +108,18 @@ def test_divergence_shows_as_a_non_finite_loss(planted_split):
     model = NeuralCF(seed=0, device="cpu", dim=8, layers=[8], lr=1e30, optimizer="sgd", batch_size=64)
     model.prepare(planted_split.train)
     assert not math.isfinite(model.train_epoch())
+
+
+@pytest.mark.skipif(not bf16_is_native(torch.device("cpu")), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+def test_bf16_autocast_on_the_cpu_learns_and_scores_in_fp32(planted):
+    split, user_group, item_group = planted
+    model = NeuralCF(seed=0, device="cpu", amp=True, **FAST).fit(split.train, 10)
+    assert model.amp
+    scores = model.score(np.arange(split.n_users))
+    assert scores.dtype == torch.float32
+    assert in_group_auc(model, np.arange(split.n_users), user_group, item_group) > 0.85
+
+
+def test_amp_is_ignored_where_bf16_is_not_native(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert not NeuralCF(seed=0, device="cpu", amp=True).amp

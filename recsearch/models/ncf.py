@@ -119,7 +119,8 @@ class NeuMFNetwork(nn.Module):
         if self.gmf:
             logits += (p[:, : self.dim] * h[: self.dim]) @ q[:, : self.dim].T
         if self.mlp:
-            user_part, item_part = self.mlp_user(p[:, -self.dim :]), self.mlp_item(q[:, -self.dim :])
+            with torch.autocast(users.device.type, enabled=False):  # the (b, n, width) sum is cheaper in fp32
+                user_part, item_part = self.mlp_user(p[:, -self.dim :]), self.mlp_item(q[:, -self.dim :])
             budget = SCORE_CHUNK_ELEMENTS.get(users.device.type, SCORE_CHUNK_ELEMENTS["cpu"])
             chunk = max(1, budget // (len(q) * user_part.shape[1]))
             for start in range(0, len(users), chunk):

@@ -14,6 +14,13 @@ from torch import nn
 from recsearch.data.dataset import Dataset
 from recsearch.models.base import IterativeRecommender
 
+
+def bf16_is_native(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
 
 
@@ -39,8 +46,9 @@ class TorchRecommender(IterativeRecommender):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.lr, self.l2, self.batch_size = float(lr), float(l2), int(batch_size)
-        # bf16 autocast needs no loss scaling; on the CPU it is slower than fp32, so GPU only
-        self.amp = bool(amp) and self.device.type == "cuda"
+        # bf16 autocast needs no loss scaling; only where the hardware multiplies bf16 natively
+        # (CUDA, CPUs with AVX512-BF16 or AMX), elsewhere emulated bf16 is slower than fp32
+        self.amp = bool(amp) and bf16_is_native(self.device)
 
     # -- what subclasses provide ------------------------------------------------------------
     @abstractmethod
@@ -73,8 +81,12 @@ class TorchRecommender(IterativeRecommender):
 
     def autocast(self) -> AbstractContextManager:
         if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
+
+    def score(self, users) -> torch.Tensor:
+        with self.autocast():  # scores in fp32 whatever the precision inside, so ranks tie no more often
+            return super().score(users).float()
 
     def train_epoch(self) -> float:
         self.net.train()
