@@ -38,7 +38,7 @@ def test_ranking_losses_learn_planted_tastes(loss, planted_split):
 
 
 def test_ratings_beat_popularity(planted_split):
-    mf = MatrixFactorization(seed=0, device="cpu", task="rating", **FAST).fit(planted_split.train, 20)
+    mf = MatrixFactorization(seed=0, device="cpu", task="rating", **FAST).fit(planted_split.train, 30)
     pop = Popularity(seed=0, device="cpu", task="rating").fit(planted_split.train)
     assert mf.loss == "mse" and mf.l2 == 0.1  # loss and l2 chosen by the task
     assert rmse(mf, planted_split.valid) < rmse(pop, planted_split.valid) - 0.1

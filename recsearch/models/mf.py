@@ -39,8 +39,8 @@ class BiasedMF(nn.Module):
     def __init__(self, n_users: int, n_items: int, dim: int, mean: float):
         super().__init__()
         self.dim = dim
-        self.user = nn.Embedding(n_users, dim + 1)
-        self.item = nn.Embedding(n_items, dim + 1)
+        self.user = nn.Embedding(n_users, dim + 1, sparse=True)
+        self.item = nn.Embedding(n_items, dim + 1, sparse=True)
         for table in (self.user, self.item):
             nn.init.normal_(table.weight, std=0.1)
             nn.init.zeros_(table.weight[:, dim])

@@ -50,12 +50,12 @@ class EntityEncoder(nn.Module):
 
     def __init__(self, n: int, width: int, features: list[Feature]):
         super().__init__()
-        self.ids = nn.Embedding(n, width)
+        self.ids = nn.Embedding(n, width, sparse=True)
         nn.init.normal_(self.ids.weight, std=INIT_STD)
         self.bags = nn.ModuleList()
         self.single_valued: list[bool] = []
         for index, feature in enumerate(features):
-            bag = nn.EmbeddingBag(len(feature.vocabulary), width, mode="mean")
+            bag = nn.EmbeddingBag(len(feature.vocabulary), width, mode="mean", sparse=True)
             nn.init.normal_(bag.weight, std=INIT_STD)
             self.bags.append(bag)
             self.single_valued.append(bool(np.all(np.diff(feature.offsets) == 1)))
