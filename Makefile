@@ -26,12 +26,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install recsearch with its dev tools (TORCH='torch==X' to choose the build)
 
-demo: $(STAMP)  ## the main job: train and evaluate the popularity baseline on synthetic data and ml-100k
-	$(BIN)/recsearch train model=pop data=synthetic out=runs/demo/pop-synthetic
-	$(BIN)/recsearch train model=pop data=ml-100k out=runs/demo/pop-ml-100k
+demo: $(STAMP)  ## the main job: an ASHA sweep of four families on synthetic data -> runs/demo/<time>/
+	$(BIN)/recsearch sweep +experiment=demo
 
 test: $(STAMP)  ## run the whole test suite (the command CI runs)
 	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)  ## speed and memory of every model at ml-100k, 1M and 10M (~25 min) -> bench/results/perf.md
+	$(BIN)/python bench/perf.py
 
 lint: $(STAMP)  ## ruff over the package, tests and benchmarks
 	$(BIN)/ruff check recsearch serve tests bench
