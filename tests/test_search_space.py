@@ -11,7 +11,7 @@ from recsearch.config import load_config, to_container
 from recsearch.errors import ConfigError
 from recsearch.models.base import model_class
 from recsearch.tuning.plan import plan_sweep
-from recsearch.tuning.space import check_algorithm, parse_space, tune_space
+from recsearch.tuning.space import check_algorithm, default_point, parse_space, tune_space
 
 
 def draws(domain, n=400, seed=0):
@@ -163,3 +163,28 @@ def _registered(family: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def test_the_first_trial_starts_from_the_model_defaults_the_space_allows():
+    space = parse_space({
+        "dim": {"choice": [16, 32]},  # default 64 is not a choice: sampled instead
+        "lr": {"loguniform": [1e-3, 3e-2]},
+        "l2": {"loguniform": [1e-3, 1e-1]},
+        "negatives": {"randint": [1, 8]},
+        "optimizer": {"grid": ["adam", "sgd"]},  # a grid always runs all its values
+    })
+    config = to_container(load_config(["model=mf"]))
+    model = model_class("mf")(task="ranking", device="cpu",
+                              **{k: v for k, v in config["model"].items() if k != "_target_"})
+    # l2: null in the config; the model resolves it (0.01 for ranking) and that value is used
+    assert default_point(space, model.hparams) == {"lr": 0.005, "l2": 0.01, "negatives": 1}
+
+
+@pytest.mark.parametrize(("sampler", "inside", "outside"), [
+    ({"uniform": [0.0, 1.0]}, [0.0, 0.5, 1], [1.5, "0.5", True]),
+    ({"randint": [1, 8]}, [1, 8, 4.0], [0, 9, 2.5]),
+    ({"choice": ["adam", [32, 16]]}, ["adam", [32, 16]], ["sgd", [32]]),
+])
+def test_a_sampler_knows_its_domain(sampler, inside, outside):
+    (parsed,) = parse_space({"x": sampler}).values()
+    assert all(parsed.allows(v) for v in inside) and not any(parsed.allows(v) for v in outside)

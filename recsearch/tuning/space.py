@@ -46,6 +46,15 @@ class Sampler:
     def log_scale(self) -> bool:
         return self.kind in ("loguniform", "lograndint")
 
+    def allows(self, value: Any) -> bool:
+        """Whether ``value`` lies in this sampler's domain (a listed value, or within the bounds)."""
+        if self.categorical:
+            return value in self.args
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        integral = self.kind in ("randint", "lograndint", "qrandint")
+        return self.args[0] <= value <= self.args[1] and (not integral or float(value).is_integer())
+
     def to_tune(self):
         from ray import tune
 
@@ -107,6 +116,13 @@ def _bounds(kind: str, args: Any, where: str) -> tuple:
 def tune_space(space: Mapping[str, Sampler]) -> dict[str, Any]:
     """The Tune param space: one Tune domain (or grid) per hyperparameter."""
     return {name: sampler.to_tune() for name, sampler in space.items()}
+
+
+def default_point(space: Mapping[str, Sampler], model: Mapping[str, Any]) -> dict[str, Any]:
+    """The model config's own values of the searched hyperparameters, where the space allows
+    them: the first trial of a sweep that starts from the defaults (others are sampled)."""
+    return {name: model[name] for name, sampler in space.items()
+            if sampler.kind != "grid" and name in model and sampler.allows(model[name])}
 
 
 def check_algorithm(space: Mapping[str, Sampler], algorithm: str, where: str = "search.space") -> None:

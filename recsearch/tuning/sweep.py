@@ -24,6 +24,7 @@ from recsearch.errors import ConfigError, RecsearchError
 from recsearch.output import write_json
 from recsearch.tuning.plan import PLAN_FILE, SweepPlan, plan_sweep, trial_setup
 from recsearch.tuning.results import Trial, best_checkpoint, collect_trials
+from recsearch.tuning.space import default_point, parse_space
 
 SUMMARY_FILE = "summary.json"
 
@@ -229,6 +230,7 @@ def _param_space(plan: SweepPlan, family: str) -> dict[str, Any]:
 def _tune_config(config: dict[str, Any], family: str):
     import warnings
 
+    from hydra.utils import instantiate
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -241,14 +243,23 @@ def _tune_config(config: dict[str, Any], family: str):
                                   reduction_factor=scheduler_cfg["reduction_factor"])
     else:
         scheduler = FIFOScheduler()
+    # the configured defaults first: a sweep then never ranks below the config it started from;
+    # read from a model built on that config, so that values chosen by the model (MF's l2: null) count
+    start = {}
+    if search.get("start_from_defaults"):  # absent from plans saved before it existed
+        model = instantiate(config["model"], task=task["name"], device="cpu", _convert_="all")
+        start = default_point(parse_space(search["space"]), model.hparams)
+    points = [start] if start else None
     if search["algorithm"] == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         # lists as categorical values (NCF's layer widths) work in memory; Optuna only warns
         warnings.filterwarnings("ignore", message="Choices for a categorical distribution")
-        searcher, limit = OptunaSearch(seed=config["seed"]), concurrency
+        searcher, limit = OptunaSearch(seed=config["seed"], points_to_evaluate=points), concurrency
     else:
-        searcher, limit = BasicVariantGenerator(max_concurrent=concurrency or 0, random_state=config["seed"]), None
+        searcher = BasicVariantGenerator(max_concurrent=concurrency or 0, random_state=config["seed"],
+                                         points_to_evaluate=points)
+        limit = None
     return tune.TuneConfig(metric=f"valid/{task['metric']}", mode=task["mode"], num_samples=search["num_samples"],
                            scheduler=scheduler, search_alg=searcher, max_concurrent_trials=limit,
                            reuse_actors=True,  # a new trial skips the worker start-up (imports, torch)
