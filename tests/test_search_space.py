@@ -172,10 +172,12 @@ def test_the_first_trial_starts_from_the_model_defaults_the_space_allows():
         "l2": {"loguniform": [1e-3, 1e-1]},
         "negatives": {"randint": [1, 8]},
         "optimizer": {"grid": ["adam", "sgd"]},  # a grid always runs all its values
+        "layers": {"choice": [[8, 4], [16, 8]]},  # a list value: Tune cannot preset it
     })
     config = to_container(load_config(["model=mf"]))
     model = model_class("mf")(task="ranking", device="cpu",
                               **{k: v for k, v in config["model"].items() if k != "_target_"})
+    model.hparams["layers"] = [8, 4]
     # l2: null in the config; the model resolves it (0.01 for ranking) and that value is used
     assert default_point(space, model.hparams) == {"lr": 0.005, "l2": 0.01, "negatives": 1}
 

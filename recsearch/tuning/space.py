@@ -120,9 +120,11 @@ def tune_space(space: Mapping[str, Sampler]) -> dict[str, Any]:
 
 def default_point(space: Mapping[str, Sampler], model: Mapping[str, Any]) -> dict[str, Any]:
     """The model config's own values of the searched hyperparameters, where the space allows
-    them: the first trial of a sweep that starts from the defaults (others are sampled)."""
+    them: the first trial of a sweep that starts from the defaults. Others are sampled, and so
+    are list values (NCF's layers), which Tune cannot preset."""
     return {name: model[name] for name, sampler in space.items()
-            if sampler.kind != "grid" and name in model and sampler.allows(model[name])}
+            if sampler.kind != "grid" and name in model and not isinstance(model[name], (list, tuple))
+            and sampler.allows(model[name])}
 
 
 def check_algorithm(space: Mapping[str, Sampler], algorithm: str, where: str = "search.space") -> None:
