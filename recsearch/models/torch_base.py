@@ -26,6 +26,9 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": t
 # (Adam becomes "lazy": a row's moments decay only when it is used), not the whole table,
 # which with 100k users is what an epoch's time would otherwise go to
 SPARSE_OPTIMIZERS = {"adam": torch.optim.SparseAdam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+# those sparse gradients come from torch's own embedding backward: opt out of the invariant
+# checks explicitly, or sparse Adagrad warns at every step that they are implicitly off
+torch.sparse.check_sparse_tensor_invariants.disable()
 
 
 class TorchRecommender(IterativeRecommender):
