@@ -105,7 +105,8 @@ def run_case(case: str, scale: str) -> dict:
     data = load_split(scale, family)
     result = {"case": case, "scale": scale, "threads": threads, "load_s": time.perf_counter() - start,
               "users": data.n_users, "items": data.n_items, "train_interactions": len(data.train.interactions)}
-    model = model_class(family)(**hparams, seed=0, device="cpu")
+    model = model_class(family)(**hparams, seed=0, device="auto")  # CUDA when present
+    result["device"] = str(model.device)
     result["hparams"] = {**hparams, "amp": getattr(model, "amp", False)}  # amp: in effect, not asked
     model.prepare(data.train)
     if model.iterative:
