@@ -28,7 +28,7 @@ from recsearch.tuning.sweep import load_sweep_split, ray_session, run_sweep
 HERE = Path(__file__).resolve().parent
 # trials per family: the defaults are already the best of small grids on ml-100k, and the first
 # trial of each sweep runs them, so finding better takes more trials where trials are cheap
-SAMPLES = {"itemknn": 64, "userknn": 64, "ease": 16, "mf": 64, "ncf": 16, "lstm": 16}
+SAMPLES = {"itemknn": 64, "userknn": 256, "ease": 16, "mf": 64, "ncf": 16, "lstm": 32}
 FAMILIES = list(SAMPLES)
 # the sequential model is judged on the temporal split it is made for
 FAMILY_OVERRIDES = {"lstm": ["data.split.scheme=loo"]}
