@@ -80,7 +80,7 @@ def load_split(scale: str, family: str):
     scheme = "loo" if family == "lstm" else "random"
     if scale == "ml-100k":
         source = {"_target_": "recsearch.data.readers.read_atomic", "name": "ml-100k",
-                  "directory": f"{os.environ['RECSEARCH_DATA_DIR']}/ml-100k"}
+                  "directory": f"{os.environ.get('RECSEARCH_DATA_DIR', 'data')}/ml-100k"}  # as conf/config.yaml
         return load({"name": "ml-100k", "source": source, "split": {"scheme": scheme}}, seed=0,
                     implicit_threshold=None)
     cached = CACHE / f"synthetic-{scale}"
@@ -179,7 +179,8 @@ def in_subprocess(case: str, scale: str) -> dict:
     except subprocess.TimeoutExpired:
         return {"case": case, "scale": scale, "error": f"timed out after {TIMEOUT_S} s"}
     if done.returncode != 0:
-        return {"case": case, "scale": scale, "error": done.stderr.strip().splitlines()[-1]}
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return {"case": case, "scale": scale, "error": last}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
