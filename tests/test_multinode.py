@@ -47,6 +47,7 @@ FULL_LENGTH = ["scheduler=fifo", "train.patience=100"]
 # batches of 16 make an epoch about 0.5 s, so a trial runs some 15-20 s; the crash comes after
 # epoch 2-10, when at least 20 epochs are still to run.
 CRASHED_SWEEP_EPOCHS = 30
+DRIVER_SWEEP_EPOCHS = 6
 CRASHED_SWEEP = ["model.batch_size=16", f"train.max_epochs={CRASHED_SWEEP_EPOCHS}"]
 
 
@@ -161,7 +162,10 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(workers):
     cluster = workers
     sweep = "driver-lost"
     out = shared(cluster) / "sweeps" / sweep
-    job_id = submit(cluster, sweep_args(cluster, sweep, *FULL_LENGTH, "search.num_samples=3", "train.max_epochs=4"))
+    # epochs of ~0.5 s (batches of 16): the third trial runs for seconds after the first two end,
+    # a window that Tune's experiment state (saved every second) cannot miss
+    job_id = submit(cluster, sweep_args(cluster, sweep, *FULL_LENGTH, "search.num_samples=3",
+                                        "model.batch_size=16", f"train.max_epochs={DRIVER_SWEEP_EPOCHS}"))
 
     def some_finished_some_not():
         states = trial_states(cluster, sweep)
@@ -185,7 +189,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(workers):
     for trial, before in finished_reports.items():
         assert (trial_dirs(cluster, sweep)[trial] / "result.json").read_text() == before, f"{trial} ran again"
     for name, trial in trial_dirs(cluster, sweep).items():
-        assert sorted({r["epoch"] for r in reports(trial)}) == list(range(1, 5)), name
+        assert sorted({r["epoch"] for r in reports(trial)}) == list(range(1, DRIVER_SWEEP_EPOCHS + 1)), name
     assert_every_trial_accounted_for(summary(cluster, sweep), trials=3)
     assert (out / "best" / "model.json").is_file()
 
