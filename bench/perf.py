@@ -10,8 +10,9 @@ batch 2048, one negative; NeuMF layers [128, 64]; LSTM: our defaults, max length
 the median epoch after a warm-up epoch, training throughput (interactions per second), and the
 median full-ranking validation (every item scored for every user, seen items masked, top-20).
 Cases named "-bf16" run the same model with ``amp=True``: bf16 autocast in training and
-scoring, which this CPU (AVX512-BF16) executes natively. Closed-form models report their fit time. Each case runs in a fresh subprocess so that its
-peak resident memory (ru_maxrss) is its own, on all the CPUs this machine gives torch.
+scoring, which this CPU (AVX512-BF16) executes natively. Closed-form models report their fit
+time. Each case runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its
+own, on all the CPUs this machine gives torch.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 CACHE = RESULTS / "tmp"  # generated synthetic datasets, reused across runs (gitignored)
 
-SCALES = {  # synthetic generator arguments; ml-100k is read from RECSEARCH_DATA_DIR
+SCALES = {  # synthetic generator arguments; ml-100k is read as conf/data/ml-100k.yaml says
     "1m": dict(n_users=6_040, n_items=3_706, n_interactions=1_000_000),
     "10m": dict(n_users=100_000, n_items=20_000, n_interactions=10_000_000),
 }
@@ -72,17 +73,16 @@ MEMORY_TARGET_GIB = {("mf", "10m"): 8.0}
 
 def load_split(scale: str, family: str):
     """The split a case trains on; synthetic datasets are generated (and de-duplicated) once."""
+    from recsearch.config import load_config, to_container
     from recsearch.data import Dataset
     from recsearch.data import load_split as load
     from recsearch.data.preprocess import preprocess, split
     from recsearch.data.synthetic import generate
 
     scheme = "loo" if family == "lstm" else "random"
-    if scale == "ml-100k":
-        source = {"_target_": "recsearch.data.readers.read_atomic", "name": "ml-100k",
-                  "directory": f"{os.environ.get('RECSEARCH_DATA_DIR', 'data')}/ml-100k"}  # as conf/config.yaml
-        return load({"name": "ml-100k", "source": source, "split": {"scheme": scheme}}, seed=0,
-                    implicit_threshold=None)
+    if scale == "ml-100k":  # conf/data/ml-100k.yaml, as `recsearch train data=ml-100k` reads it
+        cfg = load_config(["data=ml-100k", f"data.split.scheme={scheme}"])
+        return load(to_container(cfg.data), seed=0, implicit_threshold=None)
     cached = CACHE / f"synthetic-{scale}"
     if not cached.exists():
         partial = cached.with_suffix(".partial")  # renamed when complete: an interrupted run leaves no half cache

@@ -43,12 +43,12 @@ SMALL_MF = [
 ]
 # Every trial runs every epoch (no ASHA, no patience): a fault then always finds trials running.
 FULL_LENGTH = ["scheduler=fifo", "train.patience=100"]
-# The crashed sweep's trials must overlap for long, whatever the start-up skew of their actors:
-# batches of 16 make an epoch about 0.5 s, so a trial runs some 15-20 s; the crash comes after
-# epoch 2-10, when at least 20 epochs are still to run.
-CRASHED_SWEEP_EPOCHS = 30
+# Batches of 16 make an epoch of this MF about 0.5 s: the fault tests' trials then run long
+# enough to be caught running, whatever the start-up skew of their actors and however seldom
+# Tune snapshots its experiment state (every second).
+HALF_SECOND_EPOCHS = "model.batch_size=16"
+CRASHED_SWEEP_EPOCHS = 30  # the crash comes after epoch 2-10: at least 20 epochs are still to run
 DRIVER_SWEEP_EPOCHS = 6
-CRASHED_SWEEP = ["model.batch_size=16", f"train.max_epochs={CRASHED_SWEEP_EPOCHS}"]
 
 
 def log(message: str) -> None:
@@ -162,10 +162,9 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(workers):
     cluster = workers
     sweep = "driver-lost"
     out = shared(cluster) / "sweeps" / sweep
-    # epochs of ~0.5 s (batches of 16): the third trial runs for seconds after the first two end,
-    # a window that Tune's experiment state (saved every second) cannot miss
+    # the third trial runs for seconds after the first two end: a window no state snapshot misses
     job_id = submit(cluster, sweep_args(cluster, sweep, *FULL_LENGTH, "search.num_samples=3",
-                                        "model.batch_size=16", f"train.max_epochs={DRIVER_SWEEP_EPOCHS}"))
+                                        HALF_SECOND_EPOCHS, f"train.max_epochs={DRIVER_SWEEP_EPOCHS}"))
 
     def some_finished_some_not():
         states = trial_states(cluster, sweep)
@@ -215,7 +214,8 @@ def crashed_sweep(cluster) -> CrashedSweep:
         cluster.add_worker()
     sweep = "multinode"
     submitted = time.perf_counter()
-    job_id = submit(cluster, sweep_args(cluster, sweep, *FULL_LENGTH, *CRASHED_SWEEP, "search.num_samples=2"))
+    job_id = submit(cluster, sweep_args(cluster, sweep, *FULL_LENGTH, "search.num_samples=2",
+                                        HALF_SECOND_EPOCHS, f"train.max_epochs={CRASHED_SWEEP_EPOCHS}"))
     seen: dict[str, dict] = {}  # actor id -> actor, every trial actor of this sweep
 
     def both_workers_busy_and_a_checkpoint():
