@@ -99,6 +99,22 @@ def test_bad_arguments_raise_clear_errors(family, fitted):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_a_users_own_history_scores_as_the_user(family, fitted, planted_split):
+    """A family that scores raw histories (for users unknown at training time) gives a known
+    user's training items, oldest first, the scores it gives that user; the others refuse."""
+    model = fitted(family)
+    if not model.scores_history:
+        with pytest.raises(UnsupportedOperation, match="cannot score a list"):
+            model.score_history([[0]])
+        return
+    train = planted_split.train.interactions
+    order = np.lexsort((np.arange(len(train.user)), train.timestamp, train.user))
+    users = [3, 7, 11]
+    histories = [train.item[order][train.user[order] == u].tolist() for u in users]
+    torch.testing.assert_close(model.score_history(histories), model.score(users), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_k_beyond_catalogue_is_capped(family, fitted):
     model = fitted(family)
     items, _ = model.recommend([0], model.n_items + 50, exclude_seen=False)

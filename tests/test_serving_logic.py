@@ -164,14 +164,16 @@ def test_history_with_no_overlap_falls_back_to_popularity(planted_split, tmp_pat
     assert answer.fallback == "popularity" and "i3" not in items_of(answer) and len(answer.items) == 4
 
 
-def test_sequential_models_score_histories_themselves(ranking):
+def test_models_that_score_histories_answer_them_themselves(ranking):
     class NextItem(Popularity):
+        """Scores the item after the last one; has nothing to say after item 0."""
         scores_history = True
 
         def score_history(self, histories):
             scores = torch.zeros(len(histories), self.n_items)
             for row, history in enumerate(histories):
-                scores[row, (history[-1] + 1) % self.n_items] = 1.0
+                if history[-1] != 0:
+                    scores[row, (history[-1] + 1) % self.n_items] = 1.0
             return scores
 
     model = NextItem()
@@ -179,9 +181,13 @@ def test_sequential_models_score_histories_themselves(ranking):
     model.fit_prepared()
     service = ModelService(model, ranking.directory, ranking.description)
     answers = service.recommend_histories([HistoryRecommendationRequest(items=["i9", "i4"], k=2),
-                                           HistoryRecommendationRequest(items=[], k=2)])
+                                           HistoryRecommendationRequest(items=[], k=2),
+                                           HistoryRecommendationRequest(items=["i4", "i0"], k=2)])
     assert answers[0].fallback is None and answers[0].items[0].item == "i5"
     assert answers[1].fallback == "popularity"
+    assert answers[2].fallback == "popularity"  # a constant row ranks nothing
+    popular = items_of(service.recommend_histories([HistoryRecommendationRequest(items=[], k=4)])[0])
+    assert items_of(answers[2]) == [i for i in popular if i not in ("i4", "i0")][:2]
 
 
 def test_similar_items_share_users_and_exclude_the_item(ranking, planted):

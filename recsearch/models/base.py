@@ -142,9 +142,39 @@ class Recommender(ABC):
         raise UnsupportedOperation(f"model family {self.family!r} does not predict ratings")
 
     def score_history(self, histories: list[list[int]]) -> torch.Tensor:
-        """Scores for users known only by their recent items (oldest first); native for
-        sequential models, others raise and the caller falls back to item similarity."""
-        raise UnsupportedOperation(f"model family {self.family!r} cannot score a list of recent items")
+        """Scores ``(len(histories), n_items)`` for users known only by lists of contiguous item
+        ids, oldest first: native for families with ``scores_history`` (sequential models read
+        the order, item-based ones the set); others raise and the caller falls back to item
+        similarity."""
+        if not self.scores_history:
+            raise UnsupportedOperation(f"model family {self.family!r} cannot score a list of recent items")
+        rows = [np.asarray(history) for history in histories]
+        for n, row in enumerate(rows):
+            if row.ndim != 1 or (row.size and row.dtype.kind not in "iu"):
+                raise ValueError(f"history {n} must be a flat list of integer item ids, got {histories[n]!r:.80}")
+            if row.size and (row.min() < 0 or row.max() >= self.n_items):
+                bad = int(row[(row < 0) | (row >= self.n_items)][0])
+                raise ValueError(f"history {n}: unknown item id {bad}: the model knows items 0..{self.n_items - 1}")
+        with torch.no_grad():
+            return self._score_history([row.astype(np.int64) for row in rows])
+
+    def _score_history(self, histories: list[np.ndarray]) -> torch.Tensor:
+        raise NotImplementedError  # families with scores_history implement it
+
+    def _item_rows(self, users: torch.Tensor) -> torch.Tensor:
+        """The binary training rows of ``users``: dense float ``(len(users), n_items)``."""
+        rows = torch.zeros(len(users), self.n_items, device=self.device)
+        seen_row, seen_item = self.seen.rows(users)
+        rows[seen_row, seen_item] = 1.0
+        return rows
+
+    def _history_rows(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """Histories as binary item rows, as ``_item_rows`` holds users (a repeat counts once)."""
+        rows = torch.zeros(len(histories), self.n_items, device=self.device)
+        owner = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+        items = np.concatenate([*histories, np.empty(0, np.int64)])
+        rows[torch.as_tensor(owner, device=self.device), torch.as_tensor(items, device=self.device)] = 1.0
+        return rows
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:

@@ -21,7 +21,10 @@ from recsearch.models.base import Recommender, register
 
 @register("ease")
 class EASE(Recommender):
-    """Ranks items by X_u B, B the closed-form item-item regression with a zero diagonal."""
+    """Ranks items by X_u B, B the closed-form item-item regression with a zero diagonal; a
+    history H (a user unknown at training time) by X_H B the same way."""
+
+    scores_history = True
 
     def __init__(self, l2: float = 250.0, max_items: int = 10_000, **common):
         super().__init__(l2=l2, max_items=max_items, **common)
@@ -64,7 +67,7 @@ class EASE(Recommender):
         self.weights = weights
 
     def _score(self, users: torch.Tensor) -> torch.Tensor:
-        rows = torch.zeros(len(users), self.n_items, device=self.device)
-        seen_row, seen_item = self.seen.rows(users)
-        rows[seen_row, seen_item] = 1.0
-        return rows @ self.weights
+        return self._item_rows(users) @ self.weights
+
+    def _score_history(self, histories: list[np.ndarray]) -> torch.Tensor:
+        return self._history_rows(histories) @ self.weights

@@ -98,15 +98,19 @@ class NeighbourhoodModel(Recommender):
 
     # -- inference ------------------------------------------------------------------------
     def _score(self, users: torch.Tensor) -> torch.Tensor:
-        if self.by_item:  # X[users] Sᵀ = (S X[users]ᵀ)ᵀ
-            rows = torch.zeros(len(users), self.n_items, device=self.device)
-            seen_row, seen_item = self.seen.rows(users)
-            rows[seen_row, seen_item] = 1.0
-            return torch.sparse.mm(self.neighbours, rows.T).T.contiguous()
+        if self.by_item:
+            return self._neighbour_scores(self._item_rows(users))
         rows = torch.zeros(len(users), self.n_users, device=self.device)  # S[users] X = (Xᵀ S[users]ᵀ)ᵀ
         owner, flat = _gather_rows(self.indptr, users)
         rows[owner, self.indices[flat]] = self.neighbour_sim[flat]
         return torch.sparse.mm(self.x_transposed, rows.T).T.contiguous()
+
+    def _score_history(self, histories: list[np.ndarray]) -> torch.Tensor:
+        return self._neighbour_scores(self._history_rows(histories))  # only ItemKNN scores histories
+
+    def _neighbour_scores(self, rows: torch.Tensor) -> torch.Tensor:
+        """Binary item rows X scored by X Sᵀ = (S Xᵀ)ᵀ, S the sparse item neighbour matrix."""
+        return torch.sparse.mm(self.neighbours, rows.T).T.contiguous()
 
     def _predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         step = max(1, PREDICT_ENTRIES // self.k)  # bounds the (pair, neighbour) temporaries
@@ -158,9 +162,11 @@ class NeighbourhoodModel(Recommender):
 @register("itemknn")
 class ItemKNN(NeighbourhoodModel):
     """Item-based KNN: an item is recommended for resembling the items the user already has.
-    Defaults: best validation NDCG@10 on ml-100k (RecBole's k=100 scored 0.227, k=200 0.237)."""
+    Defaults: best validation NDCG@10 on ml-100k (RecBole's k=100 scored 0.227, k=200 0.237).
+    A history H (a user unknown at training time) is scored as a user's items are: X_H Sᵀ."""
 
     by_item = True
+    scores_history = True
 
     def __init__(self, k: int = 200, similarity: str = "cosine", shrinkage: float = 0.0, **common):
         super().__init__(k=k, similarity=similarity, shrinkage=shrinkage, **common)

@@ -165,25 +165,15 @@ class SequentialRecommender(TorchRecommender):
     def _score(self, users: torch.Tensor) -> torch.Tensor:
         return self._score_inputs(self.user_inputs[users], self.user_lengths[users])
 
-    def score_history(self, histories: list[list[int]]) -> torch.Tensor:
-        """Next-item log-probabilities ``(len(histories), n_items)`` for users known only by
-        lists of contiguous item ids, oldest first. Only the last ``max_len`` tokens are read
-        (BOS + items while they fit); an empty list scores as a sequence start (see class)."""
-        rows = [np.asarray(history) for history in histories]
-        for n, row in enumerate(rows):
-            if row.ndim != 1 or (row.size and row.dtype.kind not in "iu"):
-                raise ValueError(f"history {n} must be a flat list of integer item ids, got {histories[n]!r:.80}")
-            if row.size and (row.min() < 0 or row.max() >= self.n_items):
-                bad = int(row[(row < 0) | (row >= self.n_items)][0])
-                raise ValueError(f"history {n}: unknown item id {bad}: the model knows items 0..{self.n_items - 1}")
-        lengths = np.array([len(row) for row in rows], dtype=np.int64)
-        flat = np.concatenate([row.astype(np.int64) for row in rows] + [np.empty(0, np.int64)])
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        tokens, token_offsets = with_bos(flat, offsets, self.bos)
+    def _score_history(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """Next-item log-probabilities from the last ``max_len`` tokens of each history (BOS +
+        items while they fit); an empty history scores as a sequence start (see class)."""
+        lengths = np.array([len(history) for history in histories], dtype=np.int64)
+        tokens, token_offsets = with_bos(np.concatenate([*histories, np.empty(0, np.int64)]),
+                                         np.concatenate([[0], np.cumsum(lengths)]), self.bos)
         inputs, seq_lengths = tail_inputs(tokens, token_offsets, self.max_len)
-        with torch.no_grad():
-            return self._score_inputs(torch.as_tensor(inputs, device=self.device),
-                                      torch.as_tensor(seq_lengths, device=self.device))
+        return self._score_inputs(torch.as_tensor(inputs, device=self.device),
+                                  torch.as_tensor(seq_lengths, device=self.device))
 
     def _score_inputs(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Log-softmax scores from the hidden state after each row's last real token."""

@@ -170,8 +170,9 @@ class ModelService:
         return answers
 
     def recommend_histories(self, requests: list[HistoryRecommendationRequest]) -> list[Recommendations | ServingError]:
-        """Recommendations from recent items: the model's own sequence scoring where it has one,
-        else summed item-item cosine similarity; popularity when the history says nothing."""
+        """Recommendations from recent items: the model's own history scoring where it has one
+        (sequential models, EASE, ItemKNN), else summed item-item cosine similarity; popularity
+        when the history says nothing."""
         answers: list[Recommendations | ServingError | None] = [None] * len(requests)
         histories: dict[int, np.ndarray] = {}
         for i, request in enumerate(requests):
@@ -239,25 +240,28 @@ class ModelService:
 
     def _history_scores(self, histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, list[str | None]]:
         """(ranking key, reported score, fallback) per history, float64 rows over all items.
-        Rows start as popularity; rows the model or the similarity can speak for are replaced."""
+        Rows start as popularity; rows the model (or, for families that cannot score a history,
+        item similarity) can speak for are replaced, equal scores ordered by popularity."""
         counts = torch.as_tensor(self.popularity.counts)
         reported = counts.repeat(len(histories), 1)
         key = reported.clone()
         fallbacks: list[str | None] = ["popularity"] * len(histories)
         nonempty = [n for n, h in enumerate(histories) if len(h)]
-        if self.model.scores_history and nonempty:
+        if not nonempty:
+            return key, reported, fallbacks
+        if self.model.scores_history:
             scores = self.model.score_history([histories[n].tolist() for n in nonempty]).double().cpu()
-            reported[nonempty] = scores
-            key[nonempty] = scores
-            for n in nonempty:
-                fallbacks[n] = None
-        elif not self.model.scores_history:
-            sims = torch.from_numpy(self.similarity.scores(histories))
-            signal = (sims > 0).any(dim=1)
-            reported[signal] = sims[signal]
-            key[signal] = sims[signal] + self.tiebreak
-            for n in torch.nonzero(signal).ravel().tolist():
-                fallbacks[n] = "item_similarity"
+            signal = (scores != scores[:, :1]).any(dim=1)  # a constant row (no neighbour known) says nothing
+            source = None
+        else:
+            scores = torch.from_numpy(self.similarity.scores([histories[n] for n in nonempty]))
+            signal = (scores > 0).any(dim=1)
+            source = "item_similarity"
+        for row, n in enumerate(nonempty):
+            if signal[row]:
+                reported[n] = scores[row]
+                key[n] = scores[row] + self.tiebreak
+                fallbacks[n] = source
         return key, reported, fallbacks
 
     def _top(self, scores: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
