@@ -4,16 +4,17 @@ on MovieLens 100K (ranking, selected on validation NDCG@10).
 For every family the script trains the default config as ``recsearch train`` does, then sweeps
 ``conf/search/<family>.yaml`` with ASHA, and records both validation NDCG@10 values, the
 sweep's best hyperparameters, and the best trial's test metrics (touched once, after selection).
-Families share one Ray; each family uses its own split settings (the LSTM: temporal
-leave-one-out). Writes ``bench/results/ml100k_sweeps.{json,md}``.
+Every family runs on the random 0.8/0.1/0.1 split; the LSTM also on the temporal leave-one-out
+split it is made for (row "lstm-loo"). Writes ``bench/results/ml100k_sweeps.{json,md}``.
 
-    .venv/bin/python bench/ml100k_sweeps.py                         # all families, SAMPLES trials each
-    .venv/bin/python bench/ml100k_sweeps.py --families mf,ncf --samples 8
+    .venv/bin/python bench/ml100k_sweeps.py                        # every row, its SWEEPS trials
+    .venv/bin/python bench/ml100k_sweeps.py --rows mf,ncf --samples 8
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -26,34 +27,41 @@ from recsearch.tuning.plan import plan_sweep
 from recsearch.tuning.sweep import load_sweep_split, ray_session, run_sweep
 
 HERE = Path(__file__).resolve().parent
-# trials per family: the defaults are already the best of small grids on ml-100k, and the first
-# trial of each sweep runs them, so finding better takes more trials where trials are cheap
-SAMPLES = {"itemknn": 64, "userknn": 256, "ease": 16, "mf": 64, "ncf": 16, "lstm": 32}
-FAMILIES = list(SAMPLES)
-# the sequential model is judged on the temporal split it is made for
-FAMILY_OVERRIDES = {"lstm": ["data.split.scheme=loo"]}
+# row -> (family, trials, overrides). The defaults are already the best of small grids on
+# ml-100k, and the first trial of each sweep runs them, so finding better takes more trials
+# where trials are cheap.
+SWEEPS = {
+    "itemknn": ("itemknn", 64, []),
+    "userknn": ("userknn", 256, []),
+    "ease": ("ease", 16, []),
+    "mf": ("mf", 64, []),
+    "ncf": ("ncf", 16, []),
+    "lstm": ("lstm", 32, []),
+    "lstm-loo": ("lstm", 32, ["data.split.scheme=loo"]),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated model families")
-    parser.add_argument("--samples", type=int, help="trials per family (default: SAMPLES in this file)")
+    parser.add_argument("--rows", default=",".join(SWEEPS), help="comma-separated rows of SWEEPS")
+    parser.add_argument("--samples", type=int, help="trials per sweep (default: SWEEPS in this file)")
     parser.add_argument("--out", default=str(HERE / "results" / "tmp" / "ml100k_sweeps"), help="run folders")
     parser.add_argument("--result", default=str(HERE / "results" / "ml100k_sweeps"), help="results, without suffix")
     args = parser.parse_args()
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []
-    for family in args.families.split(","):
-        common = [f"model={family}", "data=ml-100k", *FAMILY_OVERRIDES.get(family, [])]
-        default = train_command(load_config([*common, f"out={args.out}/{stamp}/{family}-default"]))
-        samples = args.samples or SAMPLES[family]
-        plan = plan_sweep([*common, f"search.num_samples={samples}", "ray.verbose=0",
-                           f"out={args.out}/{stamp}/{family}-sweep"])
+    for row in args.rows.split(","):
+        family, samples, overrides = SWEEPS[row]
+        common = [f"model={family}", "data=ml-100k", *overrides]
+        default = train_command(load_config([*common, f"out={args.out}/{stamp}/{row}-default"]))
+        plan = plan_sweep([*common, f"search.num_samples={args.samples or samples}", "ray.verbose=0",
+                           f"out={args.out}/{stamp}/{row}-sweep"])
         with ray_session(plan.first["ray"]):
             summary = run_sweep(plan, split=load_sweep_split(plan.first))
         metric = plan.first["task"]["metric"]
         rows.append({
+            "row": row,
             "family": family,
             "split": default["split"],
             f"default valid {metric}": default["valid"][metric],
@@ -64,8 +72,10 @@ def main() -> None:
             "stopped early": summary["trials"]["stopped_by_asha"] + summary["trials"]["stopped_by_patience"],
             "sweep seconds": round(summary["wall_seconds"]),
             "best hparams": summary["best"]["hparams"],
+            "run": stamp,
         })
-    columns = [k for k in rows[0] if k != "best hparams"]
+    rows = merged(Path(f"{args.result}.json"), rows)
+    columns = [k for k in rows[0] if k not in ("best hparams", "run")]
     print(format_table(rows, columns))
     machine = f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs"
     write_json(f"{args.result}.json", {"machine": machine, "rows": rows})
@@ -73,6 +83,14 @@ def main() -> None:
         f"ml-100k, seed 42, ASHA, the first trial of each sweep = the default config; {machine}; "
         f"command: `.venv/bin/python bench/ml100k_sweeps.py`\n\n" + markdown_table(rows, columns))
     print(f"wrote {args.result}.json and .md")
+
+
+def merged(result: Path, new_rows: list[dict]) -> list[dict]:
+    """The rows of an earlier result file with these new ones in place of their namesakes, in
+    SWEEPS order, so that rerunning some rows keeps the others (each row names its run)."""
+    by_row = {row["row"]: row for row in json.loads(result.read_text())["rows"]} if result.exists() else {}
+    by_row.update({row["row"]: row for row in new_rows})
+    return [by_row[name] for name in SWEEPS if name in by_row]
 
 
 if __name__ == "__main__":
