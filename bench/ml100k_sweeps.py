@@ -5,7 +5,7 @@ For every family the script trains the default config as ``recsearch train`` doe
 ``conf/search/<family>.yaml`` with ASHA, and records both validation NDCG@10 values, the
 sweep's best hyperparameters, and the best trial's test metrics (touched once, after selection).
 Every family runs on the random 0.8/0.1/0.1 split; the LSTM also on the temporal leave-one-out
-split it is made for (row "lstm-loo"). Writes ``bench/results/ml100k_sweeps.{json,md}``.
+split it is made for (rows "lstm-loo", random search, and "lstm-loo-optuna", TPE). Writes ``bench/results/ml100k_sweeps.{json,md}``.
 
     .venv/bin/python bench/ml100k_sweeps.py                        # every row, its SWEEPS trials
     .venv/bin/python bench/ml100k_sweeps.py --rows mf,ncf --samples 8
@@ -38,6 +38,7 @@ SWEEPS = {
     "ncf": ("ncf", 16, []),
     "lstm": ("lstm", 32, []),
     "lstm-loo": ("lstm", 32, ["data.split.scheme=loo"]),
+    "lstm-loo-optuna": ("lstm", 32, ["data.split.scheme=loo", "search.algorithm=optuna"]),  # TPE, same budget
 }
 
 
