@@ -17,6 +17,8 @@ import argparse
 import time
 from pathlib import Path
 
+from machine import machine
+
 from recsearch.output import format_table, write_json
 from recsearch.tuning.plan import plan_sweep
 from recsearch.tuning.results import collect_trials
@@ -60,7 +62,7 @@ def main() -> None:
                 "best": summary["best"]["hparams"],
             })
     print(format_table(rows, [k for k in rows[0] if k != "best"]))
-    write_json(args.result, {"command": common, "rows": rows})
+    write_json(args.result, {"machine": machine(), "command": common, "rows": rows})
     print(f"wrote {args.result}")
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -94,8 +94,7 @@ def main() -> None:
         step("stop the cluster", "ray down cluster.yaml -y  [cloud; here: stop the 3 nodes]", time.perf_counter() - stopping)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    record = {"machine": f"{os.cpu_count()} CPUs, loopback cluster: head (0 CPU) + 2 workers (1 CPU each)",
-              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "steps": steps}
+    record = {"machine": machine(), "cluster": "loopback: head (0 CPU) + 2 workers (1 CPU each)", "steps": steps}
     (RESULTS / "cluster_walkthrough.json").write_text(json.dumps(record, indent=2) + "\n")
     table = ["| step | command | seconds |", "|---|---|---:|"]
     table += [f"| {s['step']} | `{s['command']}` | {s['seconds']} |" for s in steps]

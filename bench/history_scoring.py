@@ -9,10 +9,12 @@ Default configs, seed 42; the LSTM on leave-one-out. Writes ``bench/results/hist
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine
 
 from recsearch.config import load_config, to_container
 from recsearch.data import load_split
@@ -46,6 +48,7 @@ def time_ordered_histories(split) -> list[np.ndarray]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rows = []
     for family, overrides in RUNS:
         cfg = load_config([f"model={family}", "data=ml-100k", *overrides, f"out={HERE}/results/tmp/history/{family}"])
@@ -66,7 +69,7 @@ def main() -> None:
         rows.append(row)
     print(format_table(rows, list(rows[0])))
     result = HERE / "results" / "history_scoring"
-    write_json(f"{result}.json", {"metric": "valid ndcg@10", "rows": rows})
+    write_json(f"{result}.json", {"machine": machine(), "metric": "valid ndcg@10", "rows": rows})
     Path(f"{result}.md").write_text("ml-100k, seed 42, valid NDCG@10 of every validation user served three ways; "
                                     "command: `.venv/bin/python bench/history_scoring.py`\n\n"
                                     + markdown_table(rows, list(rows[0])))

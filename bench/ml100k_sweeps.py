@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
+
+from machine import machine, one_line
 
 from recsearch.config import load_config
 from recsearch.output import format_table, markdown_table, write_json
@@ -76,12 +76,12 @@ def main() -> None:
             "run": stamp,
         })
     rows = merged(Path(f"{args.result}.json"), rows)
-    columns = [k for k in rows[0] if k not in ("best hparams", "run")]
+    columns = [k for k in rows[0] if k != "best hparams"]
     print(format_table(rows, columns))
-    machine = f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs"
-    write_json(f"{args.result}.json", {"machine": machine, "rows": rows})
+    host = machine()
+    write_json(f"{args.result}.json", {"machine": host, "rows": rows})
     Path(f"{args.result}.md").write_text(
-        f"ml-100k, seed 42, ASHA, the first trial of each sweep = the default config; {machine}; "
+        f"ml-100k, seed 42, ASHA, the first trial of each sweep = the default config; {one_line(host)}; "
         f"command: `.venv/bin/python bench/ml100k_sweeps.py`\n\n" + markdown_table(rows, columns))
     print(f"wrote {args.result}.json and .md")
 

@@ -12,6 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
+from machine import machine
+
 from recsearch.config import load_config
 from recsearch.output import format_table, markdown_table, write_json
 from recsearch.training import train_command
@@ -54,7 +56,7 @@ def main() -> None:
             "command": "recsearch train " + " ".join(overrides),
         })
     print(format_table(rows, COLUMNS))
-    write_json(f"{args.result}.json", {"rows": rows})
+    write_json(f"{args.result}.json", {"machine": machine(), "rows": rows})
     Path(f"{args.result}.md").write_text(markdown_table(rows, COLUMNS))
     print(f"wrote {args.result}.json and .md")
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import random
 import socket
 import time
 
 import httpx
 import numpy as np
+from machine import machine
 
 from recsearch.data.dataset import Dataset
 from recsearch.output import format_table, write_json
@@ -142,8 +142,7 @@ def main() -> None:
     result = {
         "model": {"path": str(directory), "family": description["family"], "task": description.get("task"),
                   "n_users": description.get("n_users"), "n_items": description.get("n_items")},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_1m_at_end": os.getloadavg()[0]},  # other work on the machine skews QPS
+        "machine": {**machine(), "load_average_1m_at_end": os.getloadavg()[0]},  # other work skews QPS
         "settings": {"levels": args.levels, "seconds": args.seconds, "max_requests": args.max_requests,
                      "k": args.k, "replica_cpus": args.num_cpus},
         "results": rows,
