@@ -9,11 +9,13 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from recsearch.cli import main
 from recsearch.tuning.plan import SweepPlan, plan_sweep
 from recsearch.tuning.report import leaderboard, stopped_by
-from recsearch.tuning.results import _error_line, best_checkpoint, collect_trials
+from recsearch.tuning.results import _error_line, collect_trials, latest_checkpoint
+from recsearch.tuning.trainable import BEST_STATE_FILE, STATE_FILE, best_state_file
 
 MAX_EPOCHS, PATIENCE = 6, 2
 TRACEBACK = """Failure # 1 (occurred at 2026-01-01_00-00-00)
@@ -108,16 +110,22 @@ def test_report_command_writes_leaderboard_and_self_contained_html(sweep, capsys
     assert "src='http" not in html and "<script" not in html and "<link" not in html
 
 
-def test_best_checkpoint_is_the_best_kept_one_not_the_latest(sweep, tmp_path):
+def test_the_newest_checkpoint_holds_the_best_epochs_state(sweep, tmp_path):
     trial = next(t for t in collect_trials(sweep) if t.trial_id == "00002")
-    for name, epoch, value in (("checkpoint_000001", 2, 0.5), ("checkpoint_000003", 4, 0.49)):
+    with latest_checkpoint(trial) as folder:
+        assert folder is None  # this fixture's trials kept none
+    for name, epoch in (("checkpoint_000009", 10), ("checkpoint_000010", 11)):
         folder = Path(trial.path) / name
         folder.mkdir()
-        (folder / "progress.json").write_text(json.dumps({"epoch": epoch, "value": value}))
-    with best_checkpoint(trial, "max") as folder:
-        assert folder.name == "checkpoint_000001"
-    with best_checkpoint(trial, "min") as folder:
-        assert folder.name == "checkpoint_000003"
+        (folder / "progress.json").write_text(json.dumps({"epoch": epoch, "best_epoch": 3}))
+        torch.save({"epoch": torch.tensor(epoch)}, folder / STATE_FILE)
+    torch.save({"epoch": torch.tensor(3)}, Path(trial.path) / "checkpoint_000010" / BEST_STATE_FILE)
+    with latest_checkpoint(trial) as folder:
+        assert folder.name == "checkpoint_000010"
+        assert torch.load(best_state_file(folder), weights_only=True)["epoch"] == 3
+    (Path(trial.path) / "checkpoint_000010" / BEST_STATE_FILE).unlink()  # its own epoch was the best
+    with latest_checkpoint(trial) as folder:
+        assert best_state_file(folder).name == STATE_FILE
 
 
 def test_error_line_is_the_exception_not_the_traceback():

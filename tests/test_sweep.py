@@ -38,13 +38,15 @@ TESTS = Path(__file__).resolve().parent
 class Toy(IterativeRecommender):
     """Scores ``strength * affinity + noise``: affinity (X Xᵀ X, row-normalised) recovers the
     planted groups, the noise is fixed per seed, and ``strength`` grows by ``rate`` per epoch, so
-    a large rate ranks well after one epoch and a tiny one stays near random. The training loss
-    is NaN at epoch ``nan_at`` (0: never); ``delay`` seconds of sleep per epoch keep trials
-    running long enough to kill a driver in between."""
+    a large rate ranks well after one epoch and a tiny one stays near random; after epoch
+    ``decline_after`` (0: never) it shrinks by ``rate`` instead. The training loss is NaN at
+    epoch ``nan_at`` (0: never); ``delay`` seconds of sleep per epoch keep trials running long
+    enough to kill a driver in between."""
 
-    def __init__(self, rate: float = 0.1, nan_at: int = 0, delay: float = 0.0, **common):
-        super().__init__(rate=rate, nan_at=nan_at, delay=delay, **common)
+    def __init__(self, rate: float = 0.1, nan_at: int = 0, delay: float = 0.0, decline_after: int = 0, **common):
+        super().__init__(rate=rate, nan_at=nan_at, delay=delay, decline_after=decline_after, **common)
         self.rate, self.nan_at, self.delay = float(rate), int(nan_at), float(delay)
+        self.decline_after = int(decline_after)
 
     def prepare(self, train):
         super().prepare(train)
@@ -58,8 +60,9 @@ class Toy(IterativeRecommender):
     def train_epoch(self) -> float:
         time.sleep(self.delay)
         self.epochs += 1
-        self.strength += self.rate
-        return float("nan") if int(self.epochs) == self.nan_at else 1.0 / (1.0 + float(self.strength))
+        declining = 0 < self.decline_after < int(self.epochs)
+        self.strength += -self.rate if declining else self.rate
+        return float("nan") if int(self.epochs) == self.nan_at else 1.0 / (1.0 + abs(float(self.strength)))
 
     def state(self):
         return {"strength": self.strength, "epochs": self.epochs}
@@ -86,6 +89,7 @@ model:
   rate: 0.1
   nan_at: 0
   delay: 0.0
+  decline_after: 0
 train:
   max_epochs: 6
   patience: 3
@@ -174,6 +178,24 @@ def test_asha_sweep_ranks_trials_exports_the_best_and_reports(local_ray, tmp_pat
     split = load_split(config["data"], seed=config["seed"], implicit_threshold=None)
     valid = Evaluator.for_task(config["task"]).evaluate(model, split, "valid")
     assert valid["ndcg@10"] == pytest.approx(best["valid"]["ndcg@10"], abs=1e-6)
+
+
+def test_the_best_epoch_is_exported_from_the_newest_checkpoint(local_ray, tmp_path):
+    """Tune keeps only the newest two checkpoints; each carries the best epoch's state too, so a
+    trial that peaked early still exports its peak."""
+    out = tmp_path / "peak"
+    code = main(["sweep", *TOY, f"out={out}", "search.num_samples=1", "scheduler=fifo", "train.patience=10",
+                 "search.space.rate.grid=[0.5]", "model.decline_after=2"])
+    assert code == 0
+    trial = collect_trials(SweepPlan.load(out))[0]
+    values = [row["valid/ndcg@10"] for row in trial.history]
+    best_epoch = values.index(max(values)) + 1
+    assert len(values) == 6 and best_epoch <= 2 and values[-1] < max(values)
+    kept = sorted(Path(trial.path).glob("checkpoint_*"))
+    assert len(kept) == 2 and all((folder / "best.pt").is_file() for folder in kept)
+    model = Recommender.load(out / "best")
+    assert model.metadata["epoch"] == best_epoch and float(model.strength) == pytest.approx(0.5 * best_epoch)
+    assert json.loads((out / "summary.json").read_text())["best"]["valid"]["ndcg@10"] == max(values)
 
 
 def test_a_diverged_trial_errors_and_the_sweep_goes_on(local_ray, tmp_path):

@@ -39,8 +39,8 @@ def report_command(directory: str) -> list[dict[str, Any]]:
 
 
 def leaderboard(plan: SweepPlan, trials: list[Trial]) -> list[dict[str, Any]]:
-    """One row per trial: finished trials ranked by their best validation value (the epoch a
-    checkpoint was kept for), then errored and unfinished ones."""
+    """One row per trial: finished trials ranked by their best validation value (the epoch whose
+    state its checkpoints keep), then errored and unfinished ones."""
     task = plan.first["task"]
     metric, mode = task["metric"], task["mode"]
     rows = []

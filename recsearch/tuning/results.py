@@ -57,25 +57,22 @@ def collect_trials(plan: SweepPlan, families: list[str] | None = None) -> list[T
 
 
 @contextmanager
-def best_checkpoint(trial: Trial, mode: str) -> Iterator[Path | None]:
-    """A local folder holding the trial's kept checkpoint with the best validation value (Tune
-    keeps the best ``num_to_keep`` and always the latest), copied down from remote storage."""
+def latest_checkpoint(trial: Trial) -> Iterator[Path | None]:
+    """A local folder holding the trial's newest kept checkpoint, which also carries the state of
+    its best epoch (see ``recsearch.tuning.trainable``), copied down from remote storage."""
     from pyarrow import fs
 
     filesystem, root = _filesystem(trial.path)
-    scored = []
+    epochs = []
     for info in _children(filesystem, root):
         if info.base_name.startswith("checkpoint_"):
             text = _read(filesystem, f"{info.path}/{PROGRESS_FILE}")
             if text is not None:
-                progress = json.loads(text)
-                scored.append((progress["value"], progress["epoch"], info.path))
-    if not scored:
+                epochs.append((json.loads(text)["epoch"], info.path))
+    if not epochs:
         yield None
         return
-    # the best value, and among equals the earliest epoch, as Trial.best picks
-    sign = -1 if mode == "max" else 1
-    _, _, path = min(scored, key=lambda s: (sign * s[0], s[1]))
+    _, path = max(epochs)
     if isinstance(filesystem, fs.LocalFileSystem):
         yield Path(path)
         return

@@ -23,7 +23,7 @@ from recsearch.data.dataset import Split
 from recsearch.errors import ConfigError, RecsearchError
 from recsearch.output import write_json
 from recsearch.tuning.plan import PLAN_FILE, SweepPlan, plan_sweep, trial_setup
-from recsearch.tuning.results import Trial, best_checkpoint, collect_trials
+from recsearch.tuning.results import Trial, collect_trials, latest_checkpoint
 from recsearch.tuning.space import default_point, parse_space
 
 SUMMARY_FILE = "summary.json"
@@ -130,17 +130,17 @@ def export_best(plan: SweepPlan, trial: Trial, split: Split) -> dict[str, Any]:
     """Rebuild the winner from its best checkpoint, evaluate it on the test split (the only
     time the sweep touches it) and save it as ``best/``."""
     from recsearch.evaluation import Evaluator
-    from recsearch.tuning.trainable import build_model, load_weights, read_progress
+    from recsearch.tuning.trainable import best_state_file, build_model, load_weights, read_progress
 
     config = plan.configs[trial.family]
     task = config["task"]
     model = build_model(trial_setup(config), trial.hparams)
     model.prepare(split.train)
-    with best_checkpoint(trial, task["mode"]) as directory:
+    with latest_checkpoint(trial) as directory:
         if directory is None:
             raise SweepFailed(f"trial {trial.name} has no checkpoint left in {trial.path}")
-        load_weights(model, directory)
-        epoch = read_progress(directory)["epoch"]
+        load_weights(model, best_state_file(directory))
+        epoch = read_progress(directory)["best_epoch"]
     row = next(r for r in trial.history if r["epoch"] == epoch)  # the exported epoch's own metrics
     test = Evaluator.for_task(task, batch_size=config["train"]["eval_batch_size"]).evaluate(model, split, "test")
     valid = {k.removeprefix("valid/"): v for k, v in row.items() if k.startswith("valid/")}
@@ -200,7 +200,7 @@ def _fit_family(plan: SweepPlan, family: str, split_ref, resume: bool) -> None:
     # Save Tune's experiment state every second (default: at most every 10 s), so that a killed
     # driver does not re-run finished trials or point at checkpoints already deleted.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    # num_to_keep forces a state snapshot per checkpoint: intended, not a problem
+    # num_to_keep forces a state snapshot every num_to_keep checkpoints: intended, not a problem
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     path = plan.experiment_path(family)
     if resume and tune.Tuner.can_restore(path):
@@ -272,16 +272,15 @@ def _run_config(plan: SweepPlan, family: str):
     from ray.tune.logger import TBXLoggerCallback
 
     config = plan.configs[family]
-    metric = f"valid/{config['task']['metric']}"
     return tune.RunConfig(
         name=family,
         storage_path=plan.storage,
         failure_config=tune.FailureConfig(max_failures=config["ray"]["max_failures"]),
-        # The best checkpoints (for export) and, always, the latest (for resuming). Two, not one:
-        # Tune deletes a checkpoint before the experiment state naming it as the latest has
-        # reached storage, so a driver killed then would leave a state pointing at nothing.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
-                                                checkpoint_score_order=config["task"]["mode"]),
+        # The newest checkpoints only: each carries the best epoch's state too. Tune snapshots its
+        # experiment state every num_to_keep checkpoints, assuming newest-first retention; a
+        # best-first policy deleted the checkpoint that snapshot named as the latest up to a
+        # second before the next one, and a driver killed then left a state pointing at nothing.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[TBXLoggerCallback()],  # TensorBoard: tensorboard --logdir <storage>
         verbose=config["ray"]["verbose"],
     )

@@ -5,8 +5,11 @@ reported to Tune with a checkpoint so that ASHA can stop the trial between epoch
 or preempted trial resumes where it was. Besides ASHA, the trial stops itself after
 ``train.patience`` epochs without a better validation metric.
 
-A checkpoint directory holds ``model.pt`` (the model's state, read back with
-``weights_only=True``) and ``progress.json`` (epoch and early-stopping counters).
+A checkpoint directory describes itself: ``model.pt`` (the model's state after that epoch, what a
+resumed trial continues from), ``best.pt`` (the state of the best epoch so far, when that is an
+earlier one) and ``progress.json`` (epoch, best epoch and early-stopping counters); states are
+read back with ``weights_only=True``. So the newest checkpoint alone serves both resuming and
+exporting the trial's best model, and Tune may keep just the newest ones.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from recsearch.data.dataset import Split
 from recsearch.models.base import Recommender
 
 STATE_FILE = "model.pt"
+BEST_STATE_FILE = "best.pt"
 PROGRESS_FILE = "progress.json"
 
 
@@ -59,25 +63,32 @@ def run_trial(config: dict[str, Any], split: Split, setup: dict[str, Any]) -> No
     evaluator = Evaluator.for_task(task, batch_size=train["eval_batch_size"])
     metric = f"valid/{task['metric']}"
     stopper = EarlyStopping(metric, task["mode"], train["patience"])
-    start = 1
+    start, best_state = 1, b""  # best_state: the best epoch's serialized state
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             start = restore(model, stopper, Path(directory)) + 1
+            best_state = best_state_file(Path(directory)).read_bytes()
     last = train["max_epochs"] if model.iterative else 1
     for epoch in range(start, last + 1):
         step = train_step(model, split, evaluator, epoch)
         stopper.update(step[metric], epoch)
         step["stale_epochs"] = stopper.stale
         with tempfile.TemporaryDirectory(prefix="recsearch-ckpt-") as directory:
-            save(model, stopper, epoch, step[metric], Path(directory))
+            save(model, stopper, epoch, step[metric], Path(directory), best_state)
+            if stopper.best_epoch == epoch:
+                best_state = (Path(directory) / STATE_FILE).read_bytes()
             tune.report(step, checkpoint=tune.Checkpoint.from_directory(directory))
         if stopper.should_stop:
             break
 
 
-def save(model: Recommender, stopper, epoch: int, value: float, directory: Path) -> None:
+def save(model: Recommender, stopper, epoch: int, value: float, directory: Path, best_state: bytes) -> None:
+    """Write a checkpoint of ``epoch``; ``best_state`` is written as ``best.pt`` unless this epoch
+    is the best."""
     torch.save(model.state(), directory / STATE_FILE)
+    if stopper.best_epoch != epoch:
+        (directory / BEST_STATE_FILE).write_bytes(best_state)
     progress = {"epoch": epoch, "value": value, "best": stopper.best, "best_epoch": stopper.best_epoch,
                 "stale": stopper.stale}
     (directory / PROGRESS_FILE).write_text(json.dumps(progress))
@@ -85,14 +96,20 @@ def save(model: Recommender, stopper, epoch: int, value: float, directory: Path)
 
 def restore(model: Recommender, stopper, directory: Path) -> int:
     """Load a checkpoint into a prepared model and the stopper; returns its epoch."""
-    load_weights(model, directory)
+    load_weights(model, directory / STATE_FILE)
     progress = read_progress(directory)
     stopper.best, stopper.best_epoch, stopper.stale = progress["best"], progress["best_epoch"], progress["stale"]
     return int(progress["epoch"])
 
 
-def load_weights(model: Recommender, directory: Path) -> None:
-    model.load_state(torch.load(directory / STATE_FILE, map_location=model.device, weights_only=True))
+def best_state_file(directory: Path) -> Path:
+    """The checkpoint's state of its best epoch so far."""
+    best = directory / BEST_STATE_FILE
+    return best if best.exists() else directory / STATE_FILE
+
+
+def load_weights(model: Recommender, path: Path) -> None:
+    model.load_state(torch.load(path, map_location=model.device, weights_only=True))
 
 
 def read_progress(directory: Path) -> dict[str, Any]:
