@@ -127,7 +127,7 @@ def finish(plan: SweepPlan, split: Split, wall_seconds: float) -> dict[str, Any]
 
 
 def export_best(plan: SweepPlan, trial: Trial, split: Split) -> dict[str, Any]:
-    """Rebuild the winner from its best checkpoint, evaluate it on the test split (the only
+    """Rebuild the winner from its best epoch's state, evaluate it on the test split (the only
     time the sweep touches it) and save it as ``best/``."""
     from recsearch.evaluation import Evaluator
     from recsearch.tuning.trainable import best_state_file, build_model, load_weights, read_progress
