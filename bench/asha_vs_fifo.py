@@ -17,7 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-from machine import machine
+from record import machine
 
 from recsearch.output import format_table, write_json
 from recsearch.tuning.plan import plan_sweep

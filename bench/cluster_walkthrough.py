@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
-from machine import machine
+from record import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

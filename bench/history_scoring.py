@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import machine
+from record import write_results
 
 from recsearch.config import load_config, to_container
 from recsearch.data import load_split
 from recsearch.evaluation import Evaluator
 from recsearch.models.base import Recommender
-from recsearch.output import format_table, markdown_table, write_json
+from recsearch.output import format_table
 from recsearch.serving.fallback import ItemSimilarity
 from recsearch.training import train_command
 
@@ -68,12 +68,8 @@ def main() -> None:
         row.update({way: round(evaluator.evaluate(scorer, split, "valid")["ndcg@10"], 4) for way, scorer in ways.items()})
         rows.append(row)
     print(format_table(rows, list(rows[0])))
-    result = HERE / "results" / "history_scoring"
-    write_json(f"{result}.json", {"machine": machine(), "metric": "valid ndcg@10", "rows": rows})
-    Path(f"{result}.md").write_text("ml-100k, seed 42, valid NDCG@10 of every validation user served three ways; "
-                                    "command: `.venv/bin/python bench/history_scoring.py`\n\n"
-                                    + markdown_table(rows, list(rows[0])))
-    print(f"wrote {result}.json and .md")
+    write_results(HERE / "results" / "history_scoring", rows, list(rows[0]),
+                  "ml-100k, seed 42, valid NDCG@10 of every validation user served three ways", metric="valid ndcg@10")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from machine import machine
+from record import write_results
 
 from recsearch.config import load_config, to_container
 from recsearch.data import load_split
 from recsearch.evaluation import Evaluator
 from recsearch.models.lstm import PAD, SequentialRecommender, time_ordered, with_bos
-from recsearch.output import format_table, markdown_table, write_json
+from recsearch.output import format_table
 from recsearch.training import train
 
 HERE = Path(__file__).resolve().parent
@@ -90,12 +90,8 @@ def main() -> None:
                      "test ndcg@10": round(evaluator.evaluate(model, split, "test")["ndcg@10"], 4),
                      "train seconds to best": round(sum(seconds[: result.best_epoch]), 1)})
     print(format_table(rows, list(rows[0])))
-    result = HERE / "results" / "lstm_formulations"
-    write_json(f"{result}.json", {"machine": machine(), "max_epochs": max_epochs, "hparams": hparams, "rows": rows})
-    Path(f"{result}.md").write_text("ml-100k leave-one-out, seed 42, the LSTM's default config; command: "
-                                    "`.venv/bin/python bench/lstm_formulations.py`\n\n"
-                                    + markdown_table(rows, list(rows[0])))
-    print(f"wrote {result}.json and .md")
+    write_results(HERE / "results" / "lstm_formulations", rows, list(rows[0]),
+                  "ml-100k leave-one-out, seed 42, the LSTM's default config", max_epochs=max_epochs, hparams=hparams)
 
 
 if __name__ == "__main__":

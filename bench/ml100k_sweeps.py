@@ -18,10 +18,10 @@ import json
 import time
 from pathlib import Path
 
-from machine import machine, one_line
+from record import write_results
 
 from recsearch.config import load_config
-from recsearch.output import format_table, markdown_table, write_json
+from recsearch.output import format_table
 from recsearch.training import train_command
 from recsearch.tuning.plan import plan_sweep
 from recsearch.tuning.sweep import load_sweep_split, ray_session, run_sweep
@@ -78,12 +78,8 @@ def main() -> None:
     rows = merged(Path(f"{args.result}.json"), rows)
     columns = [k for k in rows[0] if k != "best hparams"]
     print(format_table(rows, columns))
-    host = machine()
-    write_json(f"{args.result}.json", {"machine": host, "rows": rows})
-    Path(f"{args.result}.md").write_text(
-        f"ml-100k, seed 42, ASHA, the first trial of each sweep = the default config; {one_line(host)}; "
-        f"command: `.venv/bin/python bench/ml100k_sweeps.py`\n\n" + markdown_table(rows, columns))
-    print(f"wrote {args.result}.json and .md")
+    write_results(args.result, rows, columns,
+                  "ml-100k, seed 42, ASHA, the first trial of each sweep = the default config")
 
 
 def merged(result: Path, new_rows: list[dict]) -> list[dict]:

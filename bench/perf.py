@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import machine, one_line
+from record import machine, one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -12,10 +12,10 @@ import argparse
 import time
 from pathlib import Path
 
-from machine import machine
+from record import write_results
 
 from recsearch.config import load_config
-from recsearch.output import format_table, markdown_table, write_json
+from recsearch.output import format_table
 from recsearch.training import train_command
 
 HERE = Path(__file__).resolve().parent
@@ -56,9 +56,7 @@ def main() -> None:
             "command": "recsearch train " + " ".join(overrides),
         })
     print(format_table(rows, COLUMNS))
-    write_json(f"{args.result}.json", {"machine": machine(), "rows": rows})
-    Path(f"{args.result}.md").write_text(markdown_table(rows, COLUMNS))
-    print(f"wrote {args.result}.json and .md")
+    write_results(args.result, rows, COLUMNS, "ml-100k, seed 42, every family's default config")
 
 
 if __name__ == "__main__":

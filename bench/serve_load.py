@@ -23,7 +23,7 @@ import time
 
 import httpx
 import numpy as np
-from machine import machine
+from record import machine
 
 from recsearch.data.dataset import Dataset
 from recsearch.output import format_table, write_json

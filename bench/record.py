@@ -1,12 +1,16 @@
-"""The machine record every benchmark writes beside its figures: CPU, cores, memory, accelerator,
-library versions and the date, so a result file says where it was measured."""
+"""What every benchmark writes beside its figures: the machine record (CPU, cores, memory,
+accelerator, library versions, date), so a result file says where it was measured, and the
+JSON + Markdown pair of a table of results."""
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from pathlib import Path
+
+from recsearch.output import markdown_table, write_json
 
 
 def machine() -> dict:
@@ -26,3 +30,14 @@ def machine() -> dict:
 def one_line(host: dict) -> str:
     return (f"{host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB; {host['device']}; "
             f"torch {host['torch']}, ray {host['ray']}, Python {host['python']}; {host['date']}")
+
+
+def write_results(stem: str | Path, rows: list[dict], columns: list[str], description: str, **extra) -> None:
+    """``<stem>.json`` (machine record, ``extra``, rows) and ``<stem>.md`` (``description``, the
+    machine, the benchmark's command, a table of ``columns``)."""
+    host = machine()
+    write_json(f"{stem}.json", {"machine": host, **extra, "rows": rows})
+    command = f".venv/bin/python bench/{Path(sys.argv[0]).name}"
+    Path(f"{stem}.md").write_text(f"{description}; {one_line(host)}; command: `{command}`\n\n"
+                                  + markdown_table(rows, columns))
+    print(f"wrote {stem}.json and .md")
