@@ -14,6 +14,7 @@ exporting the trial's best model, and Tune may keep just the newest ones.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tempfile
@@ -74,19 +75,26 @@ def run_trial(config: dict[str, Any], split: Split, setup: dict[str, Any]) -> No
         step = train_step(model, split, evaluator, epoch)
         stopper.update(step[metric], epoch)
         step["stale_epochs"] = stopper.stale
+        state = serialized(model.state())
+        if stopper.best_epoch == epoch:
+            best_state = state
         with tempfile.TemporaryDirectory(prefix="recsearch-ckpt-") as directory:
-            save(model, stopper, epoch, step[metric], Path(directory), best_state)
-            if stopper.best_epoch == epoch:
-                best_state = (Path(directory) / STATE_FILE).read_bytes()
+            save(stopper, epoch, step[metric], Path(directory), state, best_state)
             tune.report(step, checkpoint=tune.Checkpoint.from_directory(directory))
         if stopper.should_stop:
             break
 
 
-def save(model: Recommender, stopper, epoch: int, value: float, directory: Path, best_state: bytes) -> None:
-    """Write a checkpoint of ``epoch``; ``best_state`` is written as ``best.pt`` unless this epoch
-    is the best."""
-    torch.save(model.state(), directory / STATE_FILE)
+def serialized(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def save(stopper, epoch: int, value: float, directory: Path, state: bytes, best_state: bytes) -> None:
+    """Write a checkpoint of ``epoch`` from serialized states; ``best_state`` goes into
+    ``best.pt`` unless this epoch is the best."""
+    (directory / STATE_FILE).write_bytes(state)
     if stopper.best_epoch != epoch:
         (directory / BEST_STATE_FILE).write_bytes(best_state)
     progress = {"epoch": epoch, "value": value, "best": stopper.best, "best_epoch": stopper.best_epoch,
