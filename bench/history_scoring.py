@@ -20,6 +20,7 @@ from recsearch.config import load_config, to_container
 from recsearch.data import load_split
 from recsearch.evaluation import Evaluator
 from recsearch.models.base import Recommender
+from recsearch.models.lstm import time_ordered
 from recsearch.output import format_table
 from recsearch.serving.fallback import ItemSimilarity
 from recsearch.training import train_command
@@ -42,9 +43,8 @@ class ScoredAsHistories:
 
 def time_ordered_histories(split) -> list[np.ndarray]:
     inter = split.train.interactions
-    order = np.lexsort((np.arange(len(inter.user)), inter.timestamp, inter.user))
-    ends = np.cumsum(np.bincount(inter.user, minlength=split.n_users))
-    return np.split(inter.item[order].astype(np.int64), ends[:-1])
+    items, offsets = time_ordered(inter.user, inter.item, inter.timestamp, split.n_users)  # as the LSTM reads them
+    return np.split(items, offsets[1:-1])
 
 
 def main() -> None:
