@@ -48,7 +48,7 @@ def _resume(args) -> None:
 
 
 def _report(args) -> None:
-    from recsearch.tuning.report import report_command
+    from recsearch.tuning.outputs import report_command
 
     report_command(args.directory)
 

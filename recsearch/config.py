@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from recsearch.errors import ConfigError
+from recsearch.schema import check_config
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -39,54 +40,35 @@ def load_config(overrides: list[str] | None = None, config_name: str = "config")
             cfg = compose(config_name=config_name, overrides=list(overrides or []))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"bad configuration: {err}") from None
+        raise ConfigError(f"bad configuration: {' '.join(str(err).split())}") from None  # one line
+    validate(cfg)
     cfg.out = str(Path(cfg.out).expanduser().resolve())
     cfg.data_root = str(Path(cfg.data_root).expanduser().resolve())
-    validate(cfg)
     return cfg
 
 
 def validate(cfg: DictConfig) -> None:
-    """Cheap semantic checks of the composed config."""
-    from recsearch.models.base import model_class
+    """Every key against ``recsearch.schema``, then what spans keys: the model (built on the
+    CPU, allocating nothing), the data config, the selection metric and the device's name."""
+    from recsearch.data import check_config as check_data_config
+    from recsearch.evaluation import Evaluator
+    from recsearch.models.factory import build_model
+    from recsearch.runtime import parse_device
 
-    task = cfg.task.name
-    if task not in ("ranking", "rating"):
-        raise ConfigError(f"task.name must be 'ranking' or 'rating', got {task!r}")
-    if cfg.task.mode not in ("max", "min"):
-        raise ConfigError(f"task.mode must be 'max' or 'min', got {cfg.task.mode!r}")
-    if "_target_" not in cfg.model:
-        raise ConfigError("model has no _target_: pick a model config, e.g. model=mf")
-    cls = _target_class(cfg.model._target_)
-    if task not in getattr(cls, "tasks", ()):
-        raise ConfigError(f"model {cls.__name__} does not support task={task} (it supports: {', '.join(cls.tasks)})")
-    model_class(cls.family)  # the class must be a registered family, so that saved models reload
-    try:  # constructors check their hyperparameters; nothing is allocated before fit
-        cls(**model_params(cfg), seed=cfg.seed, device="cpu", task=task)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"model={cls.family}: {err}") from None
-    for key in ("max_epochs", "patience", "eval_batch_size"):
-        if int(cfg.train[key]) < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {cfg.train[key]}")
-    from recsearch.data import check_config
-
-    check_config(to_container(cfg.data))
-
-
-def _target_class(target: str) -> type:
-    from hydra.utils import get_class
-
-    try:
-        return get_class(target)
-    except Exception as err:  # hydra raises ImportError or ValueError, wrapped variously
-        raise ConfigError(f"model._target_ {target!r} cannot be imported: {err}") from None
+    config = to_container(cfg)
+    check_config(config)
+    parse_device(config["device"])
+    task = config["task"]
+    build_model(config["model"], seed=config["seed"], device="cpu", task=task["name"])
+    check_data_config(config["data"])
+    names = Evaluator.for_task(task, batch_size=config["train"]["eval_batch_size"]).names
+    if task["metric"] not in names:
+        raise ConfigError(f"task.metric: {task['metric']!r} is not among the evaluated metrics: {', '.join(names)} "
+                          "(set task.metrics and task.ks)")
+    if task["name"] == "rating" and task["implicit_threshold"] is not None:
+        raise ConfigError("task.implicit_threshold: applies to task=ranking only (ratings are kept as they are)")
 
 
 def to_container(cfg: DictConfig | Any) -> Any:
     """Plain dicts and lists, safe to pickle into Ray and to dump as JSON."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
-def model_params(cfg: DictConfig) -> dict[str, Any]:
-    """The model's constructor arguments: its config without ``_target_``."""
-    return {k: v for k, v in to_container(cfg.model).items() if k != "_target_"}

@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from recsearch.errors import ConfigError
+
+
+def check_writable(directory: str | Path) -> None:
+    """Fail now, not after training, when ``directory`` cannot become an output folder: it is a
+    file, or its nearest existing ancestor is not a folder this process can create files in.
+    Creates nothing: a command that fails later leaves no empty folder behind."""
+    path = Path(directory)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise ConfigError(f"out: {path} {what}")
+    try:  # the real test: permissions, read-only mounts and root all answer it truthfully
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(f"out: cannot write in {existing}: {err.strerror}") from None
 
 
 def write_json(path: str | Path, payload: Any) -> Path:

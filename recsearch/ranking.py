@@ -5,6 +5,8 @@ from __future__ import annotations
 import scipy.sparse as sp
 import torch
 
+from recsearch.ragged import gather_rows
+
 
 class SeenItems:
     """A user x item CSR pattern held on the scoring device, so that masking a batch of score
@@ -25,15 +27,8 @@ class SeenItems:
 
     def rows(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(row position in the batch, item id) of every seen pair of the batch's users."""
-        users = users.to(self.indptr.device)
-        starts, ends = self.indptr[users], self.indptr[users + 1]
-        counts = ends - starts
-        row = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
-        # position of each entry inside its user's slice, without a Python loop
-        offsets = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(
-            torch.cumsum(counts, 0) - counts, counts
-        )
-        return row, self.indices[torch.repeat_interleave(starts, counts) + offsets]
+        row, flat = gather_rows(self.indptr, users.to(self.indptr.device))
+        return row, self.indices[flat]
 
     def mask(self, scores: torch.Tensor, users: torch.Tensor, value: float = float("-inf")) -> torch.Tensor:
         """Set the seen items of each row of ``scores`` (rows aligned with ``users``) to ``value``,

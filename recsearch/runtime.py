@@ -8,14 +8,27 @@ import random
 import numpy as np
 import torch
 
+from recsearch.errors import ConfigError
+
+
+def parse_device(name: str) -> torch.device | None:
+    """The device ``name`` means (None for ``auto``), without asking whether this machine has
+    it: a sweep's driver may lack the GPUs its trials get."""
+    if name == "auto":
+        return None
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device: {name!r} is not a device (auto, cpu, cuda, cuda:1, ...): {err}") from None
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, otherwise the CPU; anything else is passed to torch."""
-    if name == "auto":
+    device = parse_device(name)
+    if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was asked for but CUDA is not available on this machine")
+        raise ConfigError(f"device: {name!r} was asked for but CUDA is not available on this machine")
     return device
 
 

@@ -1,18 +1,24 @@
-"""One training loop for every model family.
+"""One training loop for every model family, for ``recsearch train`` and for each Tune trial.
 
-``train_step`` is the unit of work: one epoch of training (or, for closed-form models, the one
-fit) followed by a validation evaluation. ``recsearch train`` runs it under early stopping;
-each Tune trial calls the very same function once per reported epoch.
+``train_step`` is one epoch of training (closed-form models: the one fit) followed by a
+validation evaluation. ``train`` runs steps under early stopping on the validation metric,
+keeps the best epoch's state and restores it at the end. It can start from where an earlier
+run stopped (``Resume``), and hands every finished epoch to ``on_epoch`` with the states a
+checkpoint needs: that is all a Tune trial adds (see ``recsearch.tuning.trainable``).
 """
 
 from __future__ import annotations
 
-import copy
+import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+
+import torch
+
+from recsearch.evaluation.metrics import metric_mode, valid_key, valid_metrics
 
 if TYPE_CHECKING:
     from recsearch.data.dataset import Split
@@ -40,7 +46,7 @@ def train_step(model: Recommender, split: Split, evaluator: Evaluator, epoch: in
     start = time.perf_counter()
     valid = evaluator.evaluate(model, split, "valid")
     result["eval_seconds"] = time.perf_counter() - start
-    result.update({f"valid/{name}": value for name, value in valid.items()})
+    result.update({valid_key(name): value for name, value in valid.items()})
     return result
 
 
@@ -48,7 +54,6 @@ def train_step(model: Recommender, split: Split, evaluator: Evaluator, epoch: in
 class EarlyStopping:
     """Tracks the best value of the selection metric and counts epochs without improvement."""
 
-    metric: str
     mode: str  # "max" or "min"
     patience: int
     best: float | None = None
@@ -74,12 +79,45 @@ class EarlyStopping:
 
 
 @dataclass
+class Resume:
+    """Where an interrupted run stands: what a checkpoint holds."""
+
+    epoch: int  # the last epoch trained
+    state: bytes  # the model's state after it (serialized)
+    best_state: bytes  # the state of the best epoch so far
+    best: float | None
+    best_epoch: int
+    stale: int
+
+
+@dataclass
+class EpochEnd:
+    """A finished epoch, as ``train`` hands it to ``on_epoch``."""
+
+    row: dict[str, Any]  # train_step's metrics plus stale_epochs
+    state: bytes  # the model's state after this epoch
+    best_state: bytes  # the state of the best epoch so far (this one's when it is the best)
+    stopper: EarlyStopping  # as it stood after this epoch
+
+
+@dataclass
 class TrainResult:
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # the epochs this run trained
     best_epoch: int = 0
     best_valid: dict[str, float] = field(default_factory=dict)
     fit_seconds: float = 0.0
     stopped_early: bool = False
+
+
+def serialized(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def load_serialized(model: Recommender, state: bytes) -> None:
+    """Load a state written by ``serialized``: tensors and plain values only (weights_only)."""
+    model.load_state(torch.load(io.BytesIO(state), map_location=model.device, weights_only=True))
 
 
 def train(
@@ -87,56 +125,68 @@ def train(
     split: Split,
     evaluator: Evaluator,
     metric: str,
-    mode: str,
     max_epochs: int,
     patience: int,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[EpochEnd], None] | None = None,
+    resume: Resume | None = None,
 ) -> TrainResult:
     """Prepare ``model`` on the training split and train it under early stopping on the
-    validation ``metric``; the best epoch's state is restored before returning."""
+    validation ``metric`` (its direction from the metric registry), from ``resume`` when given;
+    the best epoch's state is restored before returning."""
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
     model.prepare(split.train)
-    stopper = EarlyStopping(metric, mode, patience)
+    stopper = EarlyStopping(metric_mode(metric), patience)
     result = TrainResult()
-    best_state = None
-    for epoch in range(1, (max_epochs if model.iterative else 1) + 1):
-        step = train_step(model, split, evaluator, epoch)
-        result.history.append(step)
-        result.fit_seconds += step["epoch_seconds"]
+    epoch, state, best_state = 0, b"", b""
+    if resume is not None:
+        load_serialized(model, resume.state)
+        epoch, state, best_state = resume.epoch, resume.state, resume.best_state
+        stopper.best, stopper.best_epoch, stopper.stale = resume.best, resume.best_epoch, resume.stale
+    last = max_epochs if model.iterative else 1
+    while epoch < last and not stopper.should_stop:
+        epoch += 1
+        row = train_step(model, split, evaluator, epoch)
+        improved = stopper.update(row[valid_key(metric)], epoch)
+        row["stale_epochs"] = stopper.stale
+        result.history.append(row)
+        result.fit_seconds += row["epoch_seconds"]
+        if improved:
+            result.best_valid = valid_metrics(row)
+        if improved or on_epoch is not None:  # serialized only when something keeps it
+            state = serialized(model.state())
+            best_state = state if improved else best_state
         if on_epoch is not None:
-            on_epoch(step)
-        if stopper.update(step[f"valid/{metric}"], epoch):
-            result.best_valid = {k.removeprefix("valid/"): v for k, v in step.items() if k.startswith("valid/")}
-            best_state = copy.deepcopy(model.state()) if model.iterative else None
-        if stopper.should_stop:
-            result.stopped_early = epoch < max_epochs
-            break
-    if best_state is not None:
-        model.load_state(best_state)
+            on_epoch(EpochEnd(row, state, best_state, replace(stopper)))  # a snapshot, not the live one
+    result.stopped_early = stopper.should_stop and epoch < last
     result.best_epoch = stopper.best_epoch
+    if stopper.best_epoch != epoch:
+        load_serialized(model, best_state)
     return result
 
 
 def train_command(cfg) -> dict[str, Any]:
     """``recsearch train``: load and split the data, train one configuration under early
     stopping, evaluate the best epoch on the test split, write ``metrics.json`` and ``model/``."""
-    from hydra.utils import instantiate
-
     from recsearch.config import to_container
     from recsearch.data import load_split
     from recsearch.evaluation import Evaluator
-    from recsearch.output import format_table, write_json
-    from recsearch.runtime import configure_threads, seed_everything
+    from recsearch.models.factory import build_model
+    from recsearch.output import check_writable, format_table, write_json
+    from recsearch.runtime import configure_threads, resolve_device, seed_everything
 
+    config = to_container(cfg)
+    task = config["task"]
+    resolve_device(cfg.device)  # a missing GPU is found before the data is read
+    check_writable(cfg.out)
     configure_threads()
     seed_everything(cfg.seed)
-    split = load_split(to_container(cfg.data), seed=cfg.seed, implicit_threshold=_implicit_threshold(cfg))
-    evaluator = Evaluator.for_task(to_container(cfg.task), batch_size=cfg.train.eval_batch_size)
-    model = instantiate(cfg.model, seed=cfg.seed, device=cfg.device, task=cfg.task.name, _convert_="all")
+    split = load_split(config["data"], cfg.seed, task["implicit_threshold"])
+    evaluator = Evaluator.for_task(task, batch_size=cfg.train.eval_batch_size)
+    model = build_model(config["model"], seed=cfg.seed, device=cfg.device, task=task["name"])
     result = train(
-        model, split, evaluator, cfg.task.metric, cfg.task.mode, cfg.train.max_epochs, cfg.train.patience,
-        on_epoch=lambda step: print(_epoch_line(step, cfg.task.metric), flush=True),
+        model, split, evaluator, task["metric"], cfg.train.max_epochs, cfg.train.patience,
+        on_epoch=lambda end: print(_epoch_line(end.row, task["metric"]), flush=True),
     )
     test = evaluator.evaluate(model, split, "test")
     metrics = {
@@ -163,11 +213,7 @@ def train_command(cfg) -> dict[str, Any]:
     return metrics
 
 
-def _implicit_threshold(cfg) -> float | None:
-    return cfg.task.implicit_threshold if cfg.task.name == "ranking" else None
-
-
 def _epoch_line(step: dict[str, Any], metric: str) -> str:
     loss = f" loss {step['loss']:.4f}" if "loss" in step else ""
-    return (f"epoch {step['epoch']:3d}{loss}  valid {metric} {step[f'valid/{metric}']:.4f}"
+    return (f"epoch {step['epoch']:3d}{loss}  valid {metric} {step[valid_key(metric)]:.4f}"
             f"  ({step['epoch_seconds']:.2f}s train, {step['eval_seconds']:.2f}s eval)")

@@ -152,18 +152,25 @@ def test_temporal_cut_respects_time_and_counts_cold_rows(caplog):
     assert len(t_train) == 0.7 * len(data.interactions)
 
 
+SOURCE = {"_target_": "recsearch.data.synthetic.generate"}
+
+
 @pytest.mark.parametrize("cfg, message", [
-    ({"source": {"_target_": "x"}, "split": {"scheme": "kfold"}}, "scheme must be one of random, loo, temporal"),
-    ({"source": {"_target_": "x"}, "split": {"ratios": [0.5, 0.1]}}, "three shares"),
-    ({"source": {"_target_": "x"}, "split": {"ratios": [0.0, 0.5, 0.5]}}, "train > 0"),
-    ({"source": {"_target_": "x"}, "split": {"ratios": [0.8, 0.3, 0.1]}}, "summing to 1"),
-    ({"source": {"_target_": "x"}, "preprocess": {"dedupe": True}}, r"unknown key\(s\) data.preprocess.dedupe"),
-    ({"source": {"_target_": "x"}, "preprocess": {"min_user_interactions": -1}}, ">= 0"),
-    ({"source": {}}, "needs a _target_"),
+    ({"split": {"scheme": "kfold"}}, "data.split.scheme: Input should be 'random', 'loo' or 'temporal'"),
+    ({"split": {"ratios": [0.5, 0.1]}}, "data.split.ratios.2: missing"),
+    ({"split": {"ratios": [0.0, 0.5, 0.5]}}, "train > 0"),
+    ({"split": {"ratios": [0.8, 0.3, 0.1]}}, "summing to 1"),
+    ({"preprocess": {"dedupe": True}}, "data.preprocess.dedupe: unknown key; known: dedup"),
+    ({"preprocess": {"min_user_interactions": -1}}, "data.preprocess.min_user_interactions: Input should be greater than or equal to 0"),
+    ({"source": {}}, "data.source._target_: None is not a reader"),
+    ({"source": {"_target_": "recsearch.data.readers.nothere"}}, "is not a reader that can be imported"),
+    ({"source": {**SOURCE, "n_user": 5}}, "data.source.n_user: unknown key; known: n_users"),
+    ({"source": {**SOURCE, "n_users": "many"}}, "data.source.n_users: Input should be a valid integer"),
+    ({"shape": "long"}, "data.shape: unknown key"),
 ])
 def test_bad_data_config_fails_before_reading(cfg, message):
     with pytest.raises(ConfigError, match=message):
-        check_config(cfg)
+        check_config({"name": "x", "source": SOURCE, **cfg})
 
 
 def synthetic_cfg(**split_cfg):
@@ -188,12 +195,12 @@ def test_load_split_from_config():
 
 def test_load_dataset_errors_are_clear(tmp_path):
     with pytest.raises(DataError, match="no such file"):  # the reader's own error, not Hydra's wrapper
-        load_dataset({"source": {"_target_": "recsearch.data.readers.read_table", "path": str(tmp_path / "a.csv"),
-                                 "columns": {"user": "u", "item": "i"}}})
+        load_dataset({"name": "a", "source": {"_target_": "recsearch.data.readers.read_table",
+                                              "path": str(tmp_path / "a.csv"), "columns": {"user": "u", "item": "i"}}})
     with pytest.raises(ConfigError, match="returned a dict, not a recsearch Dataset"):
-        load_dataset({"source": {"_target_": "builtins.dict"}})
-    with pytest.raises(ConfigError, match="data.source .* failed"):
-        load_dataset({"source": {"_target_": "recsearch.data.readers.read_atomic", "folder": "x"}})
+        load_dataset({"name": "a", "source": {"_target_": "builtins.dict"}})
+    with pytest.raises(ConfigError, match="data.source.folder: unknown key"):
+        load_dataset({"name": "a", "source": {"_target_": "recsearch.data.readers.read_atomic", "folder": "x"}})
 
 
 def test_load_split_on_ml100k(ml100k_dir):

@@ -4,6 +4,7 @@ HTML report, on a sweep folder written here in Tune's layout (no Ray needed)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -12,10 +13,11 @@ import pytest
 import torch
 
 from recsearch.cli import main
+from recsearch.training import EarlyStopping, EpochEnd, serialized
+from recsearch.tuning import checkpoint
+from recsearch.tuning.leaderboard import leaderboard, stopped_by
 from recsearch.tuning.plan import SweepPlan, plan_sweep
-from recsearch.tuning.report import leaderboard, stopped_by
-from recsearch.tuning.results import _error_line, collect_trials, latest_checkpoint
-from recsearch.tuning.trainable import BEST_STATE_FILE, STATE_FILE, best_state_file
+from recsearch.tuning.results import Trial, _error_line, collect_trials
 
 MAX_EPOCHS, PATIENCE = 6, 2
 TRACEBACK = """Failure # 1 (occurred at 2026-01-01_00-00-00)
@@ -76,8 +78,13 @@ def test_trials_are_read_back_with_their_histories_and_errors(sweep):
     assert trials["00003"].error == "FloatingPointError: training loss is nan at epoch 3: the model diverged"
     assert [r["epoch"] for r in trials["00002"].history] == [1, 2, 3, 4]
     assert trials["00002"].history[2]["valid/ndcg@10"] == 0.48, "the last report of a repeated epoch wins"
-    assert trials["00000"].best("ndcg@10", "max")["epoch"] == 6
-    assert trials["00000"].best("ndcg@10", "min")["epoch"] == 1
+    assert trials["00000"].best("ndcg@10")["epoch"] == 6
+
+
+def test_a_trials_best_epoch_follows_the_metrics_direction():
+    history = [{"epoch": e, "valid/rmse": v, "valid/mae": v} for e, v in enumerate([1.0, 0.9, 0.95], 1)]
+    trial = Trial("mf", "0", "TERMINATED", {}, history, None, "/nowhere")
+    assert trial.best("rmse")["epoch"] == 2 and trial.best("mae")["epoch"] == 2
 
 
 def test_leaderboard_ranks_finished_trials_and_says_why_each_stopped(sweep):
@@ -110,22 +117,25 @@ def test_report_command_writes_leaderboard_and_self_contained_html(sweep, capsys
     assert "src='http" not in html and "<script" not in html and "<link" not in html
 
 
-def test_the_newest_checkpoint_holds_the_best_epochs_state(sweep, tmp_path):
+def test_the_newest_checkpoint_holds_the_best_epochs_state(sweep):
     trial = next(t for t in collect_trials(sweep) if t.trial_id == "00002")
-    with latest_checkpoint(trial) as folder:
+    with checkpoint.latest(trial.path) as folder:
         assert folder is None  # this fixture's trials kept none
+    stopper = EarlyStopping("max", patience=5, best=0.5, best_epoch=3, stale=7)
+    best = serialized({"epoch": torch.tensor(3)})
     for name, epoch in (("checkpoint_000009", 10), ("checkpoint_000010", 11)):
         folder = Path(trial.path) / name
         folder.mkdir()
-        (folder / "progress.json").write_text(json.dumps({"epoch": epoch, "best_epoch": 3}))
-        torch.save({"epoch": torch.tensor(epoch)}, folder / STATE_FILE)
-    torch.save({"epoch": torch.tensor(3)}, Path(trial.path) / "checkpoint_000010" / BEST_STATE_FILE)
-    with latest_checkpoint(trial) as folder:
+        end = EpochEnd({"epoch": epoch}, serialized({"epoch": torch.tensor(epoch)}), best, stopper)
+        checkpoint.write(folder, end)
+    with checkpoint.latest(trial.path) as folder:
         assert folder.name == "checkpoint_000010"
-        assert torch.load(best_state_file(folder), weights_only=True)["epoch"] == 3
-    (Path(trial.path) / "checkpoint_000010" / BEST_STATE_FILE).unlink()  # its own epoch was the best
-    with latest_checkpoint(trial) as folder:
-        assert best_state_file(folder).name == STATE_FILE
+        saved = checkpoint.read(folder)
+    assert (saved.epoch, saved.best, saved.best_epoch, saved.stale) == (11, 0.5, 3, 7)
+    assert torch.load(io.BytesIO(saved.best_state), weights_only=True)["epoch"] == 3
+    assert torch.load(io.BytesIO(saved.state), weights_only=True)["epoch"] == 11
+    (folder / checkpoint.BEST_STATE_FILE).unlink()  # written only when an earlier epoch was the best
+    assert checkpoint.read(folder).best_state == checkpoint.read(folder).state
 
 
 def test_error_line_is_the_exception_not_the_traceback():

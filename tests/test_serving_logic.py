@@ -13,12 +13,12 @@ from pydantic import ValidationError
 
 from recsearch.cli import main
 from recsearch.errors import ConfigError
+from recsearch.evaluation import ranked_items
 from recsearch.models.base import MODELS, model_class
 from recsearch.models.pop import Popularity
 from recsearch.serving import MAX_HISTORY, MAX_K
 from recsearch.serving.cli import add_arguments, check_port_free, plan
-from recsearch.serving.fallback import ItemSimilarity
-from recsearch.serving.fallback import Popularity as PopularityFallback
+from recsearch.serving.fallback import ItemSimilarity, PopularItems
 from recsearch.serving.schemas import (
     HistoryRecommendationRequest,
     RatingRequest,
@@ -33,7 +33,6 @@ from recsearch.serving.service import (
     describe_validation_errors,
     read_description,
     resolve_model_dir,
-    top_k,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,21 +79,26 @@ def test_item_similarity_is_summed_column_cosine():
 
 
 def test_popularity_fallback_orders_by_count_then_id():
-    pop = PopularityFallback(np.array([3, 7, 7, 0, 5]))
+    pop = PopularItems(np.array([3, 7, 7, 0, 5]))
     items, counts = pop.top(4)
     assert items.tolist() == [1, 2, 4, 0] and counts.tolist() == [7, 7, 5, 3]
     bonus = pop.tiebreak()
     assert float(bonus.max()) < 1e-9 and bonus[1] > bonus[4] > bonus[0] > bonus[3]
 
 
-def test_top_k_orders_equal_scores_by_item_id():
-    scores = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0, float("-inf")], [5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
-    items, values = top_k(scores, 2)
-    assert items.tolist() == [[1, 2], [0, 1]] and values.tolist() == [[3.0, 3.0], [5.0, 4.0]]
-    ties = torch.as_tensor(np.random.default_rng(1).integers(0, 4, size=(8, 50)), dtype=torch.float32)
+def test_serving_ranks_equal_float64_scores_by_item_id():
+    """Serving's keys are float64 (scores plus a popularity bonus below 1e-9): ranked_items keeps
+    their precision and orders what still ties by item id, as it does float32 scores."""
+    scores = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0, float("-inf")], [5.0, 4.0, 3.0, 2.0, 1.0, 0.0]],
+                          dtype=torch.float64)
+    assert ranked_items(scores, 2).tolist() == [[1, 2], [0, 1]]
+    assert ranked_items(scores[:, [0, 3, 5]], 3).tolist() == [[0, 1, -1], [0, 1, 2]]
+    nudged = torch.tensor([[1.0, 1.0 + 1e-12, 1.0]], dtype=torch.float64)
+    assert ranked_items(nudged, 3).tolist() == [[1, 0, 2]]  # a float32 copy would tie all three
+    ties = torch.as_tensor(np.random.default_rng(1).integers(0, 4, size=(8, 50)), dtype=torch.float64)
     for k in (1, 7, 50):
         expected = [np.lexsort((np.arange(50), -row))[:k].tolist() for row in ties.numpy()]
-        assert top_k(ties, k)[0].tolist() == expected
+        assert ranked_items(ties, k).tolist() == expected
 
 
 # -- recommendations for known and unknown users ------------------------------------------------

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 import torch
 
 from recsearch.models.base import IterativeRecommender
-from recsearch.training import EarlyStopping, train, train_step
+from recsearch.training import EarlyStopping, Resume, train, train_step
 
 
 class Counter(IterativeRecommender):
@@ -49,31 +50,62 @@ class ScriptedEvaluator:
 
 
 def test_early_stopping_counts_stale_epochs():
-    stopper = EarlyStopping("rmse", "min", patience=2)
+    stopper = EarlyStopping("min", patience=2)
     assert stopper.update(1.0, 1) and stopper.update(0.9, 2)
     assert not stopper.update(0.95, 3) and not stopper.should_stop
     assert not stopper.update(0.9, 4) and stopper.should_stop  # equal is not better
     assert (stopper.best, stopper.best_epoch) == (0.9, 2)
     with pytest.raises(ValueError, match="mode"):
-        EarlyStopping("rmse", "lowest", 2)
+        EarlyStopping("lowest", 2)
 
 
 def test_train_stops_early_and_restores_the_best_epoch(planted_split):
     curve = [0.1, 0.3, 0.5, 0.4, 0.45, 0.2, 0.9]
     model = Counter()
     seen = []
-    result = train(model, planted_split, ScriptedEvaluator(curve), "ndcg@10", "max",
-                   max_epochs=10, patience=3, on_epoch=seen.append)
-    assert [s["epoch"] for s in seen] == [1, 2, 3, 4, 5, 6]  # 3 epochs without beating 0.5
+    result = train(model, planted_split, ScriptedEvaluator(curve), "ndcg@10", max_epochs=10, patience=3,
+                   on_epoch=seen.append)
+    assert [end.row["epoch"] for end in seen] == [1, 2, 3, 4, 5, 6]  # 3 epochs without beating 0.5
+    assert [end.row["stale_epochs"] for end in seen] == [0, 0, 0, 1, 2, 3]
     assert result.best_epoch == 3 and result.stopped_early
     assert result.best_valid == {"ndcg@10": 0.5, "recall@10": 0.5}
     assert float(model.w) == 3, "the best epoch's state must be restored"
+    last = seen[-1]  # what a checkpoint of epoch 6 holds: its own state and the best epoch's
+    assert torch.load(io.BytesIO(last.state), weights_only=True)["w"] == 6
+    assert torch.load(io.BytesIO(last.best_state), weights_only=True)["w"] == 3
 
 
-def test_train_runs_to_max_epochs_without_stopping(planted_split):
-    result = train(Counter(), planted_split, ScriptedEvaluator([0.1 * i for i in range(1, 9)]),
-                   "ndcg@10", "max", max_epochs=5, patience=2)
-    assert len(result.history) == 5 and result.best_epoch == 5 and not result.stopped_early
+def test_the_selection_metrics_direction_comes_from_the_registry(planted_split):
+    errors = [0.9, 0.8, 0.85, 0.95, 0.99]
+
+    class RatingEvaluator(ScriptedEvaluator):
+        def evaluate(self, model, split, part):
+            return {"rmse": self.curve[int(model.w) - 1]}
+
+    model = Counter()
+    result = train(model, planted_split, RatingEvaluator(errors), "rmse", max_epochs=10, patience=3)
+    assert result.best_epoch == 2 and result.best_valid == {"rmse": 0.8} and float(model.w) == 2
+
+
+def test_a_resumed_run_continues_where_the_checkpoint_left_it(planted_split):
+    """Stopped after epoch 4 and resumed, the loop trains the same epochs, stops at the same one
+    and restores the same best state as a run that was never interrupted."""
+    curve = [0.1, 0.3, 0.5, 0.4, 0.45, 0.2, 0.9]
+    whole = []
+    train(Counter(), planted_split, ScriptedEvaluator(curve), "ndcg@10", 10, 3, on_epoch=whole.append)
+    end = whole[3]  # after epoch 4: best 0.5 at epoch 3, one stale epoch
+    resume = Resume(epoch=4, state=end.state, best_state=end.best_state, best=end.stopper.best,
+                    best_epoch=end.stopper.best_epoch, stale=end.stopper.stale)
+    model, rest = Counter(), []
+    result = train(model, planted_split, ScriptedEvaluator(curve), "ndcg@10", 10, 3, on_epoch=rest.append,
+                   resume=resume)
+    timeless = [{k: v for k, v in e.row.items() if not k.endswith("_seconds")} for e in rest + whole[4:]]
+    assert [e.row["epoch"] for e in rest] == [5, 6] and timeless[:2] == timeless[2:]
+    assert result.best_epoch == 3 and result.stopped_early and float(model.w) == 3
+    done = Resume(epoch=6, state=rest[-1].state, best_state=rest[-1].best_state, best=0.5, best_epoch=3, stale=3)
+    model = Counter()
+    assert train(model, planted_split, ScriptedEvaluator(curve), "ndcg@10", 10, 3, resume=done).history == []
+    assert float(model.w) == 3, "a run resumed after it stopped trains nothing and keeps the best state"
 
 
 def test_diverged_loss_raises(planted_split):

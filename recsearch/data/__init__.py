@@ -12,11 +12,33 @@ from dataclasses import dataclass
 from typing import Any
 
 from recsearch.data.dataset import Dataset, Feature, Interactions, Split
-from recsearch.data.preprocess import check_config, preprocess, split
-from recsearch.errors import ConfigError, RecsearchError
+from recsearch.data.preprocess import check_ratios, preprocess, split
+from recsearch.errors import ConfigError, DataError, RecsearchError
 
 __all__ = ["Dataset", "Feature", "Interactions", "Split", "Prepared", "check_config", "load_dataset",
            "load_split", "prepare"]
+
+
+def check_config(data_cfg: Mapping[str, Any]) -> None:
+    """A ``data`` config's keys and types: the source's arguments against its reader's
+    signature, ``preprocess`` and ``split`` against those functions'; no file is read."""
+    from hydra.utils import get_method
+
+    from recsearch.schema import DataConfig, check, check_arguments
+
+    check(DataConfig, data_cfg, "data")
+    source = data_cfg["source"]
+    target = source.get("_target_")
+    try:
+        reader = get_method(target)
+    except Exception as err:  # hydra raises ImportError or ValueError, wrapped variously
+        raise ConfigError(f"data.source._target_: {target!r} is not a reader that can be imported: {err}") from None
+    check_arguments(reader, {k: v for k, v in source.items() if not k.startswith("_")}, "data.source")
+    check_arguments(preprocess, data_cfg.get("preprocess") or {}, "data.preprocess",
+                    skip=("dataset", "implicit_threshold"))
+    split_cfg = check_arguments(split, data_cfg.get("split") or {}, "data.split", skip=("dataset", "seed"))
+    if "ratios" in split_cfg:
+        check_ratios(split_cfg["ratios"])
 
 
 def load_dataset(data_cfg: Mapping[str, Any]) -> Dataset:
@@ -49,17 +71,23 @@ class Prepared:
     dropped: dict[str, int]  # what each step removed (also logged to ``recsearch.data``)
 
 
-def prepare(data_cfg: Mapping[str, Any], seed: int, implicit_threshold: float | None) -> Prepared:
+def prepare(data_cfg: Mapping[str, Any], seed: int, implicit_threshold: float | None = None) -> Prepared:
     """Load, preprocess and split, keeping every stage."""
     loaded = load_dataset(data_cfg)
     cleaned, dropped = preprocess(loaded, **(data_cfg.get("preprocess") or {}), implicit_threshold=implicit_threshold)
     if len(cleaned.interactions) == 0:
         raise ConfigError(f"{loaded.name}: no interactions left after preprocessing (dropped: {dropped})")
     result, held_out_dropped = split(cleaned, **(data_cfg.get("split") or {}), seed=seed)
+    for part in ("valid", "test"):
+        if len(getattr(result, part)) == 0:
+            source = data_cfg["source"]
+            where = source.get("path") or source.get("directory") or loaded.name
+            raise DataError(f"{where}: the {part} part is empty: {len(cleaned.interactions)} interactions of "
+                            f"{cleaned.n_users} users are too few to split with {dict(data_cfg.get('split') or {})}")
     return Prepared(loaded, cleaned, result, {**dropped, **held_out_dropped})
 
 
-def load_split(data_cfg: Mapping[str, Any], seed: int, implicit_threshold: float | None) -> Split:
+def load_split(data_cfg: Mapping[str, Any], seed: int, implicit_threshold: float | None = None) -> Split:
     """Load, preprocess per ``data_cfg["preprocess"]``, keep ratings ``>= implicit_threshold``
     as implicit positives (when not None), and split per ``data_cfg["split"]`` with ``seed``."""
     return prepare(data_cfg, seed, implicit_threshold).split

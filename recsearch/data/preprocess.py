@@ -8,10 +8,11 @@ dropped (logger ``recsearch.data``) and returns the counts, so that nothing disa
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
+from pydantic import NonNegativeInt  # the annotation recsearch.schema checks data.preprocess by
 
 from recsearch.data.dataset import Dataset, Feature, Interactions, Split
 from recsearch.errors import ConfigError
@@ -19,36 +20,18 @@ from recsearch.errors import ConfigError
 logger = logging.getLogger("recsearch.data")
 
 SCHEMES = ("random", "loo", "temporal")
-PREPROCESS_KEYS = ("dedup", "min_user_interactions", "min_item_interactions")
-SPLIT_KEYS = ("scheme", "ratios")
 
 
-def check_config(data_cfg: Mapping[str, Any]) -> None:
-    """The ``data`` config's own checks (no file is read): a source with a ``_target_``,
-    known preprocess and split keys, a known scheme, ratios that make sense."""
-    source = data_cfg.get("source")
-    if not isinstance(source, Mapping) or "_target_" not in source:
-        raise ConfigError("data.source needs a _target_ (a reader such as recsearch.data.readers.read_atomic)")
-    for section, known in (("preprocess", PREPROCESS_KEYS), ("split", SPLIT_KEYS)):
-        unknown = set(data_cfg.get(section) or {}) - set(known)
-        if unknown:
-            raise ConfigError(f"unknown key(s) data.{section}.{', '.join(sorted(unknown))}; known: {', '.join(known)}")
-    prep = data_cfg.get("preprocess") or {}
-    for key in ("min_user_interactions", "min_item_interactions"):
-        if int(prep.get(key, 0)) < 0:
-            raise ConfigError(f"data.preprocess.{key} must be >= 0, got {prep[key]}")
-    split_cfg = data_cfg.get("split") or {}
-    _check_split(split_cfg.get("scheme", "random"), split_cfg.get("ratios", (0.8, 0.1, 0.1)))
-
-
-def _check_split(scheme: str, ratios: Sequence[float]) -> tuple[float, float, float]:
-    if scheme not in SCHEMES:
-        raise ConfigError(f"data.split.scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
-    ratios = tuple(float(r) for r in ratios)
-    if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0 or abs(sum(ratios) - 1) > 1e-6:
-        raise ConfigError(f"data.split.ratios must be three shares train, valid, test >= 0 with train > 0 "
-                          f"summing to 1, got {list(ratios)}")
-    return ratios  # type: ignore[return-value]
+def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
+    """Train, valid and test shares: three numbers >= 0, train > 0, summing to 1."""
+    try:
+        shares = tuple(float(r) for r in ratios)
+    except (TypeError, ValueError):
+        shares = ()
+    if len(shares) != 3 or min(shares) < 0 or shares[0] <= 0 or abs(sum(shares) - 1) > 1e-6:
+        raise ConfigError(f"data.split.ratios: must be three shares train, valid, test >= 0 with train > 0 "
+                          f"summing to 1, got {ratios!r}")
+    return shares  # type: ignore[return-value]
 
 
 # -- cleaning ----------------------------------------------------------------------------------
@@ -136,8 +119,8 @@ def _report(dataset: Dataset, kept: np.ndarray, what: str) -> tuple[Dataset, int
     return dataset, dropped
 
 
-def preprocess(dataset: Dataset, dedup: bool = True, min_user_interactions: int = 0,
-               min_item_interactions: int = 0, implicit_threshold: float | None = None
+def preprocess(dataset: Dataset, dedup: bool = True, min_user_interactions: NonNegativeInt = 0,
+               min_item_interactions: NonNegativeInt = 0, implicit_threshold: float | None = None
                ) -> tuple[Dataset, dict[str, int]]:
     """De-duplicate, apply the implicit threshold (when not None), k-core filter, re-index.
     Returns the dataset and the count of what each step dropped."""
@@ -153,8 +136,8 @@ def preprocess(dataset: Dataset, dedup: bool = True, min_user_interactions: int 
 
 
 # -- splitting ---------------------------------------------------------------------------------
-def split(dataset: Dataset, scheme: str = "random", ratios: Sequence[float] = (0.8, 0.1, 0.1),
-          seed: int = 0) -> tuple[Split, dict[str, int]]:
+def split(dataset: Dataset, scheme: Literal["random", "loo", "temporal"] = "random",
+          ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> tuple[Split, dict[str, int]]:
     """Cut the interactions into train/valid/test.
 
     * ``random``: per user, a seeded random permutation of their interactions. With ``n`` of
@@ -174,7 +157,9 @@ def split(dataset: Dataset, scheme: str = "random", ratios: Sequence[float] = (0
     model trained on train: they are dropped, counted (``<part>_cold_users``,
     ``<part>_cold_items``) and logged. Each part is ordered by user, then time.
     """
-    r_train, r_valid, r_test = _check_split(scheme, ratios)
+    if scheme not in SCHEMES:
+        raise ConfigError(f"data.split.scheme: must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    r_train, r_valid, r_test = check_ratios(ratios)
     inter = dataset.interactions
     inter = inter.take(sort_order(inter.user, inter.timestamp))
     if scheme == "random":

@@ -94,11 +94,11 @@ class _Source:
         if pd.api.types.is_datetime64_any_dtype(raw):
             parsed = pd.to_datetime(raw, utc=True)
         elif pd.api.types.is_numeric_dtype(raw):
-            return np.floor(self.numbers(column, "the timestamp")).astype(np.int64)
+            return self._unix_seconds(column)
         else:
             first = raw.dropna()
             if first.empty or pd.notna(pd.to_numeric(first.iloc[:1], errors="coerce").iloc[0]):
-                return np.floor(self.numbers(column, "the timestamp")).astype(np.int64)
+                return self._unix_seconds(column)
             parsed = pd.to_datetime(raw, errors="coerce", utc=True, format="ISO8601")
         bad = parsed.isna().to_numpy()
         if bad.any():
@@ -106,6 +106,16 @@ class _Source:
             raise DataError(f"{self.where(row, column)}: expected a timestamp (Unix seconds or an "
                             f"ISO-8601 date), got {raw.iloc[row]!r}")
         return (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy().astype(np.int64)
+
+    def _unix_seconds(self, column: str) -> np.ndarray:
+        """Numeric timestamps as int64 seconds; one beyond int64 would wrap, so it is an error."""
+        seconds = np.floor(self.numbers(column, "the timestamp"))
+        beyond = np.abs(seconds) >= 2.0**63
+        if beyond.any():
+            row = int(np.flatnonzero(beyond)[0])
+            raise DataError(f"{self.where(row, column)}: timestamp {seconds[row]:g} is out of range "
+                            "(expected Unix seconds within a 64-bit integer)")
+        return seconds.astype(np.int64)
 
     def require(self, columns: Sequence[str], hint: str = "") -> None:
         missing = [c for c in columns if c not in self.frame.columns]
@@ -125,6 +135,7 @@ def _read_delimited(path: Path, sep: str, *, header: bool, n_columns: int | None
     file line ``r + 1`` (``r + 2`` after a header). Multi-character separators (``::``) are
     swapped for a control character so that the C parser still applies."""
     if header:
+        _check_header(path, sep, encoding, quoting)
         dtype: Mapping = defaultdict(lambda: str, {c: "float64" for c in numeric})
     else:  # pandas ignores int keys of a defaultdict: spell every expected column out
         dtype = {i: "float64" if i in numeric else str for i in range(n_columns or 0)} or str
@@ -157,6 +168,19 @@ def _read_delimited(path: Path, sep: str, *, header: bool, n_columns: int | None
         raise DataError(f"{path}: line 1: expected {n_columns} fields separated by {sep!r}, found "
                         f"{frame.shape[1]}{_separator_hint(first, sep)}")
     return frame
+
+
+def _check_header(path: Path, sep: str, encoding: str, quoting: int) -> None:
+    """A column named twice makes every later lookup ambiguous (pandas would rename the second)."""
+    with path.open(encoding=encoding, errors="replace", newline="") as file:
+        line = file.readline().rstrip("\r\n")
+    names = next(csv.reader([line.replace(sep, "\x1f")], delimiter="\x1f", quoting=quoting), [])
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names, 1):
+        if name in seen:
+            raise DataError(f"{path}: line 1, column {index}: column {name!r} appears a second time "
+                            f"(first in column {seen[name]})")
+        seen[name] = index
 
 
 def _separator_hint(line: str, sep: str) -> str:
@@ -303,6 +327,10 @@ def _read_atomic_file(path: Path) -> tuple[_Source, dict[str, str]]:
             hint = _separator_hint(label, "\t") if len(labels) == 1 else ""
             raise DataError(f"{path}: line 1, column {index + 1}: expected a header cell 'name:type' with "
                             f"type {', '.join(ATOMIC_TYPES)}; got {label!r}{hint}")
+        if field in types:
+            first = list(types).index(field) + 1
+            raise DataError(f"{path}: line 1, column {index + 1}: field {field!r} appears a second time "
+                            f"(first in column {first})")
         types[field] = kind
     frame = _read_delimited(path, "\t", header=True, numeric=[c for c in labels if c.endswith(":float")])
     frame.columns = list(types)

@@ -4,10 +4,14 @@ from recsearch.evaluation.evaluator import Evaluator
 from recsearch.evaluation.metrics import (
     METRICS,
     Metric,
-    TopK,
+    RankedLists,
+    metric_mode,
     ranked_items,
     ranking_metrics,
     rating_metrics,
+    valid_key,
+    valid_metrics,
 )
 
-__all__ = ["METRICS", "Evaluator", "Metric", "TopK", "ranked_items", "ranking_metrics", "rating_metrics"]
+__all__ = ["METRICS", "Evaluator", "Metric", "RankedLists", "metric_mode", "ranked_items", "ranking_metrics",
+           "rating_metrics", "valid_key", "valid_metrics"]

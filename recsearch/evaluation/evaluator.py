@@ -26,7 +26,7 @@ import torch
 from recsearch.data.dataset import Split
 from recsearch.errors import ConfigError
 from recsearch.evaluation.metrics import (
-    TopK,
+    RankedLists,
     check_request,
     compute_ranking,
     ranked_items,
@@ -113,7 +113,7 @@ class Evaluator:
             items.append(top)
             hits.append(_is_target(data.targets, users, top, n_items))
             n_targets.append(data.targets.counts(users).to(top.device))
-        top = TopK(torch.cat(items), torch.cat(hits), torch.cat(n_targets), n_items)
+        top = RankedLists(torch.cat(items), torch.cat(hits), torch.cat(n_targets), n_items)
         self.last_counts = {"users": len(data.users), "targets": int(top.n_targets.sum())}
         return compute_ranking(top, self.metrics, self.ks)
 

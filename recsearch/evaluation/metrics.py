@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from recsearch.errors import ConfigError
 
 TASKS = ("ranking", "rating")
+VALID_PREFIX = "valid/"  # training reports validation metrics as valid/<metric>
 
 
 @dataclass(frozen=True)
-class TopK:
+class RankedLists:
     """The ranked lists of the evaluated users: everything a ranking metric needs."""
 
     items: torch.Tensor  # (users, K_max) long: the item at rank r in column r - 1; -1 = no item
@@ -38,44 +39,74 @@ class TopK:
 @dataclass(frozen=True)
 class Metric:
     name: str
-    task: str  # "ranking": compute(top: TopK, k) ; "rating": compute(predicted, truth)
+    task: str  # "ranking": compute(top: RankedLists, k) ; "rating": compute(predicted, truth)
     compute: Callable[..., torch.Tensor]  # returns a 0-d tensor
+    higher_is_better: bool
+
+    @property
+    def mode(self) -> str:
+        """Tune's and early stopping's word for the direction: "max" or "min"."""
+        return "max" if self.higher_is_better else "min"
 
 
 METRICS: dict[str, Metric] = {}
 
 
-def _register(name: str, task: str):
+def _register(name: str, task: str, higher_is_better: bool = True):
     def add(compute: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        METRICS[name] = Metric(name, task, compute)
+        METRICS[name] = Metric(name, task, compute, higher_is_better)
         return compute
 
     return add
 
 
+def metric_of(name: str) -> Metric:
+    """The registry entry of an evaluated name such as ``ndcg@10`` or ``rmse``."""
+    base = name.split("@", 1)[0]
+    if base not in METRICS:
+        raise ConfigError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+    return METRICS[base]
+
+
+def metric_mode(name: str) -> str:
+    """"max" for metrics where higher is better (NDCG@10), "min" for errors (RMSE)."""
+    return metric_of(name).mode
+
+
+def valid_key(metric: str) -> str:
+    """The name under which training reports a validation metric: ``valid/ndcg@10``."""
+    return f"{VALID_PREFIX}{metric}"
+
+
+def valid_metrics(row: dict) -> dict[str, float]:
+    """The validation metrics of a reported row, without their prefix."""
+    return {k.removeprefix(VALID_PREFIX): v for k, v in row.items() if k.startswith(VALID_PREFIX)}
+
+
+
 # -- ranking -----------------------------------------------------------------------------------
 @_register("hit", "ranking")
-def hit_rate(top: TopK, k: int) -> torch.Tensor:
+def hit_rate(top: RankedLists, k: int) -> torch.Tensor:
     """Hit@K = 1 if any of the top K items is a target, else 0."""
     return top.hits[:, :k].any(1).double().mean()
 
 
 @_register("precision", "ranking")
-def precision(top: TopK, k: int) -> torch.Tensor:
+def precision(top: RankedLists, k: int) -> torch.Tensor:
     """Precision@K = (sum_{r<=K} rel_r) / K, with the K asked for even when fewer items could
     be ranked (a catalogue shorter than K)."""
     return (top.hits[:, :k].sum(1).double() / k).mean()
 
 
 @_register("recall", "ranking")
-def recall(top: TopK, k: int) -> torch.Tensor:
+def recall(top: RankedLists, k: int) -> torch.Tensor:
     """Recall@K = (sum_{r<=K} rel_r) / T. RecBole's definition: the denominator is T, not
     min(T, K), so a user with more than K targets cannot reach 1."""
     return (top.hits[:, :k].sum(1).double() / top.n_targets).mean()
 
 
 @_register("ndcg", "ranking")
-def ndcg(top: TopK, k: int) -> torch.Tensor:
+def ndcg(top: RankedLists, k: int) -> torch.Tensor:
     """NDCG@K = DCG@K / IDCG@K with DCG@K = sum_{r<=K} rel_r / log2(r + 1) and
     IDCG@K = sum_{r<=min(T, K)} 1 / log2(r + 1), the DCG of a perfect list."""
     discount = 1.0 / torch.log2(torch.arange(2, k + 2, device=top.hits.device, dtype=torch.float64))
@@ -85,7 +116,7 @@ def ndcg(top: TopK, k: int) -> torch.Tensor:
 
 
 @_register("mrr", "ranking")
-def mrr(top: TopK, k: int) -> torch.Tensor:
+def mrr(top: RankedLists, k: int) -> torch.Tensor:
     """MRR@K = 1 / (rank of the first target within the top K), 0 when there is none."""
     hits = top.hits[:, :k]
     first = hits.int().argmax(1)  # argmax returns the first maximal position
@@ -93,7 +124,7 @@ def mrr(top: TopK, k: int) -> torch.Tensor:
 
 
 @_register("map", "ranking")
-def mean_average_precision(top: TopK, k: int) -> torch.Tensor:
+def mean_average_precision(top: RankedLists, k: int) -> torch.Tensor:
     """MAP@K = mean over users of AP@K = (1 / min(T, K)) * sum_{r<=K} rel_r * Precision@r."""
     hits = top.hits[:, :k].double()
     precision_at = hits.cumsum(1) / torch.arange(1, k + 1, device=hits.device)
@@ -101,7 +132,7 @@ def mean_average_precision(top: TopK, k: int) -> torch.Tensor:
 
 
 @_register("coverage", "ranking")
-def coverage(top: TopK, k: int) -> torch.Tensor:
+def coverage(top: RankedLists, k: int) -> torch.Tensor:
     """Coverage@K = |union over evaluated users u of top-K(u)| / n_items: the share of the
     catalogue recommended to at least one user (empty slots, ``-1``, do not count)."""
     items = top.items[:, :k]
@@ -111,13 +142,13 @@ def coverage(top: TopK, k: int) -> torch.Tensor:
 
 
 # -- rating ------------------------------------------------------------------------------------
-@_register("rmse", "rating")
+@_register("rmse", "rating", higher_is_better=False)
 def rmse(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """RMSE = sqrt((1 / N) * sum_i (ŷ_i - y_i)^2)."""
     return (predicted.double() - truth.double()).square().mean().sqrt()
 
 
-@_register("mae", "rating")
+@_register("mae", "rating", higher_is_better=False)
 def mae(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """MAE = (1 / N) * sum_i |ŷ_i - y_i|."""
     return (predicted.double() - truth.double()).abs().mean()
@@ -156,9 +187,11 @@ def ranked_items(scores: torch.Tensor, k: int) -> torch.Tensor:
 
     Equal scores rank the lower item id first. Scores of ``-inf`` (masked items) are never
     recommended: their slots, and the slots past the end of a catalogue shorter than ``k``,
-    hold ``-1``. Scores are compared as float32; NaN raises ``FloatingPointError``.
+    hold ``-1``. Scores are compared as float32, float64 ones in their own precision (serving
+    breaks ties by adding popularity below 1e-9); NaN raises ``FloatingPointError``.
     """
-    scores = scores.float()  # one precision for both paths below (a no-op for float32)
+    if scores.dtype != torch.float64:
+        scores = scores.float()  # one precision for both paths below (a no-op for float32)
     if scores.numel() and torch.isnan(scores.max()):  # max propagates NaN: cheaper than isnan
         raise FloatingPointError("the model returned NaN scores: it has probably diverged")
     n_items = scores.shape[1]
@@ -176,9 +209,12 @@ def ranked_items(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _tie_broken_top(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Top ``k`` of float32 ``scores`` by an exact sort key in one int64: the float's bits made
-    order-preserving as an int32 (flip the magnitude bits of negatives), then the reversed item
-    id in the low digits, so that equal scores rank the lower id first."""
+    """Top ``k`` of ``scores``, equal scores in ascending item id. float32: by an exact sort key
+    in one int64, the float's bits made order-preserving as an int32 (flip the magnitude bits of
+    negatives), then the reversed item id in the low digits. float64 leaves no room for the id:
+    a stable sort, which keeps equal scores in item order."""
+    if scores.dtype == torch.float64:
+        return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
     n_items = scores.shape[1]
     key = (scores + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0 so the two tie
     key ^= (key >> 31) & 0x7FFFFFFF
@@ -188,7 +224,7 @@ def _tie_broken_top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(keys, k, dim=1).indices
 
 
-def compute_ranking(top: TopK, metrics: list[str], ks: list[int]) -> dict[str, float]:
+def compute_ranking(top: RankedLists, metrics: list[str], ks: list[int]) -> dict[str, float]:
     """``{"<metric>@<k>": value}`` for every metric and cutoff (``top`` holds >= max(ks) columns)."""
     names = [f"{name}@{k}" for name in metrics for k in ks]
     values = [METRICS[name].compute(top, k) for name in metrics for k in ks]
@@ -219,7 +255,7 @@ def ranking_metrics(
     scores, targets = scores[evaluated], targets[evaluated]
     items = ranked_items(scores, max(ks))
     hits = targets.gather(1, items.clamp(min=0)) & (items >= 0)
-    return compute_ranking(TopK(items, hits, targets.sum(1), scores.shape[1]), metrics, ks)
+    return compute_ranking(RankedLists(items, hits, targets.sum(1), scores.shape[1]), metrics, ks)
 
 
 def rating_metrics(predicted: torch.Tensor, truth: torch.Tensor, metrics: Iterable[str] = ("rmse", "mae")) -> dict[str, float]:

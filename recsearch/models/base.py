@@ -206,8 +206,10 @@ class Recommender(ABC):
         description = json.loads(path.read_text())
         if description.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path}: model format {description.get('format')!r}, this version reads {FORMAT_VERSION}")
-        cls = model_class(description["family"])
-        model = cls(seed=description["seed"], device=device, task=description["task"], **description["hparams"])
+        from recsearch.models.factory import create
+
+        model = create(model_class(description["family"]), description["hparams"], seed=description["seed"],
+                       device=device, task=description["task"])
         model.prepare(Dataset.load(directory / "data"))
         state = torch.load(directory / "weights.pt", map_location=model.device, weights_only=True)
         model.load_state(state)

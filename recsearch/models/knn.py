@@ -43,6 +43,7 @@ import scipy.sparse as sp
 import torch
 
 from recsearch.models.base import Recommender, register
+from recsearch.ragged import gather_rows
 
 SIMILARITIES = ("cosine", "pearson", "jaccard")
 BLOCK_ELEMENTS = 2**24  # similarity block size: 64 MiB of float32 per block of rows
@@ -101,7 +102,7 @@ class NeighbourhoodModel(Recommender):
         if self.by_item:
             return self._neighbour_scores(self._item_rows(users))
         rows = torch.zeros(len(users), self.n_users, device=self.device)  # S[users] X = (Xᵀ S[users]ᵀ)ᵀ
-        owner, flat = _gather_rows(self.indptr, users)
+        owner, flat = gather_rows(self.indptr, users)
         rows[owner, self.indices[flat]] = self.neighbour_sim[flat]
         return torch.sparse.mm(self.x_transposed, rows.T).T.contiguous()
 
@@ -120,7 +121,7 @@ class NeighbourhoodModel(Recommender):
 
     def _predict_chunk(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         entity, other = (items, users) if self.by_item else (users, items)
-        owner, flat = _gather_rows(self.indptr, entity)
+        owner, flat = gather_rows(self.indptr, entity)
         key = self.indices[flat] * self.n_others + other[owner]  # (neighbour, other) cell of M
         position = torch.searchsorted(self.rating_keys, key)
         rated = self.rating_keys[position] == key
@@ -253,13 +254,3 @@ def _products(everything: torch.Tensor, block: sp.csr_matrix) -> torch.Tensor:
     """Dot products of each row of ``block`` with every row of ``everything``: (block, n)."""
     dense = torch.as_tensor(block.toarray(), dtype=torch.float32, device=everything.device)
     return torch.sparse.mm(everything, dense.T).T
-
-
-def _gather_rows(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For CSR arrays: (position in ``rows``, index into indices/values) of every stored entry of
-    the given rows, without a Python loop."""
-    starts = indptr[rows]
-    counts = indptr[rows + 1] - starts
-    owner = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
-    shift = starts - (torch.cumsum(counts, 0) - counts)  # entry e of row r sits at starts[r] + e
-    return owner, torch.arange(int(counts.sum()), device=rows.device) + torch.repeat_interleave(shift, counts)

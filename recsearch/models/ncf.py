@@ -37,6 +37,7 @@ from recsearch.data.dataset import Dataset, Feature
 from recsearch.models.base import register
 from recsearch.models.sampling import NegativeSampler
 from recsearch.models.torch_base import TorchRecommender
+from recsearch.ragged import gather_rows
 
 VARIANTS = ("gmf", "mlp", "neumf")
 INIT_STD = 0.01
@@ -73,15 +74,10 @@ class EntityEncoder(nn.Module):
     def _bag_input(self, index: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(flat value codes, start of each id's bag) for ``nn.EmbeddingBag``, without a loop."""
         offsets, values = getattr(self, f"offsets{index}"), getattr(self, f"values{index}")
-        starts = offsets[ids]
         if self.single_valued[index]:
-            return values[starts], torch.arange(len(ids), device=ids.device)
-        lengths = offsets[ids + 1] - starts
-        bag_starts = torch.cumsum(lengths, 0) - lengths
-        total = int(lengths.sum())
-        # position of each code within its bag: global position minus the bag's start
-        within = torch.arange(total, device=ids.device) - torch.repeat_interleave(bag_starts, lengths, output_size=total)
-        return values[torch.repeat_interleave(starts, lengths, output_size=total) + within], bag_starts
+            return values[offsets[ids]], torch.arange(len(ids), device=ids.device)
+        lengths = offsets[ids + 1] - offsets[ids]
+        return values[gather_rows(offsets, ids)[1]], torch.cumsum(lengths, 0) - lengths
 
 
 class NeuMFNetwork(nn.Module):

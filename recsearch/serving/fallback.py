@@ -37,7 +37,7 @@ class ItemSimilarity:
         return np.ascontiguousarray((self.normalized_t @ profiles.T).T)  # sparse x dense
 
 
-class Popularity:
+class PopularItems:
     """Items ranked by training interaction count, ties broken by item id."""
 
     def __init__(self, counts: np.ndarray):

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from recsearch.serving import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, MAX_HISTORY, MAX_K
 
 RawId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-TopK = Annotated[int, Field(ge=1, le=MAX_K, description=f"number of items to return, 1..{MAX_K}")]
+ItemCount = Annotated[int, Field(ge=1, le=MAX_K, description=f"number of items to return, 1..{MAX_K}")]
 Fallback = Literal["item_similarity", "popularity"]
 
 
@@ -25,19 +25,19 @@ class _Request(BaseModel):
 
 class UserRecommendationRequest(_Request):
     user: RawId = Field(description="raw user id as in the dataset; unknown users get popular items")
-    k: TopK = 10
+    k: ItemCount = 10
     exclude_seen: bool = Field(True, description="leave out items the user interacted with in training")
 
 
 class HistoryRecommendationRequest(_Request):
     items: list[RawId] = Field(max_length=MAX_HISTORY, description="recent raw item ids, oldest first")
-    k: TopK = 10
+    k: ItemCount = 10
     exclude_seen: bool = Field(True, description="leave out the items of the history")
 
 
 class SimilarItemsRequest(_Request):
     item: RawId = Field(description="raw item id")
-    k: TopK = 10
+    k: ItemCount = 10
 
 
 class RatingRequest(_Request):

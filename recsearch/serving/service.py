@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from recsearch.errors import ConfigError
+from recsearch.evaluation.metrics import ranked_items
 from recsearch.models.base import FORMAT_VERSION, Recommender, model_class
-from recsearch.serving.fallback import ItemSimilarity, Popularity
+from recsearch.serving.fallback import ItemSimilarity, PopularItems
 from recsearch.serving.schemas import (
     ErrorBody,
     HistoryRecommendationRequest,
@@ -119,7 +120,7 @@ class ModelService:
         self.item_index = data.item_index()
         self.item_ids = data.item_ids.astype(str)
         self.titles = None if data.item_titles is None else data.item_titles.astype(str)
-        self.popularity = Popularity(data.item_popularity())
+        self.popularity = PopularItems(data.item_popularity())
         self.similarity = ItemSimilarity(data.matrix())
         self.tiebreak = self.popularity.tiebreak()
 
@@ -189,7 +190,7 @@ class ModelService:
                 lengths = [len(batch[n]) for n in hidden]
                 key[np.repeat(hidden, lengths), np.concatenate([batch[n] for n in hidden])] = float("-inf")
             items, ranked = self._top(key, max(requests[i].k for i in rows))
-            values = reported.gather(1, torch.as_tensor(items)).numpy()
+            values = reported.gather(1, torch.as_tensor(items).clamp(min=0)).numpy()
             for n, i in enumerate(rows):
                 answers[i] = Recommendations(
                     fallback=fallbacks[n], model_id=self.model_id,
@@ -265,7 +266,10 @@ class ModelService:
         return key, reported, fallbacks
 
     def _top(self, scores: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-        items, values = top_k(scores, min(k, self.n_items))
+        """(item ids, their scores) of the ``k`` best per row, equal scores in ascending item id
+        (an answer does not depend on its batch-mates); empty slots: item -1, score -inf."""
+        items = ranked_items(scores, min(k, self.n_items))
+        values = scores.gather(1, items.clamp(min=0)).masked_fill(items < 0, float("-inf"))
         return items.cpu().numpy(), values.cpu().numpy()
 
     def _scored(self, items: np.ndarray, values: np.ndarray, ranked: np.ndarray, k: int) -> list[ScoredItem]:
@@ -275,22 +279,3 @@ class ModelService:
         titles = self.titles[items].tolist() if self.titles is not None else [None] * len(items)
         return [ScoredItem(item=i, score=s, title=t)
                 for i, s, t in zip(self.item_ids[items].tolist(), values.tolist(), titles, strict=True)]
-
-
-def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(item ids, scores) of the ``k`` best items per row, best first, equal scores in ascending
-    item id, so an answer does not depend on the batch it was computed in.
-
-    ``torch.topk`` is O(n) but orders ties arbitrarily: only rows where ties straddle the k-th
-    place are fully (stably) sorted; the k winners of every row are then put in order."""
-    values, items = torch.topk(scores, k, dim=1)
-    threshold = values[:, -1:]
-    straddling = (scores == threshold).sum(dim=1) > (values == threshold).sum(dim=1)
-    if straddling.any():
-        rows = torch.nonzero(straddling).ravel()
-        ordered = torch.sort(scores[rows], dim=1, descending=True, stable=True)
-        items[rows], values[rows] = ordered.indices[:, :k], ordered.values[:, :k]
-    by_id = torch.argsort(items, dim=1)
-    items, values = items.gather(1, by_id), values.gather(1, by_id)
-    by_score = torch.sort(values, dim=1, descending=True, stable=True).indices
-    return items.gather(1, by_score), values.gather(1, by_score)

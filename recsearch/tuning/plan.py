@@ -9,7 +9,6 @@ so ``recsearch resume DIR`` and ``recsearch report DIR`` need nothing else.
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,12 +18,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from recsearch.config import load_config, to_container
-from recsearch.data import check_config as check_data_config
 from recsearch.errors import ConfigError
+from recsearch.models.factory import build_model, target_class
 from recsearch.tuning.space import Sampler, check_algorithm, parse_space
 
 PLAN_FILE = "sweep.json"
-SCHEDULERS = ("asha", "fifo")
 
 
 @dataclass
@@ -77,23 +75,22 @@ def plan_sweep(overrides: list[str]) -> SweepPlan:
     base = load_config(overrides)
     models = base.search.get("models") if "search" in base else None
     if models:
-        if isinstance(models, str) or len(set(models)) != len(models):
+        if len(set(models)) != len(models):
             raise ConfigError(f"search.models must be a list of distinct model families, got {models!r}")
         if any(o.split("=", 1)[0].lstrip("+~") == "search" for o in overrides):
             raise ConfigError("search=NAME picks one search space; with search.models every family uses "
                               "conf/search/<family>.yaml")
         pinned = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("model", "out")]
         extra = to_container(base.search.get("family_overrides")) or {}
-        if (not isinstance(extra, dict) or set(extra) - set(models)
-                or not all(isinstance(o, list) and all(isinstance(x, str) for x in o) for o in extra.values())):
-            raise ConfigError(f"search.family_overrides maps families of search.models to lists of overrides, got {extra!r}")
+        if set(extra) - set(models):
+            raise ConfigError(f"search.family_overrides: {', '.join(sorted(set(extra) - set(models)))} "
+                              f"not among search.models {list(models)}")
         # one `out` for all: `${now:...}` would otherwise differ between the compositions
         cfgs = {str(m): _compose(str(m), [*pinned, f"model={m}", *extra.get(m, []), f"out={base.out}"])
                 for m in models}
     else:
-        cfgs = {_family(base): base}
+        cfgs = {target_class(base.model).family: base}
     configs = {family: _check_family(family, cfg) for family, cfg in cfgs.items()}
-    check_data_config(to_container(base.data))
     ray_cfg = base.ray
     _check_ray(ray_cfg, base.device)
     out = Path(base.out)
@@ -124,35 +121,24 @@ def trial_setup(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _family(cfg: DictConfig) -> str:
-    from hydra.utils import get_class
-
-    return get_class(cfg.model._target_).family
-
-
 def _check_family(family: str, cfg: DictConfig) -> dict[str, Any]:
-    from hydra.utils import get_class
-
-    from recsearch.evaluation import Evaluator
-
-    where = f"model family {family!r}"
+    """What a sweep adds to ``load_config``'s checks: a search space whose every sampler can
+    only draw values the model takes, and a scheduler that fits the epoch budget."""
     if "search" not in cfg or "space" not in cfg.search:
-        raise ConfigError(f"no search space for {where}: add conf/search/{family}.yaml (or pick one with search=NAME)")
-    space = parse_space(to_container(cfg.search.space), f"search.space of {family}")
-    check_algorithm(space, cfg.search.algorithm, f"search.space of {family}")
-    cls = get_class(cfg.model._target_)
-    known = set(cfg.model) - {"_target_"}
-    known |= {name for name, p in inspect.signature(cls.__init__).parameters.items()
-              if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name != "self"}
-    unknown = sorted(set(space) - known)
-    if unknown:
-        raise ConfigError(f"search.space of {family} samples {', '.join(unknown)}, which {cls.__name__} does not "
-                          f"take; its hyperparameters: {', '.join(sorted(known - {'seed', 'device', 'task'}))}")
-    _positive_int(cfg.search.num_samples, "search.num_samples")
-    metric = cfg.task.metric
-    names = Evaluator.for_task(to_container(cfg.task), batch_size=cfg.train.eval_batch_size).names
-    if metric not in names:
-        raise ConfigError(f"task.metric {metric!r} is not among the evaluated metrics: {', '.join(names)}")
+        raise ConfigError(f"no search space for model family {family!r}: add conf/search/{family}.yaml "
+                          "(or pick one with search=NAME)")
+    where = f"search.space of {family}"
+    space = parse_space(to_container(cfg.search.space), where)
+    check_algorithm(space, cfg.search.algorithm, where)
+    cls = target_class(cfg.model)
+    model_cfg = to_container(cfg.model)
+    for name, sampler in space.items():
+        for value in sampler.examples():  # each built as a model: types and the constructor's checks
+            try:
+                build_model(model_cfg, seed=cfg.seed, device="cpu", task=cfg.task.name, **{name: value})
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {name} {sampler.kind} {list(sampler.args)} can draw {value!r}, "
+                                  f"which {cls.__name__} does not take ({err})") from None
     _check_scheduler(cfg.scheduler, cfg.train.max_epochs)
     config = to_container(cfg)
     config["iterative"] = bool(cls.iterative)  # read by the report: a closed-form fit is never "stopped"
@@ -160,42 +146,20 @@ def _check_family(family: str, cfg: DictConfig) -> dict[str, Any]:
 
 
 def _check_scheduler(scheduler: DictConfig, max_epochs: int) -> None:
-    if scheduler.get("name") not in SCHEDULERS:
-        raise ConfigError(f"scheduler.name must be one of {', '.join(SCHEDULERS)}, got {scheduler.get('name')!r}")
+    """ASHA's rungs within the epoch budget (its keys' types are checked by recsearch.schema)."""
     if scheduler.name == "asha":
-        grace = _positive_int(scheduler.grace_period, "scheduler.grace_period")
-        if _positive_int(scheduler.reduction_factor, "scheduler.reduction_factor") < 2:
-            raise ConfigError(f"scheduler.reduction_factor must be >= 2, got {scheduler.reduction_factor}")
-        if grace > _positive_int(scheduler.max_t, "scheduler.max_t"):
-            raise ConfigError(f"scheduler.grace_period ({grace}) must not exceed scheduler.max_t ({scheduler.max_t})")
+        if scheduler.grace_period > scheduler.max_t:
+            raise ConfigError(f"scheduler.grace_period ({scheduler.grace_period}) must not exceed "
+                              f"scheduler.max_t ({scheduler.max_t})")
         if scheduler.max_t > max_epochs:
             raise ConfigError(f"scheduler.max_t ({scheduler.max_t}) exceeds train.max_epochs ({max_epochs}): "
                               "no trial runs that long")
 
 
 def _check_ray(ray_cfg: DictConfig, device: str) -> None:
-    cpus, gpus = ray_cfg.cpus_per_trial, ray_cfg.gpus_per_trial
-    if not _number(cpus) or cpus <= 0:
-        raise ConfigError(f"ray.cpus_per_trial must be > 0, got {cpus!r}")
-    if not _number(gpus) or gpus < 0:
-        raise ConfigError(f"ray.gpus_per_trial must be >= 0 (fractions share a GPU), got {gpus!r}")
+    gpus = ray_cfg.gpus_per_trial
     if gpus > 1 and gpus != int(gpus):
         raise ConfigError(f"ray.gpus_per_trial above 1 must be a whole number, got {gpus}")
     if str(device).startswith("cuda") and gpus == 0:
         raise ConfigError(f"device={device} but ray.gpus_per_trial=0: trials would see no GPU; "
                           "set ray.gpus_per_trial (e.g. 1 or 0.25)")
-    if ray_cfg.max_concurrent_trials is not None:
-        _positive_int(ray_cfg.max_concurrent_trials, "ray.max_concurrent_trials")
-    failures = ray_cfg.max_failures
-    if not isinstance(failures, int) or isinstance(failures, bool) or failures < -1:
-        raise ConfigError(f"ray.max_failures must be an integer >= 0 (or -1: retry forever), got {failures!r}")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value

@@ -1,105 +1,22 @@
-"""The leaderboard (every trial of every family, ranked on the validation metric) and the
-self-contained HTML report: learning curves showing where ASHA stopped each trial, the best
-trial per family, and the metric against each hyperparameter. Plots are PNGs inlined as
-base64, so the report is one file that opens anywhere.
-
-``recsearch report DIR`` rebuilds both from the sweep's storage at any time, also while the
-sweep runs or after it was killed.
+"""The self-contained HTML report of a sweep: its leaderboard, learning curves showing where
+ASHA stopped each trial, the best trial per family, and the metric against each
+hyperparameter. Plots are PNGs inlined as base64, so the report is one file that opens anywhere.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-from recsearch.output import format_table
+from recsearch.evaluation.metrics import metric_mode, valid_key
+from recsearch.tuning.leaderboard import format_params
 from recsearch.tuning.plan import SweepPlan
-from recsearch.tuning.results import Trial, collect_trials
-
-COLUMNS = ("rank", "trial", "family", "status", "best_epoch", "epochs", "stopped")
+from recsearch.tuning.results import Trial
 
 
-def report_command(directory: str) -> list[dict[str, Any]]:
-    plan = SweepPlan.load(directory)
-    out = Path(plan.out)
-    trials = collect_trials(plan)
-    summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    board = leaderboard(plan, trials)
-    write_leaderboard(board, plan.first["task"]["metric"], out / "leaderboard.csv")
-    write_report(plan, trials, board, summary, out / "report.html")
-    print_leaderboard(board, plan.first["task"])
-    print(f"\nwrote {out}/leaderboard.csv and {out}/report.html")
-    return board
-
-
-def leaderboard(plan: SweepPlan, trials: list[Trial]) -> list[dict[str, Any]]:
-    """One row per trial: finished trials ranked by their best validation value (the epoch whose
-    state its checkpoints keep), then errored and unfinished ones."""
-    task = plan.first["task"]
-    metric, mode = task["metric"], task["mode"]
-    rows = []
-    for trial in trials:
-        config = plan.configs[trial.family]
-        best = trial.best(metric, mode)
-        rows.append({
-            "rank": None,
-            "trial": trial.name,
-            "family": trial.family,
-            "status": trial.status,
-            metric: best[f"valid/{metric}"] if best else None,
-            "best_epoch": best["epoch"] if best else None,
-            "epochs": trial.history[-1]["epoch"] if trial.history else 0,
-            "stopped": stopped_by(trial, config),
-            "hparams": trial.hparams,
-            "error": trial.error,
-        })
-    finished = [r for r in rows if r["status"] == "TERMINATED" and r[metric] is not None]
-    finished.sort(key=lambda r: -r[metric] if mode == "max" else r[metric])
-    for rank, row in enumerate(finished, 1):
-        row["rank"] = rank
-    return finished + [r for r in rows if r["rank"] is None]
-
-
-def stopped_by(trial: Trial, config: dict[str, Any]) -> str:
-    """Why a trial ended: asha, patience (its own early stopping), no (ran its course; closed-form
-    fits always), error, or unfinished."""
-    if trial.status == "ERROR":
-        return "error"
-    if trial.status != "TERMINATED":
-        return "unfinished"
-    if not config["iterative"] or not trial.history:
-        return "no"
-    last = trial.history[-1]
-    if last.get("stale_epochs", 0) >= config["train"]["patience"]:
-        return "patience"
-    if last["epoch"] < config["train"]["max_epochs"] and config["scheduler"]["name"] == "asha":
-        return "asha"
-    return "no"
-
-
-def write_leaderboard(board: list[dict[str, Any]], metric: str, path: Path) -> None:
-    fields = [*COLUMNS[:4], metric, *COLUMNS[4:], "hparams", "error"]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for row in board:
-            writer.writerow({**row, "hparams": json.dumps(row["hparams"], sort_keys=True)})
-
-
-def print_leaderboard(board: list[dict[str, Any]], task: dict[str, Any]) -> None:
-    metric = task["metric"]
-    rows = [{**row, "rank": row["rank"] or "-", "hyperparameters": _params(row["hparams"])} for row in board]
-    print(f"\nleaderboard (valid {metric}, {'higher' if task['mode'] == 'max' else 'lower'} is better)")
-    print(format_table(rows, ["rank", "trial", "family", metric, "best_epoch", "epochs", "stopped", "hyperparameters"]))
-
-
-# -- HTML ---------------------------------------------------------------------------------------
 def write_report(plan: SweepPlan, trials: list[Trial], board: list[dict[str, Any]],
                  summary: dict[str, Any] | None, path: Path) -> None:
     task = plan.first["task"]
@@ -131,12 +48,12 @@ def _header(plan: SweepPlan, board: list[dict[str, Any]], summary: dict[str, Any
     lines = [f"<h1>Sweep {_e(plan.name)}</h1>",
              f"<p>{_e(', '.join(plan.families))} on <b>{_e(first['data']['name'])}</b>, task "
              f"{_e(first['task']['name'])}, selected on validation {_e(first['task']['metric'])} "
-             f"({_e(first['task']['mode'])}). {len(board)} trials.</p>"]
+             f"({_e(metric_mode(first['task']['metric']))}). {len(board)} trials.</p>"]
     if summary is None:
         lines.append("<p><b>The sweep has not finished:</b> no model was selected or tested yet.</p>")
     elif summary.get("best"):
         best, metric = summary["best"], first["task"]["metric"]
-        lines.append(f"<p>Best: <b>{_e(best['trial'])}</b> ({_e(_params(best['hparams']))}), epoch {best['epoch']}: "
+        lines.append(f"<p>Best: <b>{_e(best['trial'])}</b> ({_e(format_params(best['hparams']))}), epoch {best['epoch']}: "
                      f"validation {_e(metric)} {best['valid'][metric]:.4f}, "
                      f"test {_e(metric)} {best['test'][metric]:.4f} (the test split was evaluated for this "
                      f"model only). Wall time {summary['wall_seconds']:.0f} s.</p>")
@@ -148,7 +65,7 @@ def _header(plan: SweepPlan, board: list[dict[str, Any]], summary: dict[str, Any
 
 
 def _leaderboard_table(board: list[dict[str, Any]], metric: str) -> str:
-    rows = [{**row, "hyperparameters": _params(row["hparams"]), "error": row["error"] or ""} for row in board]
+    rows = [{**row, "hyperparameters": format_params(row["hparams"]), "error": row["error"] or ""} for row in board]
     return _table(rows, ["rank", "trial", "family", metric, "best_epoch", "epochs", "stopped", "hyperparameters",
                          "error"])
 
@@ -159,7 +76,7 @@ def _per_family(plan: SweepPlan, board: list[dict[str, Any]], task: dict[str, An
     best = [r for r in best if r is not None]
     if not best:
         return "<p>No family has a finished trial.</p>"
-    table = _table([{**r, "hyperparameters": _params(r["hparams"])} for r in best],
+    table = _table([{**r, "hyperparameters": format_params(r["hparams"])} for r in best],
                    ["family", "trial", "rank", metric, "best_epoch", "hyperparameters"])
     fig, ax = _figure(1, 1, width=max(4.0, 1.2 * len(best) + 2), height=3)
     ax = ax[0][0]
@@ -171,7 +88,7 @@ def _per_family(plan: SweepPlan, board: list[dict[str, Any]], task: dict[str, An
 def _curves(plan: SweepPlan, trials: list[Trial], board: list[dict[str, Any]], task: dict[str, Any]):
     from matplotlib.ticker import MaxNLocator
 
-    metric, key = task["metric"], f"valid/{task['metric']}"
+    metric, key = task["metric"], valid_key(task["metric"])
     winner = next((r["trial"] for r in board if r["rank"] == 1), None)
     stopped = {r["trial"]: r["stopped"] for r in board}
     fig, cells = _grid(len(plan.families), width=5, height=3.6)
@@ -216,9 +133,8 @@ def _rungs(scheduler: dict[str, Any]) -> list[int]:
 
 def _against_hparams(plan: SweepPlan, family: str, trials: list[Trial], task: dict[str, Any]):
     space = plan.space(family)
-    finished = [(t.hparams, t.best(task["metric"], task["mode"])) for t in trials
-                if t.family == family and t.status == "TERMINATED"]
-    finished = [(h, b[f"valid/{task['metric']}"]) for h, b in finished if b is not None]
+    finished = [(t.hparams, t.best(task["metric"])) for t in trials if t.family == family and t.status == "TERMINATED"]
+    finished = [(h, b[valid_key(task["metric"])]) for h, b in finished if b is not None]
     if not finished:
         return None
     names = list(space)
@@ -280,10 +196,6 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _params(hparams: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(hparams.items()))
 
 
 def _e(text: Any) -> str:

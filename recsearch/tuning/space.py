@@ -55,6 +55,20 @@ class Sampler:
         integral = self.kind in ("randint", "lograndint", "qrandint")
         return self.args[0] <= value <= self.args[1] and (not integral or float(value).is_integer())
 
+    def examples(self) -> list[Any]:
+        """Values this sampler can draw that show what it draws: every listed value; for a range
+        its bounds and, for continuous samplers, a value between them (a float, where an
+        integer hyperparameter would be refused)."""
+        if self.categorical:
+            return list(self.args)
+        low, high = self.args[:2]
+        if self.kind in ("uniform", "loguniform"):
+            return [low, high, low + 0.371 * (high - low)]
+        if self.kind == "quniform":
+            q = self.args[2]
+            return [low, high, round((low + 0.371 * (high - low)) / q) * q]
+        return [low, high]
+
     def to_tune(self):
         from ray import tune
 

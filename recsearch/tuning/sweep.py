@@ -1,19 +1,16 @@
-"""``recsearch sweep`` and ``recsearch resume``: one Ray Tune experiment per model family, all
-trials ranked together on the validation metric, the winner evaluated once on the test split
-and exported as a servable model directory.
+"""``recsearch sweep`` and ``recsearch resume``: one Ray Tune experiment per model family; all
+trials are then ranked together (``recsearch.tuning.selection``).
 
-Order of work, so that bad input costs nothing: compose and check every family's config, then
-load and split the data, and only then start (or join) Ray. The split goes into the object
-store once; every trial of every family reads that one copy.
+Order of work, so that bad input costs nothing: compose and check every family's config and
+the output folder, then load and split the data, and only then start (or join) Ray. The split
+goes into the object store once; every trial of every family reads that one copy.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
-from collections import Counter
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -21,16 +18,12 @@ from typing import Any
 
 from recsearch.data.dataset import Split
 from recsearch.errors import ConfigError, RecsearchError
-from recsearch.output import write_json
+from recsearch.evaluation.metrics import metric_mode, valid_key
+from recsearch.output import check_writable
 from recsearch.tuning.plan import PLAN_FILE, SweepPlan, plan_sweep, trial_setup
-from recsearch.tuning.results import Trial, collect_trials, latest_checkpoint
-from recsearch.tuning.space import default_point, parse_space
-
-SUMMARY_FILE = "summary.json"
-
-
-class SweepFailed(RecsearchError):
-    """No trial of the sweep produced a validation metric."""
+from recsearch.tuning.results import collect_trials
+from recsearch.tuning.selection import finish, selection
+from recsearch.tuning.space import default_point
 
 
 class SweepInterrupted(RecsearchError):
@@ -58,12 +51,13 @@ def run_sweep(plan: SweepPlan, resume: bool = False, split: Split | None = None)
     out = Path(plan.out)
     if (out / PLAN_FILE).is_file() and not resume:
         raise ConfigError(f"{out} already holds a sweep: continue it with `recsearch resume {out}` or choose another out=")
+    check_writable(out)
     started = time.time()
     if split is None:
         split = load_sweep_split(plan.first)
     plan.save()  # only once the data loaded: a bad data file leaves no half-made sweep behind
     print(f"sweep {plan.name}: {', '.join(plan.families)} on {plan.first['data']['name']} "
-          f"({plan.first['task']['name']}, {_selection(plan.first)}) -> {out}", flush=True)
+          f"({plan.first['task']['name']}, {selection(plan.first)}) -> {out}", flush=True)
     try:
         with ray_session(plan.first["ray"]):
             import ray
@@ -74,92 +68,6 @@ def run_sweep(plan: SweepPlan, resume: bool = False, split: Split | None = None)
     except KeyboardInterrupt:
         raise SweepInterrupted(f"interrupted; continue with `recsearch resume {out}`") from None
     return finish(plan, split, time.time() - started)
-
-
-def finish(plan: SweepPlan, split: Split, wall_seconds: float) -> dict[str, Any]:
-    """Rank the trials, test the winner once, export it, write the summary and the report."""
-    from recsearch.tuning.report import (
-        leaderboard,
-        print_leaderboard,
-        write_leaderboard,
-        write_report,
-    )
-
-    out = Path(plan.out)
-    task = plan.first["task"]
-    trials = collect_trials(plan)
-    board = leaderboard(plan, trials)
-    summary = {
-        "sweep": plan.name,
-        "directory": str(out),
-        "families": plan.families,
-        "data": plan.first["data"]["name"],
-        "task": task["name"],
-        "metric": f"valid/{task['metric']}",
-        "mode": task["mode"],
-        "wall_seconds": round(wall_seconds, 1),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "trials": _counts(board),
-        "trials_per_family": {f: _counts([r for r in board if r["family"] == f]) for f in plan.families},
-        "errors": [{"trial": r["trial"], "error": r["error"]} for r in board if r["error"]],
-        "best": None,
-    }
-    write_leaderboard(board, task["metric"], out / "leaderboard.csv")
-    ranked = [row for row in board if row["rank"] is not None]
-    if ranked:
-        winner = next(t for t in trials if t.name == ranked[0]["trial"])
-        summary["best"] = export_best(plan, winner, split)
-    write_json(out / SUMMARY_FILE, summary)
-    write_report(plan, trials, board, summary, out / "report.html")
-    print_leaderboard(board, task)
-    if not ranked:
-        reasons = Counter(row["error"] or f"status {row['status']}" for row in board)
-        why = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common())
-        raise SweepFailed(f"all {len(board)} trials failed: {why or 'no trial ran'}. Details: {out / SUMMARY_FILE}")
-    best = summary["best"]
-    print(f"\nbest: {best['trial']} ({best['family']}) {_fmt(best['hparams'])}\n"
-          f"  valid {task['metric']} {best['valid'][task['metric']]:.4f} at epoch {best['epoch']}, "
-          f"test {task['metric']} {best['test'][task['metric']]:.4f}\n"
-          f"trials: {_fmt(summary['trials'])}; {summary['wall_seconds']:.0f}s\n"
-          f"wrote {out}/leaderboard.csv, summary.json, report.html and best/\n"
-          f"TensorBoard: tensorboard --logdir {plan.storage}", flush=True)
-    return summary
-
-
-def export_best(plan: SweepPlan, trial: Trial, split: Split) -> dict[str, Any]:
-    """Rebuild the winner from its best epoch's state, evaluate it on the test split (the only
-    time the sweep touches it) and save it as ``best/``."""
-    from recsearch.evaluation import Evaluator
-    from recsearch.tuning.trainable import best_state_file, build_model, load_weights, read_progress
-
-    config = plan.configs[trial.family]
-    task = config["task"]
-    model = build_model(trial_setup(config), trial.hparams)
-    model.prepare(split.train)
-    with latest_checkpoint(trial) as directory:
-        if directory is None:
-            raise SweepFailed(f"trial {trial.name} has no checkpoint left in {trial.path}")
-        load_weights(model, best_state_file(directory))
-        epoch = read_progress(directory)["best_epoch"]
-    row = next(r for r in trial.history if r["epoch"] == epoch)  # the exported epoch's own metrics
-    test = Evaluator.for_task(task, batch_size=config["train"]["eval_batch_size"]).evaluate(model, split, "test")
-    valid = {k.removeprefix("valid/"): v for k, v in row.items() if k.startswith("valid/")}
-    best = {
-        "trial": trial.name,
-        "family": trial.family,
-        "hparams": trial.hparams,
-        "model": {**config["model"], **trial.hparams},
-        "epoch": epoch,
-        "valid": valid,
-        "test": test,
-        "model_dir": "best",
-    }
-    target = Path(plan.out) / "best"
-    shutil.rmtree(target, ignore_errors=True)
-    model.save(target, metadata={"sweep": plan.name, "trial": trial.name, "data": config["data"]["name"],
-                                 "selected_by": _selection(config), "epoch": epoch, "valid": valid, "test": test,
-                                 "selected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return best
 
 
 @contextmanager
@@ -196,7 +104,7 @@ def _fit_family(plan: SweepPlan, family: str, split_ref, resume: bool) -> None:
         {"cpu": ray_cfg["cpus_per_trial"], "gpu": ray_cfg["gpus_per_trial"]},
     )
     # what Tune's progress output shows of each result (instead of every metric at every cutoff)
-    trainable._progress_metrics = ["epoch", "loss", f"valid/{config['task']['metric']}"]
+    trainable._progress_metrics = ["epoch", "loss", valid_key(config["task"]["metric"])]
     # Save Tune's experiment state every second (default: at most every 10 s), so that a killed
     # driver does not re-run finished trials or point at checkpoints already deleted.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -210,7 +118,7 @@ def _fit_family(plan: SweepPlan, family: str, split_ref, resume: bool) -> None:
         print(f"\n== {family}: {config['search']['num_samples']} samples, {config['search']['algorithm']} search, "
               f"{config['scheduler']['name']} scheduler", flush=True)
         tuner = tune.Tuner(trainable, param_space=_param_space(plan, family),
-                           tune_config=_tune_config(config, family), run_config=_run_config(plan, family))
+                           tune_config=_tune_config(plan, family), run_config=_run_config(plan, family))
     tuner.fit()
     # Tune returns normally on Ctrl-C: what it saved tells whether every trial ran
     trials = collect_trials(plan, [family])
@@ -227,14 +135,14 @@ def _param_space(plan: SweepPlan, family: str) -> dict[str, Any]:
     return tune_space(plan.space(family))
 
 
-def _tune_config(config: dict[str, Any], family: str):
+def _tune_config(plan: SweepPlan, family: str):
     import warnings
 
-    from hydra.utils import instantiate
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    config = plan.configs[family]
     search, scheduler_cfg, task = config["search"], config["scheduler"], config["task"]
     concurrency = config["ray"]["max_concurrent_trials"]
     if scheduler_cfg["name"] == "asha":
@@ -247,8 +155,10 @@ def _tune_config(config: dict[str, Any], family: str):
     # read from a model built on that config, so that values chosen by the model (MF's l2: null) count
     start = {}
     if search.get("start_from_defaults"):  # absent from plans saved before it existed
-        model = instantiate(config["model"], task=task["name"], device="cpu", _convert_="all")
-        start = default_point(parse_space(search["space"]), model.hparams)
+        from recsearch.models.factory import build_model
+
+        model = build_model(config["model"], task=task["name"], device="cpu")
+        start = default_point(plan.space(family), model.hparams)
     points = [start] if start else None
     if search["algorithm"] == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -260,7 +170,8 @@ def _tune_config(config: dict[str, Any], family: str):
         searcher = BasicVariantGenerator(max_concurrent=concurrency or 0, random_state=config["seed"],
                                          points_to_evaluate=points)
         limit = None
-    return tune.TuneConfig(metric=f"valid/{task['metric']}", mode=task["mode"], num_samples=search["num_samples"],
+    return tune.TuneConfig(metric=valid_key(task["metric"]), mode=metric_mode(task["metric"]),
+                           num_samples=search["num_samples"],
                            scheduler=scheduler, search_alg=searcher, max_concurrent_trials=limit,
                            reuse_actors=True,  # a new trial skips the worker start-up (imports, torch)
                            trial_name_creator=partial(_trial_name, family),
@@ -294,22 +205,4 @@ def load_sweep_split(config: dict[str, Any]) -> Split:
     """The split every trial of the sweep shares, as ``recsearch train`` would make it."""
     from recsearch.data import load_split
 
-    task = config["task"]
-    threshold = task.get("implicit_threshold") if task["name"] == "ranking" else None
-    return load_split(config["data"], seed=config["seed"], implicit_threshold=threshold)
-
-
-def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    stopped = Counter(row["stopped"] for row in rows)
-    return {"run": len(rows), "completed": sum(row["rank"] is not None for row in rows),
-            "stopped_by_asha": stopped["asha"], "stopped_by_patience": stopped["patience"],
-            "errored": stopped["error"], "unfinished": stopped["unfinished"]}
-
-
-def _selection(config: dict[str, Any]) -> str:
-    task = config["task"]
-    return f"valid/{task['metric']} ({task['mode']})"
-
-
-def _fmt(values: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    return load_split(config["data"], config["seed"], config["task"]["implicit_threshold"])

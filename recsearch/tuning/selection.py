@@ -1,0 +1,120 @@
+"""After the trials: rank them on the validation metric, evaluate the winner once on the test
+split, export it as ``best/`` and write ``summary.json`` with the sweep's outputs."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from recsearch.data.dataset import Split
+from recsearch.errors import RecsearchError
+from recsearch.evaluation.metrics import metric_mode, valid_key, valid_metrics
+from recsearch.output import write_json
+from recsearch.tuning import checkpoint
+from recsearch.tuning.leaderboard import leaderboard
+from recsearch.tuning.outputs import SUMMARY_FILE, write_outputs
+from recsearch.tuning.plan import SweepPlan
+from recsearch.tuning.results import Trial, collect_trials
+
+
+class SweepFailed(RecsearchError):
+    """No trial of the sweep produced a validation metric."""
+
+
+def finish(plan: SweepPlan, split: Split, wall_seconds: float) -> dict[str, Any]:
+    """Rank the trials, test the winner once, export it, write the summary and the report."""
+    out = Path(plan.out)
+    metric = plan.first["task"]["metric"]
+    trials = collect_trials(plan)
+    board = leaderboard(plan, trials)
+    summary = {
+        "sweep": plan.name,
+        "directory": str(out),
+        "families": plan.families,
+        "data": plan.first["data"]["name"],
+        "task": plan.first["task"]["name"],
+        "metric": valid_key(metric),
+        "mode": metric_mode(metric),
+        "wall_seconds": round(wall_seconds, 1),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "trials": _counts(board),
+        "trials_per_family": {f: _counts([r for r in board if r["family"] == f]) for f in plan.families},
+        "errors": [{"trial": r["trial"], "error": r["error"]} for r in board if r["error"]],
+        "best": None,
+    }
+    ranked = [row for row in board if row["rank"] is not None]
+    if ranked:
+        winner = next(t for t in trials if t.name == ranked[0]["trial"])
+        summary["best"] = export_best(plan, winner, split)
+    write_json(out / SUMMARY_FILE, summary)
+    write_outputs(plan, trials, board, summary)
+    if not ranked:
+        reasons = Counter(row["error"] or f"status {row['status']}" for row in board)
+        why = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common())
+        raise SweepFailed(f"all {len(board)} trials failed: {why or 'no trial ran'}. Details: {out / SUMMARY_FILE}")
+    best = summary["best"]
+    print(f"\nbest: {best['trial']} ({best['family']}) {_fmt(best['hparams'])}\n"
+          f"  valid {metric} {best['valid'][metric]:.4f} at epoch {best['epoch']}, "
+          f"test {metric} {best['test'][metric]:.4f}\n"
+          f"trials: {_fmt(summary['trials'])}; {summary['wall_seconds']:.0f}s\n"
+          f"wrote {out}/leaderboard.csv, summary.json, report.html and best/\n"
+          f"TensorBoard: tensorboard --logdir {plan.storage}", flush=True)
+    return summary
+
+
+def export_best(plan: SweepPlan, trial: Trial, split: Split) -> dict[str, Any]:
+    """Rebuild the winner from its best epoch's state, evaluate it on the test split (the only
+    time the sweep touches it) and save it as ``best/``."""
+    from recsearch.evaluation import Evaluator
+    from recsearch.models.factory import build_model
+    from recsearch.training import load_serialized
+
+    config = plan.configs[trial.family]
+    task = config["task"]
+    model = build_model(config["model"], seed=config["seed"], device=config["device"], task=task["name"],
+                        **trial.hparams)
+    model.prepare(split.train)
+    with checkpoint.latest(trial.path) as directory:
+        if directory is None:
+            raise SweepFailed(f"trial {trial.name} has no checkpoint left in {trial.path}")
+        saved = checkpoint.read(directory)
+    load_serialized(model, saved.best_state)
+    row = next(r for r in trial.history if r["epoch"] == saved.best_epoch)  # the exported epoch's own metrics
+    test = Evaluator.for_task(task, batch_size=config["train"]["eval_batch_size"]).evaluate(model, split, "test")
+    valid = valid_metrics(row)
+    best = {
+        "trial": trial.name,
+        "family": trial.family,
+        "hparams": trial.hparams,
+        "model": {**config["model"], **trial.hparams},
+        "epoch": saved.best_epoch,
+        "valid": valid,
+        "test": test,
+        "model_dir": "best",
+    }
+    target = Path(plan.out) / "best"
+    shutil.rmtree(target, ignore_errors=True)
+    model.save(target, metadata={"sweep": plan.name, "trial": trial.name, "data": config["data"]["name"],
+                                 "selected_by": selection(config), "epoch": saved.best_epoch, "valid": valid,
+                                 "test": test, "selected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return best
+
+
+def selection(config: dict[str, Any]) -> str:
+    """How trials are ranked, e.g. ``valid/ndcg@10 (max)``."""
+    metric = config["task"]["metric"]
+    return f"{valid_key(metric)} ({metric_mode(metric)})"
+
+
+def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    stopped = Counter(row["stopped"] for row in rows)
+    return {"run": len(rows), "completed": sum(row["rank"] is not None for row in rows),
+            "stopped_by_asha": stopped["asha"], "stopped_by_patience": stopped["patience"],
+            "errored": stopped["error"], "unfinished": stopped["unfinished"]}
+
+
+def _fmt(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
