@@ -17,9 +17,9 @@ import argparse
 import time
 from pathlib import Path
 
-from record import machine
+from record import write_results
 
-from recsearch.output import format_table, write_json
+from recsearch.output import format_table
 from recsearch.tuning.plan import plan_sweep
 from recsearch.tuning.results import collect_trials
 from recsearch.tuning.sweep import load_sweep_split, ray_session, run_sweep
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16, help="trials per scheduler (default: 16)")
     parser.add_argument("--max-epochs", type=int, default=30, help="train.max_epochs and ASHA's max_t (default: 30)")
     parser.add_argument("--out", default=str(HERE / "results" / "tmp" / "asha_vs_fifo"), help="sweep folders")
-    parser.add_argument("--result", default=str(HERE / "results" / "asha_vs_fifo.json"), help="summary JSON")
+    parser.add_argument("--result", default=str(HERE / "results" / "asha_vs_fifo"), help="results, without suffix")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. data=ml-100k")
     args = parser.parse_args()
 
@@ -62,8 +62,9 @@ def main() -> None:
                 "best": summary["best"]["hparams"],
             })
     print(format_table(rows, [k for k in rows[0] if k != "best"]))
-    write_json(args.result, {"machine": machine(), "command": common, "rows": rows})
-    print(f"wrote {args.result}")
+    write_results(args.result, rows, [k for k in rows[0] if k != "best"],
+                  f"ASHA against FIFO, {args.samples} {args.model} trials each, same space, seed and split",
+                  command=common)
 
 
 if __name__ == "__main__":

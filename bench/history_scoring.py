@@ -54,7 +54,7 @@ def main() -> None:
         cfg = load_config([f"model={family}", "data=ml-100k", *overrides, f"out={HERE}/results/tmp/history/{family}"])
         trained = train_command(cfg)
         model = Recommender.load(Path(cfg.out) / "model", device="cpu")
-        split = load_split(to_container(cfg.data), cfg.seed, cfg.task.implicit_threshold)  # as train_command
+        split = load_split(to_container(cfg.data), cfg.seed, cfg.task.implicit_threshold)  # as train_command does
         evaluator = Evaluator.for_task(cfg.task)
         histories = time_ordered_histories(split)
         similarity = ItemSimilarity(split.train.matrix())

@@ -25,6 +25,7 @@ from record import write_results
 from recsearch.config import load_config, to_container
 from recsearch.data import load_split
 from recsearch.evaluation import Evaluator
+from recsearch.models.factory import hparams_of
 from recsearch.models.lstm import PAD, SequentialRecommender, time_ordered, with_bos
 from recsearch.output import format_table
 from recsearch.training import train
@@ -66,10 +67,10 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_config(["model=lstm", "data=ml-100k", "data.split.scheme=loo"])
-    split = load_split(to_container(cfg.data), cfg.seed, cfg.task.implicit_threshold)
+    split = load_split(to_container(cfg.data), cfg.seed)
     evaluator = Evaluator.for_task(cfg.task)
     max_epochs = args.max_epochs or cfg.train.max_epochs
-    hparams = {k: v for k, v in to_container(cfg.model).items() if k != "_target_"}
+    hparams = hparams_of(to_container(cfg.model))
     all_positions = SequentialRecommender(seed=cfg.seed, device="cpu", **hparams)
     all_positions.prepare(split.train)
     targets_per_window = (all_positions.windows[:, 1:] != PAD).sum().item() / len(all_positions.windows)
@@ -78,10 +79,10 @@ def main() -> None:
               "per target": PerTargetLSTM(seed=cfg.seed, device="cpu", **{**hparams, "batch_size": per_target_batch})}
     rows = []
     for name, model in models.items():
-        result = train(model, split, evaluator, cfg.task.metric, cfg.task.mode, max_epochs, cfg.train.patience,
-                       on_epoch=lambda step, n=name: print(f"{n}: epoch {step['epoch']} valid ndcg@10 "
-                                                           f"{step['valid/ndcg@10']:.4f} ({step['epoch_seconds']:.1f} s)",
-                                                           flush=True))
+        result = train(model, split, evaluator, cfg.task.metric, max_epochs, cfg.train.patience,
+                       on_epoch=lambda end, n=name: print(f"{n}: epoch {end.row['epoch']} valid ndcg@10 "
+                                                          f"{end.row['valid/ndcg@10']:.4f} "
+                                                          f"({end.row['epoch_seconds']:.1f} s)", flush=True))
         seconds = [step["epoch_seconds"] for step in result.history]
         rows.append({"formulation": name, "batch": model.hparams["batch_size"],
                      "steps per epoch": math.ceil(model.n_examples() / model.hparams["batch_size"]),

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from record import machine, one_line
+from record import machine, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -97,6 +97,7 @@ def run_case(case: str, scale: str) -> dict:
 
     from recsearch.evaluation import Evaluator
     from recsearch.models.base import model_class
+    from recsearch.models.factory import create
     from recsearch.runtime import configure_threads
 
     threads = configure_threads()
@@ -105,7 +106,7 @@ def run_case(case: str, scale: str) -> dict:
     data = load_split(scale, family)
     result = {"case": case, "scale": scale, "threads": threads, "load_s": time.perf_counter() - start,
               "users": data.n_users, "items": data.n_items, "train_interactions": len(data.train.interactions)}
-    model = model_class(family)(**hparams, seed=0, device="auto")  # CUDA when present
+    model = create(model_class(family), hparams, seed=0, device="auto")  # CUDA when present
     result["device"] = str(model.device)
     result["hparams"] = {**hparams, "amp": getattr(model, "amp", False)}  # amp: in effect, not asked
     model.prepare(data.train)
@@ -185,28 +186,31 @@ def verdicts(row: dict) -> list[str]:
     return out
 
 
-def markdown(rows: list[dict], host: dict) -> str:
-    lines = [f"Machine: {one_line(host)}.", "",
-             "| case | scale | train interactions | epoch / fit (s) | interactions/s | full validation (s) "
-             "| users/s | peak memory (GiB) | target |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for row in rows:
-        if "error" in row or "skipped" in row:
-            lines.append(f"| {row['case']} | {row['scale']} | | | | | | | {row.get('error') or 'skipped: ' + row['skipped']} |")
-            continue
-        train = f"{row['epoch_s']:.3f}" if "epoch_s" in row else f"{row['fit_s']:.3f} (fit)"
-        speed = f"{row['interactions_per_s']:,.0f}" if "interactions_per_s" in row else ""
-        lines.append(f"| {row['case']} | {row['scale']} | {row['train_interactions']:,} | {train} | {speed} "
-                     f"| {row['eval_s']:.3f} | {row['eval_users_per_s']:,.0f} | {row['peak_rss_gib']:.2f} "
-                     f"| {'; '.join(verdicts(row))} |")
-    rate = host["matmul_gflops"]
+def shown(row: dict) -> dict:
+    """A row as perf.md's table shows it."""
+    if "error" in row or "skipped" in row:
+        return {"case": row["case"], "scale": row["scale"], "target": row.get("error") or f"skipped: {row['skipped']}"}
+    return {"case": row["case"], "scale": row["scale"], "train interactions": f"{row['train_interactions']:,}",
+            "epoch / fit (s)": f"{row['epoch_s']:.3f}" if "epoch_s" in row else f"{row['fit_s']:.3f} (fit)",
+            "interactions/s": f"{row['interactions_per_s']:,.0f}" if "interactions_per_s" in row else "",
+            "full validation (s)": f"{row['eval_s']:.3f}", "users/s": f"{row['eval_users_per_s']:,.0f}",
+            "peak memory (GiB)": f"{row['peak_rss_gib']:.2f}", "target": "; ".join(verdicts(row))}
+
+
+def compute_bound(rows: list[dict], host: dict) -> str:
+    """NeuMF's evaluation against this CPU's measured matmul rate: the floor of its time."""
+    rate, lines = host["matmul_gflops"], []
     for row in rows:
         if "eval_gflop" in row and row["case"] == "ncf":
-            lines.append(f"\n{row['case']} at {row['scale']}: a full validation is {row['eval_gflop']:.1f} GFLOP in "
+            lines.append(f"{row['case']} at {row['scale']}: a full validation is {row['eval_gflop']:.1f} GFLOP in "
                          f"the MLP tower alone; at this CPU's measured matmul rate ({rate['float32']:.0f} GFLOP/s fp32, "
                          f"{rate['bfloat16']:.0f} bf16) that is at least {row['eval_gflop'] / rate['float32']:.3f} s "
                          f"in fp32, {row['eval_gflop'] / rate['bfloat16']:.3f} s in bf16.")
-    return "\n".join(lines) + "\n"
+    return "\n\n".join(lines)
+
+
+COLUMNS = ["case", "scale", "train interactions", "epoch / fit (s)", "interactions/s", "full validation (s)",
+           "users/s", "peak memory (GiB)", "target"]
 
 
 def main() -> None:
@@ -232,10 +236,8 @@ def main() -> None:
     target = RESULTS if complete else CACHE
     target.mkdir(parents=True, exist_ok=True)
     host = host_record()
-    (target / "perf.json").write_text(json.dumps({"machine": host, "results": rows}, indent=2) + "\n")
-    (target / "perf.md").write_text(markdown(rows, host))
-    print(markdown(rows, host))
-    print(f"wrote {target}/perf.json and perf.md")
+    write_results(target / "perf", rows, COLUMNS, "Epoch, full-ranking validation and peak memory per model and scale",
+                  shown=[shown(row) for row in rows], notes=compute_bound(rows, host), host=host)
 
 
 if __name__ == "__main__":

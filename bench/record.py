@@ -32,12 +32,15 @@ def one_line(host: dict) -> str:
             f"torch {host['torch']}, ray {host['ray']}, Python {host['python']}; {host['date']}")
 
 
-def write_results(stem: str | Path, rows: list[dict], columns: list[str], description: str, **extra) -> None:
+def write_results(stem: str | Path, rows: list[dict], columns: list[str], description: str, *,
+                  shown: list[dict] | None = None, notes: str = "", host: dict | None = None, **extra) -> None:
     """``<stem>.json`` (machine record, ``extra``, rows) and ``<stem>.md`` (``description``, the
-    machine, the benchmark's command, a table of ``columns``)."""
-    host = machine()
+    machine, the benchmark's command, a table of ``columns`` of ``shown``, the rows as
+    formatted for reading, by default the rows themselves, then ``notes``). ``host``: the
+    machine record, when the benchmark adds to it."""
+    host = host or machine()
     write_json(f"{stem}.json", {"machine": host, **extra, "rows": rows})
-    command = f".venv/bin/python bench/{Path(sys.argv[0]).name}"
+    command = " ".join([".venv/bin/python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     Path(f"{stem}.md").write_text(f"{description}; {one_line(host)}; command: `{command}`\n\n"
-                                  + markdown_table(rows, columns))
+                                  + markdown_table(shown or rows, columns) + (f"\n{notes}\n" if notes else ""))
     print(f"wrote {stem}.json and .md")

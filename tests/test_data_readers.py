@@ -14,7 +14,19 @@ from recsearch.errors import ConfigError, DataError
 
 @pytest.fixture(scope="module")
 def ml100k(ml100k_dir):
-    return read_atomic(ml100k_dir, "ml-100k")
+    """As conf/data/ml-100k.yaml reads it: the MovieLens specifics (titles, bins, the genre
+    field's name, no zip codes) live there, not in the reader."""
+    from recsearch.config import load_config, to_container
+    from recsearch.data import load_dataset
+
+    return load_dataset(to_container(load_config(["data=ml-100k", f"data_root={ml100k_dir.parent}"]).data))
+
+
+def test_atomic_reader_defaults_are_neutral(ml100k_dir):
+    plain = read_atomic(ml100k_dir, "ml-100k")
+    assert plain.item_titles is None and "zip_code" in plain.user_features and "class" in plain.item_features
+    assert "release_year" in plain.item_features and "age" in plain.user_features  # tokens kept as they are
+    assert plain.user_features["age"].of(plain.user_index()["1"]) == ["24"]
 
 
 def test_atomic_ml100k_counts_features_titles(ml100k):

@@ -86,10 +86,6 @@ class Interactions:
         data = np.ones(len(self), np.float32) if values == "ones" else self.rating
         return sp.csr_matrix((data, (self.user, self.item)), shape=(n_users, n_items), dtype=np.float32)
 
-    @classmethod
-    def empty(cls) -> Interactions:
-        return cls(np.empty(0), np.empty(0), np.empty(0), np.empty(0))
-
 
 @dataclass
 class Dataset:

@@ -27,9 +27,10 @@ def info_command(cfg) -> dict[str, Any]:
     implicit threshold), print the sizes at each stage and write ``{cfg.out}/data_info.json``."""
     from recsearch.config import to_container
     from recsearch.data import prepare
-    from recsearch.output import format_table, write_json
+    from recsearch.output import check_writable, format_table, write_json
 
-    threshold = cfg.task.implicit_threshold if cfg.task.name == "ranking" else None
+    threshold = cfg.task.implicit_threshold
+    check_writable(cfg.out)
     start = time.perf_counter()
     prepared = prepare(to_container(cfg.data), seed=cfg.seed, implicit_threshold=threshold)
     seconds = time.perf_counter() - start

@@ -337,21 +337,20 @@ def _read_atomic_file(path: Path) -> tuple[_Source, dict[str, str]]:
     return _Source(path, frame, 2, labels), types
 
 
-def read_atomic(directory: str | Path, name: str, *, title_field: str = "movie_title",
-                exclude: Sequence[str] = ("zip_code",), bins: Mapping[str, int | Sequence[float]] | None = None,
+def read_atomic(directory: str | Path, name: str, *, title_field: str | None = None, exclude: Sequence[str] = (),
+                bins: Mapping[str, int | Sequence[float]] | None = None,
                 rename: Mapping[str, str] | None = None) -> Dataset:
     """RecBole atomic files ``<name>.inter`` (required: ``user_id``, ``item_id``; optional
     ``rating``, ``timestamp``), ``<name>.user`` and ``<name>.item`` (optional).
 
     Every other field of the user/item files becomes a categorical feature: ``token`` single-
     valued, ``token_seq`` multi-valued (space-separated); fields named in ``bins`` are numbers
-    bucketed into ranges (default: MovieLens ages by :data:`AGE_EDGES`, release years by
-    decade); ``float`` fields without bins and fields in ``exclude`` (default: the near-unique
-    ``zip_code``) are skipped. ``title_field`` of the item file gives the titles; ``rename``
-    maps field names to feature names (default ``class`` -> ``genre``)."""
+    bucketed into ranges (an int: the width, e.g. 10 for decades; a list: the edges); ``float``
+    fields without bins and fields in ``exclude`` are skipped. ``title_field`` of the item file
+    gives the titles; ``rename`` maps field names to feature names. What a dataset needs of
+    these is its config's business (``conf/data/ml-100k.yaml`` sets MovieLens's)."""
     directory = Path(directory)
-    bins = MOVIELENS_BINS if bins is None else bins
-    rename = {"class": "genre"} if rename is None else rename
+    bins, rename = bins or {}, rename or {}
     path = directory / f"{name}.inter"
     if not path.is_file():
         raise _missing_files(directory, [path.name])
