@@ -5,7 +5,8 @@ driver was killed.
 The model is ``Toy``, registered here under the test-only family ``sweeptoy``: its quality is
 set by its hyperparameters, so each test knows which trials must win, stop early or fail. The
 tests run the real command line against a copy of ``conf/`` with three extra files (the toy's
-model config and search space, and a data config reading the planted dataset of conftest).
+model config and search space, and a data config reading the planted dataset of
+helpers/datasets.py).
 """
 
 from __future__ import annotations
@@ -18,20 +19,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import ray
 import torch
-from conftest import ROOT, make_planted
 
 from recsearch.cli import main
-from recsearch.data.dataset import Dataset, Interactions
 from recsearch.models.base import IterativeRecommender, Recommender, register
 from recsearch.tuning.plan import SweepPlan
 from recsearch.tuning.results import collect_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 
 
 @register("sweeptoy")
@@ -74,14 +73,6 @@ class Toy(IterativeRecommender):
         return self.strength * self.affinity[users] + self.noise[users]
 
 
-def planted_dataset() -> Dataset:
-    """conftest's planted data as one raw dataset (the sweep splits it again, leave-one-out)."""
-    split = make_planted()[0]
-    parts = (split.train.interactions, split.valid, split.test)
-    merged = Interactions(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("user", "item", "rating", "timestamp")))
-    return split.train.with_interactions(merged)
-
-
 EXTRA_CONF = {
     "model/sweeptoy.yaml": """# @package _global_
 model:
@@ -101,7 +92,7 @@ space:
 """,
     "data/planted.yaml": """name: planted
 source:
-  _target_: test_sweep.planted_dataset
+  _target_: helpers.datasets.planted_dataset
 preprocess:
   dedup: true
 split:
