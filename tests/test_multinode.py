@@ -1,7 +1,8 @@
 """Sweeps and serving on a real multi-node Ray cluster: a head and two worker nodes, separate
-processes on loopback (tests/helpers/multinode.py), token authentication on. Everything reaches the
-cluster the way a user's laptop would: ``recsearch submit`` / ``ray job submit`` through the
-head's Jobs API, ``recsearch serve --address``, HTTP. This process never joins the cluster.
+processes on loopback (tests/helpers/multinode.py), token authentication on. Everything
+reaches the cluster the way a user's laptop would: ``recsearch submit`` / ``ray job submit``
+through the head's Jobs API, ``recsearch serve --address``, HTTP. This process never joins
+the cluster.
 
 The nodes share this machine's disk, so a local folder stands in for the shared file system
 (EFS, NFS) of cluster.yaml: Tune's storage_path and the sweep's out= live in it, the same code
