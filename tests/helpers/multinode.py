@@ -179,15 +179,15 @@ class LoopbackCluster:
         while time.monotonic() < deadline:
             if head.process.poll() is not None:
                 raise RuntimeError(f"the head node exited: see {self.root / 'head.log'}")
-            if address_file.is_file() and address_file.read_text().strip():
-                printed = DASHBOARD_LINE.search((self.root / "head.log").read_text(errors="replace"))
-                if printed is None:
-                    raise RuntimeError(f"the head did not print its dashboard address: see {self.root / 'head.log'}")
-                self.gcs_port = int(address_file.read_text().strip().rsplit(":", 1)[1])
+            address = address_file.read_text().strip() if address_file.is_file() else ""
+            printed = DASHBOARD_LINE.search((self.root / "head.log").read_text(errors="replace"))
+            if address and printed:
+                self.gcs_port = int(address.rsplit(":", 1)[1])
                 self.dashboard_port = int(printed.group(2))
                 return
             time.sleep(0.2)
-        raise TimeoutError(f"the head node did not start within {timeout}s: see {self.root / 'head.log'}")
+        raise TimeoutError(f"the head node did not report its GCS and dashboard addresses within {timeout}s: "
+                           f"see {self.root / 'head.log'}")
 
     def add_worker(self, wait: bool = True) -> Node:
         """Start one more worker node; with ``wait``, return once the cluster sees it alive."""
