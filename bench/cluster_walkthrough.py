@@ -3,10 +3,10 @@ the time each step takes -> bench/results/cluster_walkthrough.{json,md}.
 
     python bench/cluster_walkthrough.py [--samples 8]
 
-The cluster is tests/multinode.py's: a head with no CPUs and two one-CPU worker nodes, each its
-own ``ray start`` process, token authentication on. ``ray up`` / ``ray down`` are replaced by
-starting and stopping those nodes (the cloud steps cannot run here); every other step is the
-command the README gives, run as a client of that cluster.
+The cluster is tests/helpers/multinode.py's: a head with no CPUs and two one-CPU worker nodes,
+each its own ``ray start`` process, token authentication on. ``ray up`` / ``ray down`` are
+replaced by starting and stopping those nodes (the cloud steps cannot run here); every other step
+is the command the README gives, run as a client of that cluster.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from record import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from multinode import BIN, LoopbackCluster, free_port  # noqa: E402
+from helpers.multinode import BIN, LoopbackCluster  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -80,13 +80,13 @@ def main() -> None:
             done, seconds = run(str(BIN / "recsearch"), "report", str(sweep))
             step("leaderboard and report.html", "recsearch report /mnt/shared/sweeps/mf", seconds)
 
-            port = free_port()
-            done, seconds = run(str(BIN / "recsearch"), "serve", str(sweep), "--address", cluster.address,
-                                "--port", str(port), timeout=600)
-            step("deploy best/ on the cluster", "recsearch serve /mnt/shared/sweeps/mf --address auto", seconds)
+            start = time.perf_counter()
+            url = cluster.serve(sweep, timeout=600)  # on a free port, tried again if it was taken meanwhile
+            step("deploy best/ on the cluster", "recsearch serve /mnt/shared/sweeps/mf --address auto",
+                 time.perf_counter() - start)
 
             start = time.perf_counter()
-            answer = httpx.post(f"http://127.0.0.1:{port}/recommend/user", json={"user": "196", "k": 5}, timeout=30)
+            answer = httpx.post(f"{url}/recommend/user", json={"user": "196", "k": 5}, timeout=30)
             answer.raise_for_status()
             step("query it", "curl -s localhost:8000/recommend/user -d '{\"user\": \"196\", \"k\": 5}'",
                  time.perf_counter() - start, answer=answer.json())

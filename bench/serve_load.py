@@ -18,12 +18,16 @@ import argparse
 import asyncio
 import os
 import random
-import socket
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 from record import machine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.ports import EXCLUSIVE_SERVE_PORTS, with_free_port  # noqa: E402
 
 from recsearch.data.dataset import Dataset
 from recsearch.output import format_table, write_json
@@ -43,12 +47,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs of the one replica")
     parser.add_argument("--out", default="bench/results/serve_load.json", help="JSON results file")
     return parser.parse_args()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def wait_until_serving(url: str, max_batch_size: int, timeout: float = 300) -> dict:
@@ -120,12 +118,20 @@ def main() -> None:
 
     from recsearch.serving.app import build_app
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    os.environ.update(EXCLUSIVE_SERVE_PORTS)  # a port another Serve listens on fails the start, not shared
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=200 * 2**20)
     rows = []
+
+    def start_serve(port: int) -> str:
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+        except Exception:
+            serve.shutdown()  # the controller outlives a proxy that could not bind
+            raise
+        return f"http://127.0.0.1:{port}"
+
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = with_free_port(start_serve)  # a free port; another if it is taken before Serve binds it
         for mode, max_batch_size in MODES.items():
             settings = ServeSettings(model_dir=str(directory), max_batch_size=max_batch_size)
             serve.run(build_app(settings, num_cpus=args.num_cpus), name="bench", route_prefix="/")

@@ -5,20 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsearch.data.dataset import Dataset, Interactions
 from recsearch.models.ease import EASE
 
 
-def random_dataset(n_users: int, n_items: int, seed: int = 0) -> tuple[Dataset, np.ndarray]:
-    x = (np.random.default_rng(seed).random((n_users, n_items)) < 0.4).astype(np.float64)
-    user, item = np.nonzero(x)
-    inter = Interactions(user, item, np.ones(len(user)), np.arange(len(user)))
-    names = np.array([f"u{u}" for u in range(n_users)]), np.array([f"i{i}" for i in range(n_items)])
-    return Dataset("random", inter, *names), x
-
-
-def test_weights_match_the_closed_form():
-    dataset, x = random_dataset(8, 6)
+def test_weights_match_the_closed_form(random_binary_dataset):
+    dataset, x = random_binary_dataset(8, 6)
     model = EASE(l2=2.0, device="cpu").fit(dataset)
     p = np.linalg.inv(x.T @ x + 2.0 * np.eye(6))
     expected = -p / np.diag(p)[None, :]  # B_ij = -P_ij / P_jj
@@ -47,7 +38,7 @@ def test_bad_hyperparameters_raise(params, message):
         EASE(**params)
 
 
-def test_refuses_catalogues_above_max_items():
-    dataset, _ = random_dataset(5, 12)
+def test_refuses_catalogues_above_max_items(random_binary_dataset):
+    dataset, _ = random_binary_dataset(5, 12)
     with pytest.raises(ValueError, match="12 x 12 .* above max_items=10"):
         EASE(max_items=10, device="cpu").fit(dataset)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from recsearch.data.dataset import Dataset, Interactions, Split
+from recsearch.data.dataset import Interactions, Split
 from recsearch.errors import ConfigError
 from recsearch.evaluation import Evaluator, ranking_metrics
 from recsearch.models.base import Recommender
@@ -49,18 +49,6 @@ class FixedScores(Recommender):
         return self.table[users, items]
 
 
-def interactions(pairs, ratings=None) -> Interactions:
-    users, items = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
-    rating = ratings if ratings is not None else [1.0] * len(pairs)
-    return Interactions(np.array(users), np.array(items), np.array(rating), np.arange(len(pairs)))
-
-
-def make_split(n_users, n_items, train, valid, test, valid_ratings=None) -> Split:
-    dataset = Dataset("hand", interactions(train), np.array([f"u{u}" for u in range(n_users)]),
-                      np.array([f"i{i}" for i in range(n_items)]))
-    return Split(dataset, interactions(valid, valid_ratings), interactions(test), scheme="random")
-
-
 def fitted(model: Recommender, split: Split) -> Recommender:
     return model.fit(split.train)
 
@@ -69,7 +57,7 @@ def dense(part: Interactions, split: Split) -> torch.Tensor:
     return torch.as_tensor(part.matrix(split.n_users, split.n_items).toarray() > 0)
 
 
-def test_training_and_validation_items_are_masked():
+def test_training_and_validation_items_are_masked(make_split):
     # User 0 trained on item 0, validates on item 1, tests on item 2; the model prefers 0 > 1 > 2 > 3.
     # User 1 has no held-out item at all and user 2 only a validation item.
     split = make_split(3, 4, train=[(0, 0), (1, 3), (2, 0)], valid=[(0, 1), (2, 3)], test=[(0, 2)])
@@ -85,7 +73,7 @@ def test_training_and_validation_items_are_masked():
     assert evaluator.last_counts == {"users": 1, "targets": 1}
 
 
-def test_a_held_out_item_seen_in_training_is_not_a_target():
+def test_a_held_out_item_seen_in_training_is_not_a_target(make_split):
     # User 0 re-rated its training item 0 in validation, plus item 2; user 1 only re-rated item 1.
     split = make_split(2, 3, train=[(0, 0), (1, 1)], valid=[(0, 0), (0, 2), (1, 1)], test=[])
     model = fitted(FixedScores([[9.0, 1, 5]] * 2), split)
@@ -155,7 +143,7 @@ def test_pickles_after_use(planted_split, noisy_model):
     assert clone.evaluate(noisy_model, planted_split, "valid") == before
 
 
-def test_rating_by_hand():
+def test_rating_by_hand(make_split):
     split = make_split(2, 3, train=[(0, 0), (1, 1)], valid=[(0, 1), (1, 2), (1, 0)], test=[],
                        valid_ratings=[4.0, 2.0, 5.0])
     model = fitted(FixedScores([[0.0, 3.5, 0.0], [4.0, 0.0, 3.0]], task="rating"), split)
@@ -176,7 +164,7 @@ def test_popularity_ratings_end_to_end(planted_split):
     assert got == pytest.approx({"rmse": np.sqrt(np.mean(errors**2)), "mae": np.mean(np.abs(errors))})
 
 
-def test_bad_calls_fail_clearly(planted_split, noisy_model):
+def test_bad_calls_fail_clearly(planted_split, noisy_model, make_split):
     evaluator = Evaluator("ranking", ["ndcg"], [10])
     with pytest.raises(ValueError, match="part must be 'valid' or 'test'"):
         evaluator.evaluate(noisy_model, planted_split, "train")

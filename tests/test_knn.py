@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recsearch.data.dataset import Dataset, Interactions
+from recsearch.data.dataset import Dataset
 from recsearch.models import Recommender
 from recsearch.models.knn import ItemKNN, UserKNN, top_k_neighbours
 
@@ -25,9 +25,10 @@ RATINGS = np.array([5, 3, 4, 2, 5, 1, 4, 2], dtype=np.float32)
 R6, R3, R2 = math.sqrt(6), math.sqrt(3), math.sqrt(2)
 
 
-def tiny_dataset() -> Dataset:
-    inter = Interactions(USERS, ITEMS, RATINGS, np.arange(len(USERS)))
-    return Dataset("tiny", inter, np.array(["u0", "u1", "u2"]), np.array(["i0", "i1", "i2", "i3"]))
+@pytest.fixture
+def tiny_dataset(make_dataset) -> Dataset:
+    """The matrices above as a dataset (timestamps in row order)."""
+    return make_dataset(USERS, ITEMS, RATINGS, name="tiny")
 
 
 def item_rows(values: np.ndarray) -> sp.csr_matrix:
@@ -93,20 +94,20 @@ def test_top_k_keeps_the_k_largest_similarities_per_row():
     np.testing.assert_allclose(np.sort(pruned, 1)[:, -3:], np.sort(full, 1)[:, -3:], atol=1e-6)
 
 
-def test_item_knn_scores_by_hand():
-    model = ItemKNN(k=3, device="cpu").fit(tiny_dataset())
+def test_item_knn_scores_by_hand(tiny_dataset):
+    model = ItemKNN(k=3, device="cpu").fit(tiny_dataset)
     # u0 has i0 and i1: score(i) = sim(i, i0) + sim(i, i1), self-similarity excluded.
     expected = [2 / R6, 2 / R6, 1 / 2 + 2 / R6, 1 / R3]
     np.testing.assert_allclose(model.score([0])[0].numpy(), expected, atol=1e-6)
 
 
-def test_user_knn_scores_by_hand_and_pruning_changes_them():
+def test_user_knn_scores_by_hand_and_pruning_changes_them(tiny_dataset):
     # Users over items: u0 = (1,1,0,0), u1 = (1,1,1,0), u2 = (0,1,1,1).
     # cos(u0, u1) = 2/√6, cos(u0, u2) = 1/√6. score(u0, i) = Σ_v sim(u0, v) x(v, i).
-    model = UserKNN(k=2, similarity="cosine", device="cpu").fit(tiny_dataset())
+    model = UserKNN(k=2, similarity="cosine", device="cpu").fit(tiny_dataset)
     a, b = 2 / R6, 1 / R6
     np.testing.assert_allclose(model.score([0])[0].numpy(), [a, a + b, a + b, b], atol=1e-6)
-    nearest_only = UserKNN(k=1, similarity="cosine", device="cpu").fit(tiny_dataset())  # u1 alone
+    nearest_only = UserKNN(k=1, similarity="cosine", device="cpu").fit(tiny_dataset)  # u1 alone
     np.testing.assert_allclose(nearest_only.score([0])[0].numpy(), [a, a, a, 0], atol=1e-6)
 
 
@@ -124,8 +125,8 @@ def with_neighbours(model, neighbours: dict[int, dict[int, float]]):
     return model
 
 
-def test_item_knn_rating_prediction_by_hand():
-    model = ItemKNN(k=3, task="rating", device="cpu").fit(tiny_dataset())
+def test_item_knn_rating_prediction_by_hand(tiny_dataset):
+    model = ItemKNN(k=3, task="rating", device="cpu").fit(tiny_dataset)
     with_neighbours(model, {0: {1: 0.5, 2: 0.25}, 2: {0: 0.5, 1: 0.25}, 3: {2: 0.5}})
     # Item means: μ0 = 4.5, μ1 = 2, μ2 = 4.5, μ3 = 2.
     # (u2, i0): u2 rated i1 = 1 and i2 = 4 -> 4.5 + (0.5 (1 - 2) + 0.25 (4 - 4.5)) / 0.75 = 4.5 - 0.625/0.75
@@ -135,8 +136,8 @@ def test_item_knn_rating_prediction_by_hand():
     np.testing.assert_allclose(predicted, [4.5 - 0.625 / 0.75, 5.0, 2.0, 2.0], atol=1e-5)
 
 
-def test_user_knn_rating_prediction_by_hand():
-    model = UserKNN(k=2, task="rating", device="cpu").fit(tiny_dataset())
+def test_user_knn_rating_prediction_by_hand(tiny_dataset):
+    model = UserKNN(k=2, task="rating", device="cpu").fit(tiny_dataset)
     with_neighbours(model, {0: {1: 0.6, 2: 0.2}, 2: {0: 0.5}})
     # User means: μ_u0 = 4, μ_u1 = 11/3, μ_u2 = 7/3.
     # (u0, i3): only u2 rated i3 (2) -> 4 + 0.2 (2 - 7/3) / 0.2 = 11/3
@@ -146,8 +147,8 @@ def test_user_knn_rating_prediction_by_hand():
     np.testing.assert_allclose(predicted, [11 / 3, 10 / 3, 7 / 3], atol=1e-5)
 
 
-def test_rating_model_round_trips_and_a_corrupt_state_is_refused(tmp_path):
-    model = UserKNN(k=2, task="rating", device="cpu").fit(tiny_dataset())
+def test_rating_model_round_trips_and_a_corrupt_state_is_refused(tiny_dataset, tmp_path):
+    model = UserKNN(k=2, task="rating", device="cpu").fit(tiny_dataset)
     loaded = Recommender.load(model.save(tmp_path / "userknn"), device="cpu")
     assert loaded.task == "rating"
     torch.testing.assert_close(loaded.predict([0, 2, 1], [3, 0, 3]), model.predict([0, 2, 1], [3, 0, 3]))

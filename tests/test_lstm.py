@@ -104,12 +104,19 @@ def test_gru_with_l2_trains(planted_split):
     assert (held_out_ranks(model, planted_split, "valid") < 3).mean() > 0.8
 
 
-@pytest.mark.parametrize("bad", [
-    {"cell": "rnn"}, {"dim": 0}, {"hidden": 2.5}, {"layers": 0}, {"max_len": 0}, {"dropout": 1.0},
-    {"lr": 0}, {"optimizer": "lbfgs"}, {"task": "rating"},
+@pytest.mark.parametrize("bad, message", [
+    ({"cell": "rnn"}, "cell must be one of lstm, gru, got 'rnn'"),
+    ({"dim": 0}, "dim must be an integer >= 1, got 0"),
+    ({"hidden": 2.5}, "hidden must be an integer >= 1, got 2.5"),
+    ({"layers": 0}, "layers must be an integer >= 1, got 0"),
+    ({"max_len": 0}, "max_len must be an integer >= 1, got 0"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
+    ({"lr": 0}, "lr must be > 0, got 0"),
+    ({"optimizer": "lbfgs"}, "optimizer must be one of .*, got 'lbfgs'"),
+    ({"task": "rating"}, "supports task ranking, not 'rating'"),
 ])
-def test_bad_hyperparameters_raise(bad):
-    with pytest.raises(ValueError):
+def test_bad_hyperparameters_raise(bad, message):
+    with pytest.raises(ValueError, match=message):
         SequentialRecommender(**{**SMALL, **bad})
 
 

@@ -21,10 +21,22 @@ SETTINGS: dict[str, tuple[dict, int]] = {  # family -> (hyperparameters, epochs)
 }
 FAMILIES = sorted(MODELS)
 PERSONALISED = [f for f in FAMILIES if f != "pop"]  # pop is the floor: it learns no tastes
+# Share of the held-out items (240: valid and test of 120 users) that each family, fitted with
+# SETTINGS at seed 0, puts in its users' top 5 (test_learns_planted_tastes), a little below what
+# it measured (torch 2.13 CPU; 0.01 is 2.4 items):
+#   family   seed 0   model seeds 0-4       planted data seeds 1-3 (model seed 0)
+#   ease     0.746    0.746 (closed form)   0.742 0.763 0.683
+#   itemknn  1.000    1.000                 1.000 1.000 1.000
+#   userknn  1.000    1.000                 1.000 1.000 1.000
+#   ncf      1.000    1.000                 1.000 1.000 1.000
+#   lstm     0.983    0.946-0.983           0.996 0.983 0.950
+#   mf       0.671    0.596-0.746           0.671 0.604 0.654
+MIN_HIT_SHARE = {"ease": 0.72, "itemknn": 0.98, "userknn": 0.98, "ncf": 0.97, "lstm": 0.95, "mf": 0.64}
 
 
 def test_every_family_has_contract_settings():
     assert set(FAMILIES) <= set(SETTINGS), f"add contract settings for {set(FAMILIES) - set(SETTINGS)}"
+    assert set(PERSONALISED) <= set(MIN_HIT_SHARE), f"measure and add {set(PERSONALISED) - set(MIN_HIT_SHARE)}"
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +62,8 @@ def test_learns_planted_tastes(family, fitted, planted_split):
     held_out = {(u, i) for part in (split.valid, split.test) for u, i in zip(part.user, part.item, strict=True)}
     items, _ = fitted(family).recommend(np.arange(split.n_users), 5)
     found = sum((u, i) in held_out for u, row in enumerate(items.tolist()) for i in row)
-    assert found / len(held_out) > 0.6, f"{family}: only {found / len(held_out):.0%} of held-out items in the top 5"
+    share = found / len(held_out)
+    assert share >= MIN_HIT_SHARE[family], f"{family}: only {share:.1%} of held-out items in the top 5"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -1,7 +1,8 @@
 """Sweeps and serving on a real multi-node Ray cluster: a head and two worker nodes, separate
-processes on loopback (tests/multinode.py), token authentication on. Everything reaches the
-cluster the way a user's laptop would: ``recsearch submit`` / ``ray job submit`` through the
-head's Jobs API, ``recsearch serve --address``, HTTP. This process never joins the cluster.
+processes on loopback (tests/helpers/multinode.py), token authentication on. Everything
+reaches the cluster the way a user's laptop would: ``recsearch submit`` / ``ray job submit``
+through the head's Jobs API, ``recsearch serve --address``, HTTP. This process never joins
+the cluster.
 
 The nodes share this machine's disk, so a local folder stands in for the shared file system
 (EFS, NFS) of cluster.yaml: Tune's storage_path and the sweep's out= live in it, the same code
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from multinode import BIN, LoopbackCluster, free_port
+from helpers.multinode import BIN, LoopbackCluster
 
 from recsearch.models.base import Recommender
 from recsearch.models.pop import Popularity
@@ -299,11 +300,7 @@ def served_model(cluster, planted_split):
     one worker node is left or two. The cluster's teardown removes the application."""
     model_dir = shared(cluster) / "models" / "pop"
     Popularity(seed=0, device="cpu").fit(planted_split.train).save(model_dir)
-    port = free_port()
-    result = cluster.run([str(BIN / "recsearch"), "serve", str(model_dir), "--address", cluster.address,
-                          "--port", str(port), "--replicas", "2", "--num-cpus", "0.5"], timeout=180)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return cluster, f"http://127.0.0.1:{port}"
+    return cluster, cluster.serve(model_dir, "--replicas", "2", "--num-cpus", "0.5", timeout=180)
 
 
 def replicas(cluster: LoopbackCluster) -> list[dict]:

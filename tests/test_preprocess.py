@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import numpy as np
 import pytest
 
 from recsearch.data import check_config, load_dataset, load_split
-from recsearch.data.dataset import Dataset, Feature, Interactions
+from recsearch.data.dataset import Dataset, Interactions
 from recsearch.data.preprocess import (
     apply_threshold,
     deduplicate,
@@ -22,22 +23,14 @@ from recsearch.data.preprocess import (
 from recsearch.errors import ConfigError, DataError
 
 
-def make(users, items, ratings=None, times=None, n_users=None, n_items=None) -> Dataset:
-    users, items = np.asarray(users), np.asarray(items)
-    n_users = n_users or int(users.max()) + 1
-    n_items = n_items or int(items.max()) + 1
-    ratings = np.ones(len(users)) if ratings is None else ratings
-    times = np.arange(len(users)) if times is None else times
-    return Dataset(
-        name="toy", interactions=Interactions(users, items, ratings, times),
-        user_ids=np.array([f"u{u}" for u in range(n_users)]), item_ids=np.array([f"i{i}" for i in range(n_items)]),
-        user_features={"group": Feature.from_lists([[f"g{u % 2}"] for u in range(n_users)], multi=False)},
-        item_features={"tags": Feature.from_lists([[f"t{i}", "all"] if i % 2 else [] for i in range(n_items)], multi=True)},
-        item_titles=np.array([f"Title {i}" for i in range(n_items)]),
-    )
+@pytest.fixture(scope="module")
+def make(make_dataset):
+    """``make(users, items, ratings=None, times=None, n_users=None, n_items=None)``: a dataset
+    with user groups, item tags and titles, which cleaning must keep aligned with the ids."""
+    return partial(make_dataset, features=True)
 
 
-def test_dedup_keeps_latest_event():
+def test_dedup_keeps_latest_event(make):
     data = make([0, 0, 1, 0], [5, 5, 5, 5], ratings=np.array([1.0, 2.0, 3.0, 4.0]), times=np.array([10, 30, 5, 20]))
     result, dropped = deduplicate(data)
     assert dropped == 2
@@ -46,7 +39,7 @@ def test_dedup_keeps_latest_event():
     assert deduplicate(tie)[0].interactions.rating.tolist() == [5.0]  # equal times: the later row wins
 
 
-def test_implicit_threshold():
+def test_implicit_threshold(make):
     data = make([0, 0, 1, 1], [0, 1, 0, 1], ratings=np.array([5.0, 2.0, 4.0, 3.9]))
     result, dropped = apply_threshold(data, 4)
     assert dropped == 2 and not result.explicit
@@ -54,7 +47,7 @@ def test_implicit_threshold():
     np.testing.assert_array_equal(result.interactions.rating, [1.0, 1.0])
 
 
-def test_k_core_iterates_until_stable():
+def test_k_core_iterates_until_stable(make):
     # item 2 has one interaction; removing it leaves user 2 with one, which then drops item 1 to one
     users = [0, 0, 1, 1, 2, 2]
     items = [0, 1, 0, 1, 1, 2]
@@ -65,7 +58,7 @@ def test_k_core_iterates_until_stable():
     assert counts_u[counts_u > 0].min() >= 2 and counts_i[counts_i > 0].min() >= 2
 
 
-def test_reindex_keeps_ids_features_titles_consistent():
+def test_reindex_keeps_ids_features_titles_consistent(make):
     data = make([0, 3, 3], [1, 4, 1], n_users=5, n_items=6)
     result, removed_users, removed_items = reindex(data)
     assert (removed_users, removed_items) == (3, 4)
@@ -77,7 +70,7 @@ def test_reindex_keeps_ids_features_titles_consistent():
     assert raw == [("u0", "i1"), ("u3", "i4"), ("u3", "i1")]
 
 
-def test_preprocess_reports_counts():
+def test_preprocess_reports_counts(make):
     data = make([0, 0, 1, 2], [0, 0, 1, 1], ratings=np.array([5.0, 5.0, 1.0, 4.0]))
     result, dropped = preprocess(data, dedup=True, implicit_threshold=4)
     assert dropped == {"duplicates": 1, "below_threshold": 1, "users_removed": 1, "items_removed": 0}
@@ -85,18 +78,23 @@ def test_preprocess_reports_counts():
 
 
 # -- splits -----------------------------------------------------------------------------------------
-def counts_dataset(per_user: list[int], seed: int = 0) -> Dataset:
-    rng = np.random.default_rng(seed)
-    users = np.repeat(np.arange(len(per_user)), per_user)
-    items = np.concatenate([rng.permutation(60)[:n] for n in per_user])
-    return make(users, items, times=rng.permutation(len(users)), n_items=60)
+@pytest.fixture(scope="module")
+def counts_dataset(make):
+    """``counts_dataset(per_user, seed=0)``: user u has per_user[u] distinct items of 60, at
+    shuffled times."""
+    def build(per_user: list[int], seed: int = 0) -> Dataset:
+        rng = np.random.default_rng(seed)
+        users = np.repeat(np.arange(len(per_user)), per_user)
+        items = np.concatenate([rng.permutation(60)[:n] for n in per_user])
+        return make(users, items, times=rng.permutation(len(users)), n_items=60)
+    return build
 
 
 def pairs(inter: Interactions) -> set[tuple[int, int]]:
     return set(zip(inter.user.tolist(), inter.item.tolist(), strict=True))
 
 
-def test_random_split_sizes_follow_the_documented_rounding():
+def test_random_split_sizes_follow_the_documented_rounding(make):
     # n=20 -> 16/2/2; 10 -> 8/1/1; 15 -> 13/1/1 (floor); 3 -> 1/1/1 and 2 -> 1/0/1 (bumped to one
     # while train keeps >= 1, test first); 1 -> 1/0/0
     per_user = [20, 10, 15, 3, 2, 1]
@@ -108,7 +106,7 @@ def test_random_split_sizes_follow_the_documented_rounding():
         assert np.bincount(inter.user, minlength=len(per_user)).tolist() == expected, part
 
 
-def test_random_split_is_deterministic_disjoint_and_complete():
+def test_random_split_is_deterministic_disjoint_and_complete(counts_dataset):
     data = counts_dataset([30] * 40)
     first, dropped = split(data, "random", seed=7)
     again, _ = split(data, "random", seed=7)
@@ -121,7 +119,7 @@ def test_random_split_is_deterministic_disjoint_and_complete():
     assert first.scheme == "random" and first.train.item_titles is data.item_titles
 
 
-def test_loo_takes_last_two_and_keeps_short_users_in_train():
+def test_loo_takes_last_two_and_keeps_short_users_in_train(make):
     users = [0, 0, 0, 0, 1, 1, 2, 2, 2]
     items = [0, 1, 2, 3, 0, 2, 1, 2, 3]
     times = [40, 10, 30, 20, 1, 2, 5, 5, 5]  # user 2: equal times, the later row is later
@@ -134,7 +132,7 @@ def test_loo_takes_last_two_and_keeps_short_users_in_train():
     assert np.all(np.diff(train.timestamp)[np.diff(train.user) == 0] >= 0)
 
 
-def test_temporal_cut_respects_time_and_counts_cold_rows(caplog):
+def test_temporal_cut_respects_time_and_counts_cold_rows(make, counts_dataset, caplog):
     # 10 events at times 0..9: train = t < 8, valid t = 8, test t = 9 with ratios .8/.1/.1;
     # item 9 appears only at t = 9 and user 3 only at t = 8: both cold, dropped and counted
     users = [0, 1, 2, 0, 1, 2, 0, 1, 3, 0]

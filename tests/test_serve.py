@@ -1,11 +1,12 @@
 """The Ray Serve application end to end on a local Ray: deployed with ``serve deploy`` from the
 shipped serve/config.yaml, every endpoint and error path over HTTP, batching, hot swaps (good and
 broken) under concurrent load, and the bearer token on an app started with ``serve.run``.
-One Ray cluster and one Serve instance for the whole module."""
+One Ray cluster and one Serve instance for the whole module; before each test the ranking model
+is put back in place if a test before swapped it out, so that every test passes alone and in
+any order."""
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,23 +15,20 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from helpers.ports import EXCLUSIVE_SERVE_PORTS, with_free_port
 
 from recsearch.models.pop import Popularity
 from recsearch.serving import TOKEN_ENV
 from recsearch.serving.app import build_app
 from recsearch.serving.schemas import ServeSettings
+from recsearch.serving.service import resolve_model_dir
 
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_CLI = Path(sys.executable).parent / "serve"
 TOKEN = "test-token-123"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+CONFIG = ROOT / "serve" / "config.yaml"
 
 
 class Server:
@@ -40,10 +38,10 @@ class Server:
         self.url, self.dashboard, self.workdir, self.env = url, dashboard, workdir, env
         self.deploys = 0
 
-    def deploy(self, model_dir: str) -> None:
+    def deploy(self, model_dir: str, timeout: float = 120) -> None:
         """``serve deploy`` of serve/config.yaml with this model, as an operator would."""
-        config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
-        config["http_options"]["port"] = int(self.url.rsplit(":", 1)[1])
+        config = yaml.safe_load(CONFIG.read_text())
+        config["http_options"]["port"] = int(self.url.rsplit(":", 1)[1])  # the port Serve listens on
         deployment = config["applications"][0]["deployments"][0]
         deployment.pop("autoscaling_config")  # one replica: the swap must happen under load, in place
         deployment["num_replicas"] = 1
@@ -52,13 +50,15 @@ class Server:
         self.deploys += 1
         path = self.workdir / f"config-{self.deploys}.yaml"
         path.write_text(yaml.safe_dump(config))
-        for _ in range(5):  # the dashboard's Serve API can lag behind ray.init by a few seconds
+        deadline = time.monotonic() + timeout
+        while True:  # the dashboard's Serve API can lag behind ray.init by a few seconds
             done = subprocess.run([str(SERVE_CLI), "deploy", str(path), "--address", self.dashboard],
-                                  env=self.env, capture_output=True, text=True, timeout=120)
+                                  env=self.env, capture_output=True, text=True, timeout=timeout)
             if done.returncode == 0:
                 return
-            time.sleep(2)
-        raise RuntimeError(f"serve deploy failed: {done.stdout}\n{done.stderr}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serve deploy failed: {done.stdout}\n{done.stderr}")
+            time.sleep(1)
 
     def health(self, prefix: str = "") -> dict:
         return httpx.get(f"{self.url}{prefix}/health", timeout=30).json()
@@ -78,6 +78,24 @@ class Server:
     def post(self, path: str, body, **kwargs) -> httpx.Response:
         return httpx.post(f"{self.url}{path}", json=body, timeout=30, **kwargs)
 
+    def serving(self, model_dir: Path) -> dict:
+        """Make ``model_dir`` the model served, with no failed hot swap reported: deploy it
+        again if a test before left another model (or a reload error) in place."""
+        directory = str(resolve_model_dir(model_dir))
+
+        def in_place(health: dict) -> bool:
+            return (health["status"] == "ok" and health["reload_error"] is None
+                    and httpx.get(f"{self.url}/model", timeout=30).json()["path"] == directory)
+
+        try:
+            health = self.health()
+            if in_place(health):
+                return health
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        self.deploy(str(model_dir))
+        return self.wait_for(in_place)
+
 
 @pytest.fixture(scope="module")
 def models(planted_split, tmp_path_factory) -> dict[str, Path]:
@@ -89,29 +107,48 @@ def models(planted_split, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(models, tmp_path_factory):
+def serve_instance(models, tmp_path_factory):
+    """Ray with its dashboard, and Serve's HTTP proxy started with serve/config.yaml's options
+    on a free port (the dashboard binds one itself and reports it)."""
     import ray
     from ray import serve
 
-    # Explicit, so the test does not depend on whether a Ray token file exists on this machine.
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    dashboard_port, http_port = free_port(), free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=dashboard_port, object_store_memory=100 * 2**20)
+    # RAY_AUTH_MODE explicit, so the test does not depend on whether a Ray token file exists on
+    # this machine; Serve's one proxy binds its port exclusively (see helpers.ports).
+    env = {"RAY_AUTH_MODE": "disabled", **EXCLUSIVE_SERVE_PORTS}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                       dashboard_port=0, object_store_memory=100 * 2**20)
+    config = yaml.safe_load(CONFIG.read_text())
+
+    def start_serve(port: int) -> int:
+        try:
+            serve.start(http_options={**config["http_options"], "port": port}, proxy_location=config["proxy_location"])
+        except Exception:
+            serve.shutdown()  # the controller outlives a proxy that could not bind
+            raise
+        return port
+
     try:
-        running = Server(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{dashboard_port}",
-                         tmp_path_factory.mktemp("serve-config"), {**os.environ, "RAY_AUTH_MODE": "disabled"})
-        running.deploy(str(models["ranking"]))
-        running.wait_for(lambda h: h["status"] == "ok")
-        yield running
+        http_port = with_free_port(start_serve)
+        yield Server(f"http://127.0.0.1:{http_port}", f"http://{context.dashboard_url}",
+                     tmp_path_factory.mktemp("serve-config"), {**os.environ, **env})
     finally:
         serve.shutdown()
         ray.shutdown()
-        if saved is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def server(serve_instance, models) -> Server:
+    """The Serve instance serving the ranking model, whatever a test before deployed."""
+    serve_instance.serving(models["ranking"])
+    return serve_instance
 
 
 def test_health_model_and_docs(server):
@@ -193,11 +230,21 @@ def test_concurrent_requests_share_forward_passes(server):
             assert response.json()["items"] == alone[u]
 
 
-async def _load_during(server: Server, action, workers: int = 6) -> list[list[tuple[int, str]]]:
+async def _load_during(server: Server, action, workers: int = 6, answers: int = 3,
+                      timeout: float = 120) -> list[list[tuple[int, str]]]:
     """Run ``action`` (blocking) while ``workers`` clients post recommendations back to back; each
-    client's (status, model_id) answers in order."""
+    client's (status, model_id) answers in order. The action starts once every client has had
+    ``answers`` answers, and the load goes on after it until every client has had that many
+    more: requests sent before, during and after the action, whatever the machine's speed."""
     stop = asyncio.Event()
     seen: list[list[tuple[int, str]]] = [[] for _ in range(workers)]
+
+    async def every_client_has(counts: list[int]) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(len(got) >= count for got, count in zip(seen, counts, strict=True)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"clients got {[len(a) for a in seen]} answers, not {counts}, within {timeout}s")
+            await asyncio.sleep(0.02)
 
     async def client_loop(n: int, client: httpx.AsyncClient):
         while not stop.is_set():
@@ -209,11 +256,13 @@ async def _load_during(server: Server, action, workers: int = 6) -> list[list[tu
 
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         tasks = [asyncio.create_task(client_loop(n, client)) for n in range(workers)]
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(action)
-        await asyncio.sleep(1.0)
-        stop.set()
-        await asyncio.gather(*tasks)
+        try:
+            await every_client_has([answers] * workers)
+            await asyncio.to_thread(action)
+            await every_client_has([len(got) + answers for got in seen])
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
     return seen
 
 

@@ -5,7 +5,8 @@ driver was killed.
 The model is ``Toy``, registered here under the test-only family ``sweeptoy``: its quality is
 set by its hyperparameters, so each test knows which trials must win, stop early or fail. The
 tests run the real command line against a copy of ``conf/`` with three extra files (the toy's
-model config and search space, and a data config reading the planted dataset of conftest).
+model config and search space, and a data config reading the planted dataset of
+helpers/datasets.py).
 """
 
 from __future__ import annotations
@@ -18,20 +19,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import ray
 import torch
-from conftest import ROOT, make_planted
 
 from recsearch.cli import main
-from recsearch.data.dataset import Dataset, Interactions
 from recsearch.models.base import IterativeRecommender, Recommender, register
 from recsearch.tuning.plan import SweepPlan
 from recsearch.tuning.results import collect_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 
 
 @register("sweeptoy")
@@ -74,14 +73,6 @@ class Toy(IterativeRecommender):
         return self.strength * self.affinity[users] + self.noise[users]
 
 
-def planted_dataset() -> Dataset:
-    """conftest's planted data as one raw dataset (the sweep splits it again, leave-one-out)."""
-    split = make_planted()[0]
-    parts = (split.train.interactions, split.valid, split.test)
-    merged = Interactions(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("user", "item", "rating", "timestamp")))
-    return split.train.with_interactions(merged)
-
-
 EXTRA_CONF = {
     "model/sweeptoy.yaml": """# @package _global_
 model:
@@ -101,7 +92,7 @@ space:
 """,
     "data/planted.yaml": """name: planted
 source:
-  _target_: test_sweep.planted_dataset
+  _target_: helpers.datasets.planted_dataset
 preprocess:
   dedup: true
 split:
@@ -141,8 +132,15 @@ TOY = ["model=sweeptoy", "data=planted", "ray.verbose=0"]
 
 
 def test_asha_sweep_ranks_trials_exports_the_best_and_reports(local_ray, tmp_path, capsys):
+    """ASHA keeps a trial at a rung only if it is in the better half of the trials that reached
+    that rung before it; the first to arrive always goes on. Which trials ASHA stops thus depends
+    on the order in which they reach its rungs: with trials running side by side, a near-random
+    trial can reach a rung first (its rival's worker descheduled) and escape, or tie there with
+    the median (0.002 and 0.003 both score 0.0485 at epoch 1). One trial at a time, in grid order,
+    fixes that order: 1.0 records every rung first, and each later trial meets at epoch 1 a median
+    above its own value, so ASHA stops 0.5 and all four near-random trials there."""
     out = tmp_path / "asha"
-    code = main(["sweep", *TOY, f"out={out}", "search.num_samples=1",
+    code = main(["sweep", *TOY, f"out={out}", "search.num_samples=1", "ray.max_concurrent_trials=1",
                  "scheduler.grace_period=1", "scheduler.reduction_factor=2"])
     printed = capsys.readouterr().out
     assert code == 0
@@ -158,8 +156,10 @@ def test_asha_sweep_ranks_trials_exports_the_best_and_reports(local_ray, tmp_pat
     plan = SweepPlan.load(out)
     trials = {t.name: t for t in collect_trials(plan)}
     stopped = {t.hparams["rate"] for t in trials.values() if len(t.history) < 6 and t.history[-1]["stale_epochs"] < 3}
-    # rung 1 always holds an earlier, better trial when a near-random one arrives (grid order, 2 at a time)
+    # grid order, one at a time: every near-random trial finds better ones recorded at rung 1
     assert stopped >= {0.002, 0.001, 0.003, 0.0015} and 1.0 not in stopped
+    epochs = {t.hparams["rate"]: len(t.history) for t in trials.values()}
+    assert epochs == {1.0: 6, 0.5: 1, 0.002: 1, 0.001: 1, 0.003: 1, 0.0015: 1}, "stopped at rung 1, in order"
     assert list((Path(trials[best["trial"]].path)).glob("events.out.tfevents.*")), "TensorBoard log per trial"
 
     html = (out / "report.html").read_text()

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.datasets import SYNTHETIC_SMALL as SMALL
 
 from recsearch.data.preprocess import preprocess
 from recsearch.data.synthetic import generate, generate_with_truth
 from recsearch.errors import ConfigError
-
-SMALL = {"n_users": 400, "n_items": 300, "n_interactions": 20_000, "n_factors": 6}
-
-
-@pytest.fixture(scope="module")
-def small():
-    return generate_with_truth(**SMALL, seed=3)
 
 
 def follow_rate(dataset, truth) -> float:
@@ -26,8 +20,8 @@ def follow_rate(dataset, truth) -> float:
     return float((truth.successor[cluster[:-1]] == cluster[1:])[same_user].mean())
 
 
-def test_shapes_ids_features(small):
-    data, truth = small
+def test_shapes_ids_features(synthetic_small):
+    data, truth = synthetic_small
     assert (data.n_users, data.n_items, len(data.interactions)) == (400, 300, 20_000)
     assert data.user_ids[7] == "u7" and data.item_ids[11] == "i11" and data.item_titles is not None
     assert data.item_features["category"].of(11) == [f"c{truth.item_cluster[11]}"]
@@ -45,8 +39,8 @@ def test_deterministic_for_a_seed():
     assert not np.array_equal(a.interactions.item, c.interactions.item)
 
 
-def test_ratings_are_1_to_5_and_follow_the_affinity(small):
-    data, truth = small
+def test_ratings_are_1_to_5_and_follow_the_affinity(synthetic_small):
+    data, truth = synthetic_small
     ratings = data.interactions.rating
     assert set(np.unique(ratings)) <= {1, 2, 3, 4, 5} and len(np.unique(ratings)) == 5
     expected = truth.expected_ratings(data.interactions.user, data.interactions.item)
@@ -96,10 +90,10 @@ def test_cluster_shares_include_the_sequential_steps():
         np.testing.assert_allclose(np.bincount(clusters, minlength=4) / len(clusters), shares[user], atol=0.015)
 
 
-def test_truth_is_recoverable_from_the_data(small):
+def test_truth_is_recoverable_from_the_data(synthetic_small):
     """What a model must learn is in the data: each user's interaction counts follow their own
     true preferences much more closely than another user's, or than item popularity."""
-    data, truth = small
+    data, truth = synthetic_small
     counts = data.matrix().toarray()
     scores = np.exp(truth.true_scores(np.arange(data.n_users)))
     popularity = counts.sum(axis=0)
@@ -113,8 +107,8 @@ def test_truth_is_recoverable_from_the_data(small):
     assert own > mean_correlation(lambda u: popularity) + 0.15
 
 
-def test_truth_follows_preprocessing(small):
-    data, truth = small
+def test_truth_follows_preprocessing(synthetic_small):
+    data, truth = synthetic_small
     cleaned, dropped = preprocess(data, min_user_interactions=60, min_item_interactions=20)
     assert dropped["users_removed"] > 0 and dropped["items_removed"] > 0
     aligned = truth.for_dataset(cleaned)

@@ -1,5 +1,12 @@
 """A real multi-node Ray cluster on loopback, for tests: one head and N worker nodes, each its
-own ``ray start --block`` process with its own temp dir and ports, token authentication on.
+own ``ray start --block`` process with its own temp dir, token authentication on.
+
+Every node binds its ports itself (``--port=0``, ``--dashboard-port=0`` and 0 for the raylet's
+and agents' ports), so another Ray or test run on the machine can never take them between a
+pick and a bind; the cluster then reads the GCS address from the head's ``ray_current_cluster``
+file and the dashboard's from the head's start-up output. The one port Ray does not let a node
+choose itself is the head's Ray Client server port: it is picked here, and the cluster starts
+again on another if that one was taken before the head bound it (``ports.with_free_port``).
 
 The head gets no CPUs, so everything that asks for a CPU (Tune trials, Serve replicas) runs on
 the worker nodes, as on a cluster whose head only coordinates. Every process started here, and
@@ -14,10 +21,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,16 +34,20 @@ from pathlib import Path
 
 import httpx
 
+from helpers.ports import PortTaken, is_port_conflict, with_free_port
+
 BIN = Path(sys.executable).parent
 MARKER = "RECSEARCH_LOOPBACK_CLUSTER"  # environment variable naming the cluster a process belongs to
 HOST = "127.0.0.1"
 PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+# Ports each node binds itself (0 = the OS picks one). Without them a node would take Ray's fixed
+# defaults (the dashboard agent's 52365), which two nodes on one machine cannot share.
+SELF_BOUND_PORTS = [
+    "--node-manager-port=0", "--object-manager-port=0", "--metrics-export-port=0",
+    "--runtime-env-agent-port=0", "--dashboard-agent-listen-port=0", "--dashboard-agent-grpc-port=0",
+]
+# `ray start --head` prints the dashboard's address, the one it bound, as RAY_API_SERVER_ADDRESS='http://HOST:PORT'
+DASHBOARD_LINE = re.compile(r"RAY_API_SERVER_ADDRESS='http://([^':]+):(\d+)'")
 
 
 @dataclass
@@ -77,8 +88,8 @@ class LoopbackCluster:
         self.temp_root = Path(tempfile.mkdtemp(prefix=f"rs-{self.id}-", dir="/tmp"))
         self.token = secrets.token_hex(32)
         self.token_path = self.root / "auth_token"
-        self.gcs_port = free_port()
-        self.dashboard_port = free_port()
+        self.gcs_port: int | None = None  # bound by the head: known once it has started
+        self.dashboard_port: int | None = None
         self.nodes: list[Node] = []
         self.start_seconds = 0.0
 
@@ -86,11 +97,15 @@ class LoopbackCluster:
     @property
     def address(self) -> str:
         """The GCS address that ``ray start --address`` and ``ray.init(address=...)`` take."""
+        if self.gcs_port is None:
+            raise RuntimeError("the cluster has not started")
         return f"{HOST}:{self.gcs_port}"
 
     @property
     def dashboard_url(self) -> str:
         """The dashboard and Job API: what ``ray job submit --address`` takes."""
+        if self.dashboard_port is None:
+            raise RuntimeError("the cluster has not started")
         return f"http://{HOST}:{self.dashboard_port}"
 
     @property
@@ -127,17 +142,52 @@ class LoopbackCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self.token_path.write_text(self.token)
         self.token_path.chmod(0o600)
-        head = self._start_node("head", [
-            "--head", f"--port={self.gcs_port}", "--num-cpus=0",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-            f"--ray-client-server-port={free_port()}",
-        ])
-        self._wait_for_dashboard(head)
-        self.wait_for_nodes(1)  # workers joining before the head node registered give up
-        for _ in range(self.workers):
-            self.add_worker(wait=False)
-        self.wait_for_nodes(1 + self.workers)
+        with_free_port(self._start_nodes)
         self.start_seconds = time.perf_counter() - begin
+
+    def _start_nodes(self, client_server_port: int) -> None:
+        """Start the head, with its Ray Client server on ``client_server_port``, then the
+        workers. A head whose Ray Client server found that port taken exits a few seconds after
+        it started, while the workers join: then this attempt's nodes are stopped and PortTaken
+        raised, for ``with_free_port`` to start the cluster again on another port."""
+        try:
+            # Ray checks the Ray Client port to be >= 1024: the head cannot bind it itself.
+            head = self._start_node("head", [
+                "--head", "--port=0", "--num-cpus=0", "--dashboard-host=127.0.0.1", "--dashboard-port=0",
+                f"--ray-client-server-port={client_server_port}",
+            ])
+            self._read_head_ports(head)
+            self._wait_for_dashboard(head)
+            self.wait_for_nodes(1)  # workers joining before the head node registered give up
+            for _ in range(self.workers):
+                self.add_worker(wait=False)
+            self.wait_for_nodes(1 + self.workers)
+        except Exception as error:
+            head_log = self.root / "head.log"
+            if not (head_log.is_file() and is_port_conflict(head_log.read_text(errors="replace"))):
+                raise
+            self._stop_nodes()
+            (self.root / "head.log").replace(self.root / f"head-port-{client_server_port}-taken.log")
+            raise PortTaken(f"the head's Ray Client port {client_server_port} was taken") from error
+
+    def _read_head_ports(self, head: Node, timeout: float = 120) -> None:
+        """The GCS and dashboard ports the head bound, once it has started: the GCS address
+        from the ``ray_current_cluster`` file ``ray start`` writes last, the dashboard from its
+        output."""
+        address_file = head.temp_dir / "ray_current_cluster"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if head.process.poll() is not None:
+                raise RuntimeError(f"the head node exited: see {self.root / 'head.log'}")
+            address = address_file.read_text().strip() if address_file.is_file() else ""
+            printed = DASHBOARD_LINE.search((self.root / "head.log").read_text(errors="replace"))
+            if address and printed:
+                self.gcs_port = int(address.rsplit(":", 1)[1])
+                self.dashboard_port = int(printed.group(2))
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the head node did not report its GCS and dashboard addresses within {timeout}s: "
+                           f"see {self.root / 'head.log'}")
 
     def add_worker(self, wait: bool = True) -> Node:
         """Start one more worker node; with ``wait``, return once the cluster sees it alive."""
@@ -155,10 +205,7 @@ class LoopbackCluster:
         command = [
             str(BIN / "ray"), "start", "--block", *args,
             f"--temp-dir={temp_dir}", f"--node-ip-address={HOST}",
-            f"--object-store-memory={self.object_store_bytes}",
-            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--object-store-memory={self.object_store_bytes}", *SELF_BOUND_PORTS,
             "--disable-usage-stats",
         ]
         # A node on a busy machine (the test suite shares two cores) can take longer than
@@ -221,6 +268,10 @@ class LoopbackCluster:
         """End every process of this cluster, and only those; then remove the temp dirs. The
         nodes get SIGTERM and a few seconds, not the half minute a node would spend draining
         its Serve replicas: nothing here needs a graceful end."""
+        self._stop_nodes()
+        shutil.rmtree(self.temp_root, ignore_errors=True)
+
+    def _stop_nodes(self) -> None:
         for node in reversed(self.nodes):
             if node.process.poll() is None:
                 node.process.send_signal(signal.SIGTERM)
@@ -233,7 +284,9 @@ class LoopbackCluster:
             node.process.wait()
         for pid in self.processes():
             _kill(pid)
-        shutil.rmtree(self.temp_root, ignore_errors=True)
+        for node in self.nodes:
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
+        self.nodes = []
 
     def processes(self) -> list[int]:
         """Pids of live processes carrying this cluster's marker (started here or by its nodes)."""
@@ -244,6 +297,25 @@ class LoopbackCluster:
     def run(self, args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
         """Run a command (e.g. ``ray job submit ...``) as a client of this cluster."""
         return subprocess.run(args, env=self.env(**env), capture_output=True, text=True, timeout=timeout)
+
+    def serve(self, model_dir: Path | str, *options: str, timeout: float = 600) -> str:
+        """``recsearch serve MODEL_DIR --address <this cluster> --port P OPTIONS...``, as a user
+        would deploy onto the cluster; returns the URL it serves at. P is picked free; when
+        Serve's proxy finds it taken all the same, the half-started Serve instance is shut down
+        and the deployment tried again on another port."""
+        def deploy(port: int) -> str:
+            done = self.run([str(BIN / "recsearch"), "serve", str(model_dir), "--address", self.address,
+                             "--port", str(port), *options], timeout=timeout)
+            output = done.stdout[-3000:] + done.stderr[-3000:]
+            if done.returncode == 0:
+                return f"http://{HOST}:{port}"
+            if is_port_conflict(output):
+                # Serve's controller outlives the failed start and would keep the taken port
+                self.run([str(BIN / "serve"), "shutdown", "-y", "--address", self.dashboard_url], timeout=120)
+                raise PortTaken(output)
+            raise RuntimeError(f"recsearch serve failed:\n{output}")
+
+        return with_free_port(deploy)
 
     def job_status(self, job_id: str) -> dict:
         response = httpx.get(f"{self.dashboard_url}/api/jobs/{job_id}", headers=self.headers, timeout=10)
