@@ -32,8 +32,13 @@ demo: $(STAMP)  ## the main job: an ASHA sweep of four families on synthetic dat
 test: $(STAMP)  ## run the whole test suite (the command CI runs)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)  ## speed and memory of every model at ml-100k, 1M and 10M (~25 min) -> bench/results/perf.md
-	$(BIN)/python bench/perf.py
+# The benchmarks `make bench` runs, each writing bench/results/<name>.{json,md}. Left out by default:
+# ml100k_sweeps (every family swept on ml-100k, ~40 min) and serve_load (needs a model directory);
+# run them as `make bench BENCH=ml100k_sweeps` or `python bench/serve_load.py DIR`.
+BENCH ?= quality perf asha_vs_fifo history_scoring lstm_formulations cluster_walkthrough
+
+bench: $(STAMP)  ## run the benchmarks in BENCH (default: all but ml100k_sweeps and serve_load, ~1 h) -> bench/results/
+	@for name in $(BENCH); do echo "== bench/$$name.py"; $(BIN)/python bench/$$name.py || exit 1; done
 
 lint: $(STAMP)  ## ruff over the package, tests and benchmarks
 	$(BIN)/ruff check recsearch serve tests bench

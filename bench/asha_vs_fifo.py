@@ -34,7 +34,8 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=30, help="train.max_epochs and ASHA's max_t (default: 30)")
     parser.add_argument("--out", default=str(HERE / "results" / "tmp" / "asha_vs_fifo"), help="sweep folders")
     parser.add_argument("--result", default=str(HERE / "results" / "asha_vs_fifo"), help="results, without suffix")
-    parser.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. data=ml-100k")
+    parser.add_argument("overrides", nargs="*", default=["data=ml-100k"],
+                        help="more Hydra overrides (default: data=ml-100k, as the README's table)")
     args = parser.parse_args()
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
