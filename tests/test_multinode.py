@@ -31,6 +31,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -60,10 +61,10 @@ pytestmark = pytest.mark.ray
 
 # A small synthetic dataset and a fast MF (epochs of 0.1-0.5 s), so that a whole sweep stays
 # under a minute; the crashed sweep runs enough epochs for the crash to land mid-trial.
+SMALL_DATA = ["data.source.n_users=1000", "data.source.n_items=500", "data.source.n_interactions=30000"]
 SMALL_MF = [
     "model=mf", "model.batch_size=256", "search.space.dim={choice:[8,16]}",
-    "~search.space.negatives", "data.source.n_users=1000", "data.source.n_items=500",
-    "data.source.n_interactions=30000", "ray.max_failures=3",
+    "~search.space.negatives", *SMALL_DATA, "ray.max_failures=3",
 ]
 # Every trial runs every epoch (no ASHA, no patience): a fault then always finds trials running.
 FULL_LENGTH = ["scheduler=fifo", "train.patience=100"]
@@ -233,6 +234,7 @@ def test_a_sweep_submitted_from_another_environment_runs_the_clusters_recsearch(
     job = laptop_sweep.job
     assert job["status"] == "SUCCEEDED", cluster.job_logs(job["submission_id"])[-3000:]
     assert job["entrypoint"].startswith("recsearch sweep ") and str(laptop.home) not in job["entrypoint"]
+    assert "note: this sweep's driver runs in this process" not in cluster.job_logs(job["submission_id"])
     assert job["metadata"] == {"recsearch_sweep": "from-laptop", "recsearch_families": "mf",
                                "recsearch_out": str(laptop_sweep.out)}
     assert len(leaderboard(laptop_sweep.out)) == 3
@@ -291,6 +293,21 @@ def test_trial_and_sweep_metrics_reach_prometheus(laptop_sweep):
     assert best and best[0][1] == pytest.approx(max(float(row["ndcg@10"]) for row in board))
     running = select(samples, "ray_recsearch_sweep_trials_running", sweep=name, family="mf")
     assert running and all(0 <= v <= 2 for _, v in running), "at most one trial per worker CPU"
+
+
+@pytest.mark.timeout(300)
+def test_a_sweep_run_here_on_the_cluster_says_how_to_run_it_as_a_job(cluster):
+    """`recsearch sweep ray.address=...` keeps its driver in this process (README: why): it says
+    how to get the log into the dashboard, and its driver job carries the sweep's metadata."""
+    out = shared(cluster) / "sweeps" / "driver-here"
+    overrides = ["model=pop", "search.num_samples=1", *SMALL_DATA, f"out={out}",
+                 f"ray.storage_path={shared(cluster)}/tune"]
+    done = cluster.run([str(BIN / "recsearch"), "sweep", *overrides, f"ray.address={cluster.address}"], timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"recsearch submit --address {cluster.dashboard_url} {shlex.join(overrides)}\n" in done.stdout
+    jobs = httpx.get(f"{cluster.dashboard_url}/api/jobs/", headers=cluster.headers, timeout=10).json()
+    driver = [j for j in jobs if j["type"] == "DRIVER" and j["metadata"].get("recsearch_sweep") == "driver-here"]
+    assert len(driver) == 1 and driver[0]["metadata"]["recsearch_out"] == str(out)
 
 
 # -- fault: the driver dies ------------------------------------------------------------------

@@ -113,10 +113,11 @@ def _driver_note(plan: SweepPlan, dashboard: str) -> str:
     """A sweep that joins a running cluster keeps its driver in this process (see the README,
     "Running on a cluster"): say how to run it as a job instead, whose log the dashboard shows."""
     address = f"http://{dashboard}" if dashboard else "http://HEAD:8265"
+    overrides = [o for o in plan.overrides if o.split("=", 1)[0] != "ray.address"]  # a job is on the cluster
     return ("note: this sweep's driver runs in this process: its log stays in this terminal, and the "
             "dashboard's Jobs page lists it without one. For the log in the dashboard and a sweep that "
             "outlives this terminal, run it as a Ray Job:\n"
-            f"  recsearch submit --address {address} {shlex.join(plan.overrides)}")
+            f"  recsearch submit --address {address} {shlex.join(overrides)}")
 
 
 def _fit_family(plan: SweepPlan, family: str, split_ref, resume: bool) -> None:
