@@ -28,6 +28,12 @@ class SweepMonitor(Callback):
         self.running: set[str] = set()
         self.best: float | None = None
 
+    def setup(self, **info) -> None:
+        """The experiment starts, or resumes in a new driver (with this callback's saved state):
+        no trial runs yet, and the best value so far is known."""
+        self.running.clear()
+        self._export()
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._set_running(trial.trial_id, True)
 
@@ -40,7 +46,7 @@ class SweepMonitor(Callback):
             return
         if self.best is None or (value > self.best if metric_mode(self.metric) == "max" else value < self.best):
             self.best = value
-            telemetry.metric("recsearch_sweep_best_valid_metric").set(value, {**self.tags, "metric": self.metric})
+            self._export()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._ended(trial, "TERMINATED")
@@ -57,4 +63,9 @@ class SweepMonitor(Callback):
 
     def _set_running(self, trial_id: str, running: bool) -> None:
         (self.running.add if running else self.running.discard)(trial_id)
+        self._export()
+
+    def _export(self) -> None:
         telemetry.metric("recsearch_sweep_trials_running").set(len(self.running), self.tags)
+        if self.best is not None:
+            telemetry.metric("recsearch_sweep_best_valid_metric").set(self.best, {**self.tags, "metric": self.metric})
