@@ -6,6 +6,8 @@
     recsearch resume runs/ncf
     recsearch report runs/ncf
     recsearch serve runs/ncf/best/model
+    recsearch submit --address http://127.0.0.1:8265 model=mf out=/mnt/shared/sweeps/mf
+    recsearch dashboards
 """
 
 from __future__ import annotations
@@ -56,7 +58,13 @@ def _report(args) -> None:
 def _submit(args) -> None:
     from recsearch.tuning.submit import submit_command
 
-    submit_command(args.overrides, args.address, args.python, wait=not args.no_wait)
+    submit_command(args.overrides, args.address, args.python, args.working_dir, wait=not args.no_wait)
+
+
+def _dashboards(args) -> None:
+    from recsearch.telemetry.grafana import dashboards_command
+
+    dashboards_command(args.session)
 
 
 def _serve(args) -> None:
@@ -104,11 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=_report)
     submit = commands.add_parser("submit", help="run a sweep as a Ray Job on a running cluster")
     submit.add_argument("--address", help="the head's dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
-    submit.add_argument("--python", default=sys.executable,
-                        help="the cluster's Python with recsearch installed (default: this one)")
+    submit.add_argument("--python", help="the cluster's Python with recsearch installed "
+                                         "(default: the `recsearch` command on the nodes' PATH)")
+    submit.add_argument("--working-dir", metavar="DIR",
+                        help="ship this recsearch checkout (code and conf/) with the job: local edits run as edited")
     submit.add_argument("--no-wait", action="store_true", help="return once submitted instead of following its logs")
     submit.add_argument("overrides", nargs="*", help="Hydra overrides, as for sweep")
     submit.set_defaults(run=_submit)
+    dashboards = commands.add_parser("dashboards", help="install recsearch's Grafana dashboards into a running "
+                                                        "Ray head's Grafana provisioning")
+    dashboards.add_argument("--session", help="the head's Ray session folder (default: /tmp/ray/session_latest)")
+    dashboards.set_defaults(run=_dashboards)
     return parser
 
 

@@ -53,6 +53,20 @@ def test_setup_installs_this_project_on_every_node(cluster):
     assert "/mnt/shared" in setup, "Tune's storage_path must be on storage every node can read"
 
 
+def test_the_head_runs_prometheus_and_grafana_for_the_dashboards_metrics_tab(cluster):
+    head_start = " ".join(cluster["head_start_ray_commands"])
+    ray_start = next(c for c in cluster["head_start_ray_commands"] if "ray start --head" in c)
+    for variable in ("RAY_PROMETHEUS_HOST=http://127.0.0.1:9090", "RAY_GRAFANA_HOST=http://127.0.0.1:3000",
+                     "RAY_GRAFANA_IFRAME_HOST=http://127.0.0.1:3000"):
+        assert variable in ray_start, "the dashboard process needs it"
+    assert "recsearch dashboards --session /tmp/ray/session_latest" in head_start
+    assert "--config.file=/tmp/ray/session_latest/metrics/prometheus/prometheus.yml" in head_start
+    assert "--config /tmp/ray/session_latest/metrics/grafana/grafana.ini" in head_start
+    assert "--web.listen-address=127.0.0.1:9090" in head_start and "GF_SERVER_HTTP_ADDR=127.0.0.1" in head_start
+    setup = " ".join(cluster["head_setup_commands"])
+    assert "prometheus" in setup and "grafana" in setup
+
+
 def test_every_key_has_a_comment():
     lines = CLUSTER_YAML.read_text().splitlines()
     key = re.compile(r"^\s*(- )?[\w~./\"-]+:( |$)")

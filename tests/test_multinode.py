@@ -6,7 +6,16 @@ the cluster.
 
 The nodes share this machine's disk, so a local folder stands in for the shared file system
 (EFS, NFS) of cluster.yaml: Tune's storage_path and the sweep's out= live in it, the same code
-path as on the cluster. Faults:
+path as on the cluster. Like cluster.yaml's nodes, the nodes run recsearch from one virtual
+environment, found on their PATH.
+
+A laptop: a sweep is also submitted from another environment, a "laptop" with its own checkout and
+interpreter, whose folder is hidden from every node (their own mount namespace): the job must run
+the cluster's recsearch, and with --working-dir the laptop's edited checkout. The same sweep's
+trial and sweep metrics, and a served model's request metrics, are read from the nodes' metrics
+agents as Prometheus would, and checked against the leaderboard and the requests sent.
+
+Faults:
   * the driver is killed: `recsearch resume` finishes the sweep without re-running finished trials;
   * a worker node crashes mid-sweep: its trial resumes from its last checkpoint on the other node
     (the same sweep shows where trials run and where results land: observed once, checked twice);
@@ -17,8 +26,12 @@ a replacement.
 
 from __future__ import annotations
 
+import collections
+import csv
 import json
 import os
+import re
+import shlex
 import signal
 import sys
 import threading
@@ -28,19 +41,30 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers.multinode import BIN, LoopbackCluster
+from helpers.multinode import (
+    BIN,
+    Laptop,
+    LoopbackCluster,
+    MetricsWatch,
+    hiding_works,
+    select,
+    total_by,
+)
 
 from recsearch.models.base import Recommender
 from recsearch.models.pop import Popularity
+from recsearch.telemetry import SPECS, exported_series
+from recsearch.telemetry.grafana import dashboard_files
+from recsearch.tuning.monitor import OUTCOMES
 
 pytestmark = pytest.mark.ray
 
 # A small synthetic dataset and a fast MF (epochs of 0.1-0.5 s), so that a whole sweep stays
 # under a minute; the crashed sweep runs enough epochs for the crash to land mid-trial.
+SMALL_DATA = ["data.source.n_users=1000", "data.source.n_items=500", "data.source.n_interactions=30000"]
 SMALL_MF = [
     "model=mf", "model.batch_size=256", "search.space.dim={choice:[8,16]}",
-    "~search.space.negatives", "data.source.n_users=1000", "data.source.n_items=500",
-    "data.source.n_interactions=30000", "ray.max_failures=3",
+    "~search.space.negatives", *SMALL_DATA, "ray.max_failures=3",
 ]
 # Every trial runs every epoch (no ASHA, no patience): a fault then always finds trials running.
 FULL_LENGTH = ["scheduler=fifo", "train.patience=100"]
@@ -56,9 +80,14 @@ def log(message: str) -> None:
     print(f"[multinode] {message}", flush=True)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with LoopbackCluster(tmp_path_factory.mktemp("cluster"), workers=2) as cluster:
+    root = tmp_path_factory.mktemp("cluster")
+    hidden = [root / "laptop"] if hiding_works() else []  # where the laptop lives: see `laptop`
+    with LoopbackCluster(root, workers=2, hidden=hidden) as cluster:
         log(f"cluster of 1 head + 2 workers started in {cluster.start_seconds:.1f}s")
         yield cluster
 
@@ -85,7 +114,7 @@ def sweep_args(cluster: LoopbackCluster, name: str, *overrides: str) -> list[str
 def submit(cluster: LoopbackCluster, overrides: list[str]) -> str:
     """`recsearch submit --no-wait ...` as a user would type it; returns the job id."""
     result = cluster.run([str(BIN / "recsearch"), "submit", "--no-wait", "--address", cluster.dashboard_url,
-                          "--python", sys.executable, *overrides], timeout=120)
+                          *overrides], timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout.split("submitted job ", 1)[1].split()[0]
 
@@ -155,6 +184,130 @@ def assert_every_trial_accounted_for(result: dict, trials: int) -> None:
     assert counts["run"] == trials and counts["unfinished"] == 0, counts
     assert counts["completed"] + counts["errored"] == trials, counts
     assert all(e["error"] for e in result["errors"]), "an errored trial must say why"
+
+
+def leaderboard(out: Path) -> list[dict]:
+    with open(out / "leaderboard.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# -- submitted from a laptop -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def laptop(cluster) -> Laptop:
+    """A laptop's environment (its checkout and interpreter) in a folder no node can see."""
+    if not cluster.hidden:
+        pytest.skip("no mount namespaces here (unshare): a laptop's files cannot be hidden from the nodes")
+    return Laptop.create(cluster.hidden[0], ROOT)
+
+
+@dataclass
+class LaptopSweep:
+    """A sweep submitted from the laptop, and the recsearch metrics seen while it ran."""
+
+    name: str
+    out: Path
+    job: dict  # the Jobs API's record of it
+    samples: dict
+
+
+@pytest.fixture(scope="module")
+def laptop_sweep(cluster, laptop) -> LaptopSweep:
+    """Three MF trials of up to four epochs, ASHA and a patience of one epoch stopping some
+    early: `recsearch submit`, run from the laptop's checkout by the laptop's Python, follows
+    the job to its end."""
+    name = "from-laptop"
+    overrides = sweep_args(cluster, name, "search.num_samples=3", "train.max_epochs=4", "train.patience=1")
+    with MetricsWatch(cluster) as watch:
+        done = laptop.run(cluster, ["submit", "--address", cluster.dashboard_url, *overrides], timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        job_id = done.stdout.split("submitted job ", 1)[1].split()[0]
+        out = shared(cluster) / "sweeps" / name
+        board = leaderboard(out)
+        # the processes report every second: wait for the last epochs and trial ends to arrive
+        wait_until(lambda: sum(total_by(watch.samples, "ray_recsearch_sweep_trials_ended_total", "outcome",
+                                        sweep=name).values()) >= len(board), 30, "every trial's end in the metrics")
+    return LaptopSweep(name, out, cluster.job_status(job_id), watch.samples)
+
+
+@pytest.mark.timeout(400)
+def test_a_sweep_submitted_from_another_environment_runs_the_clusters_recsearch(cluster, laptop, laptop_sweep):
+    job = laptop_sweep.job
+    assert job["status"] == "SUCCEEDED", cluster.job_logs(job["submission_id"])[-3000:]
+    assert job["entrypoint"].startswith("recsearch sweep ") and str(laptop.home) not in job["entrypoint"]
+    assert "note: this sweep's driver runs in this process" not in cluster.job_logs(job["submission_id"])
+    assert job["metadata"] == {"recsearch_sweep": "from-laptop", "recsearch_families": "mf",
+                               "recsearch_out": str(laptop_sweep.out)}
+    assert len(leaderboard(laptop_sweep.out)) == 3
+    assert (laptop_sweep.out / "best" / "model.json").is_file()
+
+
+def test_a_relative_out_is_refused_before_anything_is_submitted(cluster, laptop):
+    overrides = [o for o in sweep_args(cluster, "relative") if not o.startswith("out=")]
+    for out, refusal in [("out=runs/mine", "out=runs/mine is relative to this machine's working directory"),
+                         (None, "recsearch submit needs out=")]:
+        done = laptop.run(cluster, ["submit", "--address", cluster.dashboard_url, *overrides, *([out] if out else [])])
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.count("\n") == 1 and refusal in done.stderr, done.stderr
+
+
+# Exists in the laptop's checkout only: a sweep naming it runs only if the checkout travels.
+LAPTOP_EXPERIMENT = """# @package _global_
+search:
+  space:
+    dim: {choice: [12]}
+"""
+
+
+@pytest.mark.timeout(300)
+def test_working_dir_ships_the_laptops_edited_checkout(cluster, laptop):
+    (laptop.checkout / "conf" / "experiment" / "laptop_edit.yaml").write_text(LAPTOP_EXPERIMENT)
+    out = shared(cluster) / "sweeps" / "edited"
+    overrides = [o for o in SMALL_MF if not o.startswith("search.space.dim")]
+    done = laptop.run(cluster, ["submit", "--address", cluster.dashboard_url, "--working-dir", str(laptop.checkout),
+                                *overrides, "+experiment=laptop_edit", "search.num_samples=1", "train.max_epochs=2",
+                                f"out={out}", f"ray.storage_path={shared(cluster)}/tune"], timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [json.loads(row["hparams"])["dim"] for row in leaderboard(out)] == [12]
+
+
+@pytest.mark.timeout(400)
+def test_trial_and_sweep_metrics_reach_prometheus(laptop_sweep):
+    samples, name = laptop_sweep.samples, laptop_sweep.name
+    board = leaderboard(laptop_sweep.out)
+    trials = {row["trial"] for row in board}
+    for metric in SPECS:
+        if metric.startswith("recsearch_trial_"):
+            seen = select(samples, "ray_" + metric, sweep=name)
+            assert seen and all(tags["family"] == "mf" and tags["trial"] in trials for tags, _ in seen), metric
+    # every epoch counted once, as many as the leaderboard says each trial ran
+    epochs = total_by(samples, "ray_recsearch_trial_epochs_total", "trial", sweep=name)
+    assert epochs == {row["trial"]: float(row["epochs"]) for row in board}
+    assert all(0 < v <= 1 for _, v in select(samples, "ray_recsearch_trial_valid_metric", sweep=name, metric="ndcg@10"))
+    assert all(v > 0 for _, v in select(samples, "ray_recsearch_trial_loss", sweep=name))
+    seconds = total_by(samples, "ray_recsearch_trial_epoch_seconds_total", "trial", sweep=name)
+    assert seconds.keys() == trials and all(v > 0 for v in seconds.values())
+    # the driver's account: how every trial ended, as the leaderboard has it; the best value
+    outcomes = total_by(samples, "ray_recsearch_sweep_trials_ended_total", "outcome", sweep=name, family="mf")
+    assert outcomes == dict(collections.Counter(OUTCOMES[row["stopped"]] for row in board))
+    best = select(samples, "ray_recsearch_sweep_best_valid_metric", sweep=name, family="mf", metric="ndcg@10")
+    assert best and best[0][1] == pytest.approx(max(float(row["ndcg@10"]) for row in board))
+    running = select(samples, "ray_recsearch_sweep_trials_running", sweep=name, family="mf")
+    assert running and all(0 <= v <= 2 for _, v in running), "at most one trial per worker CPU"
+
+
+@pytest.mark.timeout(300)
+def test_a_sweep_run_here_on_the_cluster_says_how_to_run_it_as_a_job(cluster):
+    """`recsearch sweep ray.address=...` keeps its driver in this process (README: why): it says
+    how to get the log into the dashboard, and its driver job carries the sweep's metadata."""
+    out = shared(cluster) / "sweeps" / "driver-here"
+    overrides = ["model=pop", "search.num_samples=1", *SMALL_DATA, f"out={out}",
+                 f"ray.storage_path={shared(cluster)}/tune"]
+    done = cluster.run([str(BIN / "recsearch"), "sweep", *overrides, f"ray.address={cluster.address}"], timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"recsearch submit --address {cluster.dashboard_url} {shlex.join(overrides)}\n" in done.stdout
+    jobs = httpx.get(f"{cluster.dashboard_url}/api/jobs/", headers=cluster.headers, timeout=10).json()
+    driver = [j for j in jobs if j["type"] == "DRIVER" and j["metadata"].get("recsearch_sweep") == "driver-here"]
+    assert len(driver) == 1 and driver[0]["metadata"]["recsearch_out"] == str(out)
 
 
 # -- fault: the driver dies ------------------------------------------------------------------
@@ -294,7 +447,7 @@ ray.kill(ray.get_actor(sys.argv[2], namespace="serve"), no_restart=True)
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def served_model(cluster, planted_split):
     """A model on the shared disk, served by two replicas of half a CPU each: they fit whether
     one worker node is left or two. The cluster's teardown removes the application."""
@@ -309,6 +462,104 @@ def replicas(cluster: LoopbackCluster) -> list[dict]:
     response.raise_for_status()
     app = response.json()["applications"].get("recsearch", {})
     return app.get("deployments", {}).get("Recommender", {}).get("replicas", [])
+
+
+@dataclass
+class ServedTraffic:
+    """Requests sent one at a time to the served model, what they got, and the serving metrics
+    the cluster exported before and after them."""
+
+    answers: list[tuple[str, int, dict]]  # (endpoint, status, body)
+    before: dict
+    after: dict
+
+
+REQUESTS = [  # (endpoint, body, times): known and unknown users, a refused k, items, a history
+    ("/recommend/user", {"user": "u1", "k": 5}, 5),
+    ("/recommend/user", {"user": "stranger", "k": 5}, 3),
+    ("/recommend/user", {"user": "u1", "k": 0}, 2),
+    ("/similar-items", {"item": "i1", "k": 3}, 2),
+    ("/recommend/history", {"items": ["i1", "i5"], "k": 3}, 2),
+    ("/recommend/history", {"items": [], "k": 3}, 1),
+]
+
+
+def serving_counts(samples: dict) -> dict:
+    return {name: total_by(samples, f"ray_recsearch_serve_{name}", by) for name, by in [
+        ("requests_total", ("endpoint", "status")), ("request_duration_seconds_count", "endpoint"),
+        ("batch_size_sum", "endpoint"), ("batch_size_count", "endpoint"), ("fallbacks_total", ("endpoint", "kind"))]}
+
+
+@pytest.fixture(scope="module")
+def served_traffic(served_model) -> ServedTraffic:
+    cluster, url = served_model
+    before = cluster.scrape()
+    answers = []
+    with httpx.Client(timeout=30) as http:
+        for endpoint, body, times in REQUESTS:
+            for _ in range(times):
+                response = http.post(url + endpoint, json=body)
+                answers.append((endpoint, response.status_code, response.json()))
+        health = http.get(f"{url}/health")
+        answers.append(("/health", health.status_code, health.json()))
+    expected = expected_counts(answers)
+
+    def arrived():  # replicas report every second
+        after = cluster.scrape()
+        return after if all(delta(serving_counts(before)[n], serving_counts(after)[n]) == expected[n]
+                            for n in expected) else None
+
+    after = wait_until(arrived, 30, "the requests in the serving metrics") if expected else before
+    return ServedTraffic(answers, before, after)
+
+
+def delta(before: dict, after: dict) -> dict:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+
+def expected_counts(answers: list[tuple[str, int, dict]]) -> dict:
+    """The serving metrics' increase the answers call for. Requests one at a time: every
+    forward pass answers one request (a refused k never reaches one)."""
+    requests = collections.Counter((e, str(status)) for e, status, _ in answers)
+    batched = collections.Counter(e for e, status, _ in answers if status == 200 and e != "/health")
+    fallbacks = collections.Counter((e, body["fallback"]) for e, _, body in answers if body.get("fallback"))
+    return {"requests_total": dict(requests),
+            "request_duration_seconds_count": dict(collections.Counter(e for e, _, _ in answers)),
+            "batch_size_sum": dict(batched), "batch_size_count": dict(batched), "fallbacks_total": dict(fallbacks)}
+
+
+@pytest.mark.timeout(300)
+def test_serving_metrics_count_the_requests_sent(served_traffic):
+    statuses = collections.Counter(status for _, status, _ in served_traffic.answers)
+    assert statuses == {200: 14, 422: 2}, "the requests exercise answers, a fallback and a refusal"
+    assert any(body.get("fallback") == "popularity" for _, _, body in served_traffic.answers)
+    before, after = serving_counts(served_traffic.before), serving_counts(served_traffic.after)
+    expected = expected_counts(served_traffic.answers)
+    for name in expected:
+        assert delta(before[name], after[name]) == expected[name], name
+    health = served_traffic.answers[-1][2]
+    served = select(served_traffic.after, "ray_recsearch_serve_model_info", model_id=health["model_id"])
+    assert served and all(tags["family"] == health["family"] == "pop" and v == 1 for tags, v in served)
+
+
+@pytest.mark.timeout(400)
+def test_every_dashboard_panel_plots_series_the_cluster_exported(laptop_sweep, served_traffic):
+    exported = {name for name, _ in (*laptop_sweep.samples, *served_traffic.after)}
+    ours = set().union(*(exported_series(name) for name in SPECS))
+    for path in dashboard_files():
+        for panel in json.loads(path.read_text())["panels"]:
+            queried = {m for target in panel["targets"] for m in re.findall(r"ray_recsearch_\w+", target["expr"])}
+            assert queried and queried <= ours and queried <= exported, f"{path.name}: {panel['title']}"
+
+
+def test_dashboards_install_where_the_heads_grafana_provisioning_reads(cluster):
+    session = next(n for n in cluster.nodes if n.name == "head").temp_dir / "session_latest"
+    done = cluster.run([str(BIN / "recsearch"), "dashboards", "--session", str(session)], timeout=60)
+    assert done.returncode == 0, done.stderr
+    folder = session / "metrics" / "grafana" / "dashboards"  # Ray's own dashboards live there
+    assert (folder / "default_grafana_dashboard.json").is_file()
+    for path in dashboard_files():
+        assert json.loads((folder / f"recsearch_{path.name}").read_text()) == json.loads(path.read_text())
 
 
 @pytest.mark.timeout(300)

@@ -13,6 +13,7 @@ half of one model and half of another.
 import asyncio
 import logging
 import os
+import time
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request, Security
@@ -22,7 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from starlette.exceptions import HTTPException
 
-from recsearch import __version__
+from recsearch import __version__, telemetry
 from recsearch.runtime import configure_threads
 from recsearch.serving import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, TOKEN_ENV
 from recsearch.serving.schemas import (
@@ -91,6 +92,17 @@ async def _no_bare_server_errors(request: Request, call_next):
         return JSONResponse(body, status_code=500)
 
 
+@api.middleware("http")
+async def _record_metrics(request: Request, call_next):
+    """Requests by endpoint and status, and their latency, for Prometheus (recsearch.telemetry).
+    Added last, so it is the outermost middleware: it sees every response the client gets."""
+    start = time.perf_counter()
+    response = await call_next(request)
+    route = getattr(request.scope.get("route"), "path", None)
+    telemetry.record_request(route, response.status_code, time.perf_counter() - start)
+    return response
+
+
 def _batched(method):
     return serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)(method)
 
@@ -120,7 +132,9 @@ class RecommenderServer:
         try:
             settings = ServeSettings.model_validate(user_config)
             if self._needs_reload(settings):
+                replaced = self.service
                 self.service = await asyncio.to_thread(ModelService.load, settings.model_dir)
+                telemetry.record_model(self.service, replaced)
                 logger.info("serving model %s from %s", self.service.model_id, self.service.directory)
         except Exception as error:  # anything: a broken new model must not take the old one down
             if self.service is None:
@@ -189,23 +203,27 @@ class RecommenderServer:
     @_batched
     async def _user_batch(self, requests: list[UserRecommendationRequest]) -> list[UserRecommendations]:
         self._count(requests)
-        return await asyncio.to_thread(self.service.recommend_users, requests)
+        return self._recorded("/recommend/user", await asyncio.to_thread(self.service.recommend_users, requests))
 
     @_batched
     async def _history_batch(self, requests: list[HistoryRecommendationRequest]) -> list:
         self._count(requests)
-        return await asyncio.to_thread(self.service.recommend_histories, requests)
+        return self._recorded("/recommend/history", await asyncio.to_thread(self.service.recommend_histories, requests))
 
     @_batched
     async def _similar_batch(self, requests: list[SimilarItemsRequest]) -> list:
         self._count(requests)
-        return await asyncio.to_thread(self.service.similar_items, requests)
+        return self._recorded("/similar-items", await asyncio.to_thread(self.service.similar_items, requests))
 
     def _count(self, requests: list) -> None:
         stats = self.batching
         stats.batches += 1
         stats.requests += len(requests)
         stats.largest = max(stats.largest, len(requests))
+
+    def _recorded(self, route: str, answers: list) -> list:
+        telemetry.record_batch(route, answers)
+        return answers
 
 
 app = RecommenderServer.bind()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -24,6 +25,9 @@ from recsearch.tuning.plan import PLAN_FILE, SweepPlan, plan_sweep, trial_setup
 from recsearch.tuning.results import collect_trials
 from recsearch.tuning.selection import finish, selection
 from recsearch.tuning.space import default_point
+
+# set by Ray in the environment of a job's driver (the entrypoint of `ray job submit`, `recsearch submit`)
+SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 class SweepInterrupted(RecsearchError):
@@ -59,7 +63,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False, split: Split | None = None)
     print(f"sweep {plan.name}: {', '.join(plan.families)} on {plan.first['data']['name']} "
           f"({plan.first['task']['name']}, {selection(plan.first)}) -> {out}", flush=True)
     try:
-        with ray_session(plan.first["ray"]):
+        with ray_session(plan.first["ray"], plan):
             import ray
 
             split_ref = ray.put(split)
@@ -71,25 +75,49 @@ def run_sweep(plan: SweepPlan, resume: bool = False, split: Split | None = None)
 
 
 @contextmanager
-def ray_session(ray_cfg: dict[str, Any]):
+def ray_session(ray_cfg: dict[str, Any], plan: SweepPlan | None = None):
     """Join the configured cluster (``ray.address`` or ``$RAY_ADDRESS``) or start a fresh
-    local Ray, and shut it down afterwards; an already initialised Ray is used as it is."""
+    local Ray, and shut it down afterwards; an already initialised Ray is used as it is. With
+    ``plan``, the driver's Ray job carries the sweep's metadata (``job_metadata``)."""
     import ray
+    from ray.job_config import JobConfig
 
     if ray.is_initialized():
         yield
         return
+    job_config = JobConfig(metadata=job_metadata(plan) if plan else None)
     address = ray_cfg["address"] or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        context = ray.init(address=address, job_config=job_config)
+        if plan is not None and SUBMITTED_JOB_ENV not in os.environ:
+            print(_driver_note(plan, context.dashboard_url), flush=True)
     else:  # "local" never joins a cluster that a stale ray_current_cluster file points at
-        ray.init(address="local", num_cpus=ray_cfg["num_cpus"], num_gpus=ray_cfg["num_gpus"],
-                 object_store_memory=ray_cfg["object_store_memory"],
-                 include_dashboard=ray_cfg["include_dashboard"], dashboard_host="127.0.0.1")
+        context = ray.init(address="local", num_cpus=ray_cfg["num_cpus"], num_gpus=ray_cfg["num_gpus"],
+                           object_store_memory=ray_cfg["object_store_memory"], job_config=job_config,
+                           include_dashboard=ray_cfg["include_dashboard"], dashboard_host="127.0.0.1")
+        if context.dashboard_url:
+            print(f"Ray dashboard: http://{context.dashboard_url} (it closes when this sweep ends; for one that "
+                  "stays, start Ray with `ray start --head` and run the sweep with `recsearch submit`)", flush=True)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def job_metadata(plan: SweepPlan) -> dict[str, str]:
+    """What the dashboard's Jobs page shows of a sweep's job, submitted or not."""
+    return {"recsearch_sweep": plan.name, "recsearch_families": ",".join(plan.families), "recsearch_out": plan.out}
+
+
+def _driver_note(plan: SweepPlan, dashboard: str) -> str:
+    """A sweep that joins a running cluster keeps its driver in this process (see the README,
+    "Running on a cluster"): say how to run it as a job instead, whose log the dashboard shows."""
+    address = f"http://{dashboard}" if dashboard else "http://HEAD:8265"
+    overrides = [o for o in plan.overrides if o.split("=", 1)[0] != "ray.address"]  # a job is on the cluster
+    return ("note: this sweep's driver runs in this process: its log stays in this terminal, and the "
+            "dashboard's Jobs page lists it without one. For the log in the dashboard and a sweep that "
+            "outlives this terminal, run it as a Ray Job:\n"
+            f"  recsearch submit --address {address} {shlex.join(overrides)}")
 
 
 def _fit_family(plan: SweepPlan, family: str, split_ref, resume: bool) -> None:
@@ -100,7 +128,8 @@ def _fit_family(plan: SweepPlan, family: str, split_ref, resume: bool) -> None:
     config = plan.configs[family]
     ray_cfg = config["ray"]
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, split=split_ref, setup=trial_setup(config)),
+        tune.with_parameters(run_trial, split=split_ref,
+                             setup={**trial_setup(config), "sweep": plan.name, "family": family}),
         {"cpu": ray_cfg["cpus_per_trial"], "gpu": ray_cfg["gpus_per_trial"]},
     )
     # what Tune's progress output shows of each result (instead of every metric at every cutoff)
@@ -182,6 +211,8 @@ def _run_config(plan: SweepPlan, family: str):
     from ray import tune
     from ray.tune.logger import TBXLoggerCallback
 
+    from recsearch.tuning.monitor import SweepMonitor
+
     config = plan.configs[family]
     return tune.RunConfig(
         name=family,
@@ -192,7 +223,8 @@ def _run_config(plan: SweepPlan, family: str):
         # best-first policy deleted the checkpoint that snapshot named as the latest up to a
         # second before the next one, and a driver killed then left a state pointing at nothing.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[TBXLoggerCallback()],  # TensorBoard: tensorboard --logdir <storage>
+        # TensorBoard (tensorboard --logdir <storage>); the sweep's metrics for Prometheus
+        callbacks=[TBXLoggerCallback(), SweepMonitor(plan.name, family, config)],
         verbose=config["ray"]["verbose"],
     )
 

@@ -4,6 +4,8 @@ The trial is ``recsearch.training.train`` with two additions: every epoch is rep
 with a checkpoint (``recsearch.tuning.checkpoint``), so that ASHA can stop the trial between
 epochs, and a killed or preempted trial resumes from its last checkpoint. Besides ASHA, the
 loop's own early stopping ends the trial after ``train.patience`` epochs without improvement.
+Every epoch is also recorded as Ray metrics, tagged with the sweep, family and trial
+(``recsearch.telemetry``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from recsearch import telemetry
 from recsearch.data.dataset import Split
 from recsearch.tuning import checkpoint
 
@@ -20,7 +23,8 @@ from recsearch.tuning import checkpoint
 def run_trial(config: dict[str, Any], split: Split, setup: dict[str, Any]) -> None:
     """Train one configuration under Tune. ``config``: the sampled hyperparameters; ``split``:
     the shared training data (a Ray object reference resolved here); ``setup``: the family's
-    plain-dict settings (see ``recsearch.tuning.plan.trial_setup``)."""
+    plain-dict settings (see ``recsearch.tuning.plan.trial_setup``) plus the sweep's name and the
+    family, which tag the trial's metrics."""
     import ray
     from ray import tune
 
@@ -42,7 +46,11 @@ def run_trial(config: dict[str, Any], split: Split, setup: dict[str, Any]) -> No
         with saved.as_directory() as directory:
             resume = checkpoint.read(Path(directory))
 
+    # the leaderboard's trial name (family_id): what Prometheus series and leaderboard rows share
+    tags = {"sweep": setup["sweep"], "family": setup["family"], "trial": tune.get_context().get_trial_name()}
+
     def report(end: EpochEnd) -> None:
+        telemetry.record_epoch(end.row, tags)
         with tempfile.TemporaryDirectory(prefix="recsearch-ckpt-") as directory:
             checkpoint.write(Path(directory), end)
             tune.report(end.row, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -15,24 +15,39 @@ environment; ``stop()`` ends exactly those, by pid, and never touches another Ra
 
 Nothing here reads ``~/.ray``: the token lives in the cluster's own folder and every process
 gets ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` explicitly.
+
+Like the nodes of cluster.yaml, the nodes find recsearch on their PATH (this virtual environment's
+``bin/``). On one machine every process sees every file, where a laptop's files are invisible to
+a real cluster: with ``hidden=[folder, ...]`` the nodes, and everything they start, run in their
+own mount namespace (``unshare``) in which an empty file system covers each of those folders
+(``hiding_works()`` says whether this machine allows it).
+
+Each node's metrics agent exports Ray's and recsearch's metrics in Prometheus text format, at the
+addresses the head lists for Prometheus in its service-discovery file; ``scrape()`` reads them
+all, as Prometheus would. Processes report to their agent every second here (Ray's default: 10 s).
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.ports import PortTaken, is_port_conflict, with_free_port
 
@@ -46,6 +61,9 @@ SELF_BOUND_PORTS = [
     "--node-manager-port=0", "--object-manager-port=0", "--metrics-export-port=0",
     "--runtime-env-agent-port=0", "--dashboard-agent-listen-port=0", "--dashboard-agent-grpc-port=0",
 ]
+# Ray's settings for the whole cluster (the head hands them to every node and process): metrics
+# reach the agents every second instead of every 10 s, so tests wait less for them.
+SYSTEM_CONFIG = {"metrics_report_interval_ms": 1000}
 # `ray start --head` prints the dashboard's address, the one it bound, as RAY_API_SERVER_ADDRESS='http://HOST:PORT'
 DASHBOARD_LINE = re.compile(r"RAY_API_SERVER_ADDRESS='http://([^':]+):(\d+)'")
 
@@ -78,8 +96,9 @@ class LoopbackCluster:
     them. ``root`` holds the token, the node logs and whatever the tests share between nodes."""
 
     def __init__(self, root: Path, workers: int = 2, cpus_per_worker: int = 1,
-                 object_store_mb: int = 150):
+                 object_store_mb: int = 150, hidden: Sequence[Path] = ()):
         self.root = Path(root)
+        self.hidden = [Path(folder) for folder in hidden]
         self.workers = workers
         self.cpus_per_worker = cpus_per_worker
         self.object_store_bytes = object_store_mb * 2**20
@@ -121,6 +140,7 @@ class LoopbackCluster:
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONUNBUFFERED": "1",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # `recsearch` and `ray`, as on cluster.yaml's nodes
         })
         env.update(extra)
         return env
@@ -140,6 +160,8 @@ class LoopbackCluster:
     def start(self) -> None:
         begin = time.perf_counter()
         self.root.mkdir(parents=True, exist_ok=True)
+        for folder in self.hidden:  # mount points must exist
+            folder.mkdir(parents=True, exist_ok=True)
         self.token_path.write_text(self.token)
         self.token_path.chmod(0o600)
         with_free_port(self._start_nodes)
@@ -154,7 +176,7 @@ class LoopbackCluster:
             # Ray checks the Ray Client port to be >= 1024: the head cannot bind it itself.
             head = self._start_node("head", [
                 "--head", "--port=0", "--num-cpus=0", "--dashboard-host=127.0.0.1", "--dashboard-port=0",
-                f"--ray-client-server-port={client_server_port}",
+                f"--ray-client-server-port={client_server_port}", f"--system-config={json.dumps(SYSTEM_CONFIG)}",
             ])
             self._read_head_ports(head)
             self._wait_for_dashboard(head)
@@ -208,6 +230,8 @@ class LoopbackCluster:
             f"--object-store-memory={self.object_store_bytes}", *SELF_BOUND_PORTS,
             "--disable-usage-stats",
         ]
+        if self.hidden:
+            command = [*hiding(self.hidden), *command]
         # A node on a busy machine (the test suite shares two cores) can take longer than
         # Ray's default 30 s to register.
         env = self.env(RAY_raylet_start_wait_time_s="180")
@@ -327,6 +351,24 @@ class LoopbackCluster:
         response.raise_for_status()
         return response.json()["logs"]
 
+    def scrape(self, prefix: str = "ray_recsearch_") -> Samples:
+        """The samples of every series named ``prefix...`` that the nodes' metrics agents export
+        now. The targets are those the head lists for Prometheus; an agent that does not answer
+        (its node just crashed) is skipped."""
+        listed = next(n.temp_dir for n in self.nodes if n.name == "head") / "prom_metrics_service_discovery.json"
+        targets = [t for group in json.loads(listed.read_text()) for t in group["targets"]]
+        samples: Samples = {}
+        for target in targets:
+            try:
+                text = httpx.get(f"http://{target}/metrics", timeout=10).text
+            except httpx.HTTPError:
+                continue
+            ours = "\n".join(line for line in text.splitlines() if prefix in line)  # Ray's own: thousands of lines
+            for family in text_string_to_metric_families(ours + "\n"):
+                for sample in family.samples:
+                    samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+        return samples
+
     def actors(self, **filters: str) -> list[dict]:
         """Actors (alive and recently dead) from the State API, e.g. ``state="ALIVE"``."""
         params = [("limit", "1000"), ("detail", "1")]
@@ -335,6 +377,97 @@ class LoopbackCluster:
         response = httpx.get(f"{self.dashboard_url}/api/v0/actors", headers=self.headers, params=params, timeout=10)
         response.raise_for_status()
         return response.json()["data"]["result"]["result"]
+
+
+Samples = dict[tuple[str, frozenset], float]  # (series name, its labels) -> value
+
+
+def select(samples: Samples, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of the samples of series ``name`` whose labels include ``labels``."""
+    return [(dict(tags), value) for (series, tags), value in samples.items()
+            if series == name and labels.items() <= dict(tags).items()]
+
+
+def total_by(samples: Samples, name: str, by: str | tuple[str, ...], **labels: str) -> dict:
+    """The values of series ``name`` summed (over processes, nodes...) by one label, or by a
+    tuple of labels."""
+    totals: dict = {}
+    for tags, value in select(samples, name, **labels):
+        key = tags[by] if isinstance(by, str) else tuple(tags[b] for b in by)
+        totals[key] = totals.get(key, 0.0) + value
+    return totals
+
+
+class MetricsWatch:
+    """``with MetricsWatch(cluster) as watch:`` scrapes the cluster every ``interval`` seconds
+    in a thread, keeping the latest value of every series seen: a gauge is gone from the agents
+    seconds after its process ends, a sweep's trials with it."""
+
+    def __init__(self, cluster: LoopbackCluster, interval: float = 0.5):
+        self.cluster, self.interval = cluster, interval
+        self.samples: Samples = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> MetricsWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.samples.update(self.cluster.scrape())
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.update(self.cluster.scrape())
+
+
+@dataclass
+class Laptop:
+    """A submitting machine's environment: its own checkout of recsearch (package and conf/,
+    copied from ``source``) and its own virtual environment, whose interpreter lives in
+    ``home``. To save a 1-minute install of torch and Ray, the environment borrows this one's
+    packages (a .pth file), after its own checkout: it imports recsearch from its checkout.
+    Put ``home`` in a cluster's ``hidden`` folders and none of it exists for the cluster."""
+
+    home: Path
+    checkout: Path
+    python: Path
+
+    @classmethod
+    def create(cls, home: Path, source: Path) -> Laptop:
+        checkout, venv = home / "checkout", home / "venv"
+        for part in ("recsearch", "conf"):
+            shutil.copytree(source / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+        site_packages = next(venv.glob("lib/python3*/site-packages"))
+        borrowed = next(BIN.parent.glob("lib/python3*/site-packages"))
+        (site_packages / "laptop.pth").write_text(f"{checkout}\nimport site; site.addsitedir({str(borrowed)!r})\n")
+        return cls(home, checkout, venv / "bin" / "python")
+
+    def run(self, cluster: LoopbackCluster, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+        """``python -m recsearch ARGS`` from the checkout, with the laptop's PATH, as a user would."""
+        env = cluster.env(PATH=f"{self.python.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        return subprocess.run([str(self.python), "-m", "recsearch", *args], cwd=self.checkout, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def hiding(folders: Sequence[Path]) -> list[str]:
+    """A command prefix: run the command in a new mount namespace with an empty read-only tmpfs
+    over each folder (as root, or as a user mapped to root in a new user namespace)."""
+    mounts = " && ".join(f"mount -t tmpfs -o ro,size=4k hidden {shlex.quote(str(f))}" for f in folders)
+    user = [] if os.geteuid() == 0 else ["--map-root-user"]
+    return ["unshare", "--mount", *user, "sh", "-c", f'{mounts} && exec "$@"', "sh"]
+
+
+def hiding_works() -> bool:
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            return subprocess.run([*hiding([Path(folder)]), "test", "!", "-w", folder],
+                                  capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
 
 
 def _end_with_parent() -> None:
