@@ -1,0 +1,107 @@
+"""recsearch against RecBole 1.2.1 in the same run, on the same machine, data and settings.
+
+    python bench/vs_recbole.py              # -> bench/results/vs_recbole.{json,md}
+    python bench/vs_recbole.py --rounds 3   # more alternations: medians of more runs
+
+MovieLens 100K, random 0.8/0.1/0.1 split (GRU4Rec and our LSTM: leave-one-out), embedding 64,
+batch 2048, one sampled negative (BPR, NeuMF), NeuMF layers [128, 64], GRU4Rec/LSTM hidden 64
+and 50 items of context. Each round runs every pair once, RecBole's case and ours one after the
+other, each in its own process, so a machine whose load drifts slows both sides alike; the
+table gives the median over rounds and the ratio RecBole / recsearch (higher: recsearch faster).
+
+RecBole needs numpy<2, so it runs in its own virtual environment, made here on first use at
+bench/.recbole (gitignored) with torch==2.13.0 (the CPU build on this machine's disk), RecBole's
+wheel without its dependencies (they pin an old ray) and the rest of what it imports.
+bench/recbole_case.py is what runs there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from perf import in_subprocess
+from record import machine, write_results
+
+HERE = Path(__file__).resolve().parent
+VENV = HERE / ".recbole"
+RECBOLE = ["torch==2.13.0", "--no-deps recbole==1.2.1",
+           "numpy<2 pandas<3 scipy tqdm colorlog==4.7.2 colorama==0.4.4 scikit-learn pyyaml tensorboard thop "
+           "tabulate plotly texttable psutil"]
+PAIRS = [  # what is compared: RecBole model, our perf.py case, measures
+    ("BPR", "mf", ("epoch_s", "eval_s")),
+    ("NeuMF", "ncf", ("epoch_s", "eval_s")),
+    ("ItemKNN", "itemknn", ("fit_s", "eval_s")),
+    ("GRU4Rec", "lstm", ("epoch_s", "eval_s")),
+]
+TARGETS = {("mf", "epoch_s"): 5, ("mf", "eval_s"): 5, ("ncf", "epoch_s"): 5, ("ncf", "eval_s"): 5,
+           ("itemknn", "fit_s"): 5, ("lstm", "epoch_s"): 20}  # the performance issue's ratios
+
+
+def recbole_python() -> Path:
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating {VENV} for RecBole 1.2.1 (a few minutes, once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        for spec in RECBOLE:
+            subprocess.run([str(python), "-m", "pip", "install", "--quiet", *spec.split()], check=True)
+    return python
+
+
+def recbole_case(model: str, data_root: str) -> dict:
+    done = subprocess.run([str(recbole_python()), str(HERE / "recbole_case.py"), model, data_root],
+                          capture_output=True, text=True, timeout=1800, check=False)
+    if done.returncode != 0:
+        return {"model": model, "error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide which kernels torch runs."""
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    return [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni") if f in flags]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of every pair (default: 2)")
+    parser.add_argument("--pairs", default=",".join(p[0] for p in PAIRS), help="RecBole models to compare")
+    args = parser.parse_args()
+    data_root = os.environ.get("RECSEARCH_DATA_DIR") or str(HERE.parent.parent / "shared" / "datasets")
+    wanted = [p for p in PAIRS if p[0] in args.pairs.split(",")]
+    runs: dict[str, list[tuple[dict, dict]]] = {model: [] for model, _, _ in wanted}
+    for round_ in range(1, args.rounds + 1):
+        for model, case, _ in wanted:
+            theirs, ours = recbole_case(model, data_root), in_subprocess(case, "ml-100k")
+            print(f"round {round_}: RecBole {json.dumps(theirs)}\n         recsearch {json.dumps(ours)}", flush=True)
+            runs[model].append((theirs, ours))
+    rows = []
+    for model, case, measures in wanted:
+        for measure in measures:
+            pairs = [(t.get(measure), o.get(measure)) for t, o in runs[model]]
+            pairs = [(t, o) for t, o in pairs if t is not None and o is not None]
+            row = {"model": f"{model} / {case}", "measure": measure}
+            if pairs:
+                theirs, ours = statistics.median(t for t, _ in pairs), statistics.median(o for _, o in pairs)
+                ratio = theirs / ours
+                target = TARGETS.get((case, measure))
+                row.update({"recbole_s": round(theirs, 4), "recsearch_s": round(ours, 4), "ratio": round(ratio, 1),
+                            "target": f"≥ {target}x {'met' if ratio >= target else 'MISSED'}" if target else ""})
+            else:
+                errors = [r.get("error") for pair in runs[model] for r in pair if r.get("error")]
+                row["target"] = f"error: {errors[0] if errors else 'no measurement'}"
+            rows.append(row)
+    host = {**machine(), "cpu_flags": cpu_flags()}
+    write_results(HERE / "results" / "vs_recbole", rows, ["model", "measure", "recbole_s", "recsearch_s", "ratio", "target"],
+                  f"RecBole 1.2.1 / recsearch on ml-100k, median of {args.rounds} alternating rounds; CPU flags "
+                  f"{' '.join(host['cpu_flags'])}", host=host, runs=runs)
+
+
+if __name__ == "__main__":
+    main()
