@@ -1,6 +1,7 @@
 """The serving logic without Ray or HTTP: fallbacks, batched answers, errors, settings, CLI checks."""
 
 import argparse
+import json
 import socket
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def test_history_with_no_overlap_falls_back_to_popularity(planted_split, tmp_pat
     assert answer.fallback == "popularity" and "i3" not in items_of(answer) and len(answer.items) == 4
 
 
-def test_models_that_score_histories_answer_them_themselves(ranking):
+def test_models_that_score_histories_answer_them_themselves(ranking, planted_split):
     class NextItem(Popularity):
         """Scores the item after the last one; has nothing to say after item 0."""
         scores_history = True
@@ -181,7 +182,7 @@ def test_models_that_score_histories_answer_them_themselves(ranking):
             return scores
 
     model = NextItem()
-    model.prepare(ranking.model.train_data)
+    model.prepare(planted_split.train)
     model.fit_prepared()
     service = ModelService(model, ranking.directory, ranking.description)
     answers = service.recommend_histories([HistoryRecommendationRequest(items=["i9", "i4"], k=2),
@@ -239,6 +240,48 @@ def test_every_registered_family_can_be_served(family, planted_split, tmp_path):
         assert from_history.fallback == (None if cls.scores_history else "item_similarity")
         if task == "rating":
             assert np.isfinite(service.predict_rating(RatingRequest(user="u0", item="i1")).rating)
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_the_bundle_holds_only_what_inference_reads(family, planted_split, tmp_path):
+    """No ratings, timestamps or interaction order, features only for a model that reads them,
+    no optimiser: id maps, seen items, popularity and titles, and the model's own serving state."""
+    cls = model_class(family)
+    train = planted_split.train
+    for task in cls.tasks:
+        for use_features in ((False, True) if family == "ncf" else (False,)):
+            extra = {"use_features": True} if use_features else {}
+            model = cls(seed=0, device="cpu", task=task, **extra).fit(train, epochs=1)
+            directory = model.save(tmp_path / f"{task}-{use_features}")
+            with np.load(directory / "data" / "serving.npz", allow_pickle=False) as bundle:
+                arrays = {name: bundle[name] for name in bundle.files}
+            features = {f"{kind}.{name}.{part}" for kind, feats in (("user", train.user_features), ("item", train.item_features))
+                        for name in feats for part in ("vocabulary", "offsets", "values")}
+            expected = {"user_ids", "item_ids", "seen.indptr", "seen.indices", "item_counts", "item_titles"}
+            assert set(arrays) == expected | (features if use_features else set())
+            seen = sp.csr_matrix((np.ones(len(arrays["seen.indices"])), arrays["seen.indices"], arrays["seen.indptr"]),
+                                 shape=(train.n_users, train.n_items))
+            assert (seen != (train.matrix() > 0)).nnz == 0
+            assert arrays["item_counts"].tolist() == np.bincount(train.interactions.item, minlength=train.n_items).tolist()
+            assert set((directory / "data").iterdir()) == {directory / "data" / "serving.npz", directory / "data" / "serving.json"}
+            state = torch.load(directory / "weights.pt", weights_only=True)
+            assert not {"optimizers", "generator", "epochs_done"} & set(state)
+            # only a KNN rating model reads ratings at inference (Resnick's formula)
+            assert ("ratings" in state) == (task == "rating" and family in ("itemknn", "userknn"))
+
+
+def test_a_format_1_directory_still_loads(planted_split, tmp_path):
+    """Written before the bundle: the whole training set in data/, the optimiser in weights.pt."""
+    model = model_class("mf")(seed=0, device="cpu", dim=8).fit(planted_split.train, epochs=1)
+    description = json.loads((model.save(tmp_path / "bundle") / "model.json").read_text())
+    old = tmp_path / "old"
+    planted_split.train.save(old / "data")
+    torch.save(model.state(), old / "weights.pt")
+    (old / "model.json").write_text(json.dumps({**description, "format": 1}))
+    service = ModelService.load(old, device="cpu")
+    users = np.arange(planted_split.n_users)
+    torch.testing.assert_close(service.model.score(users), model.score(users), rtol=0, atol=0)
+    assert service.recommend_users([user_request("u3", k=3)])[0].fallback is None
 
 
 # -- requests, errors, auth ---------------------------------------------------------------------
