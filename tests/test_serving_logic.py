@@ -1,24 +1,27 @@
 """The serving logic without Ray or HTTP: fallbacks, batched answers, errors, settings, CLI checks."""
 
 import argparse
+import asyncio
 import json
 import socket
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 import yaml
 from pydantic import ValidationError
+from starlette.responses import JSONResponse
 
 from recsearch.cli import main
 from recsearch.errors import ConfigError
 from recsearch.evaluation import ranked_items
 from recsearch.models.base import MODELS, model_class
 from recsearch.models.pop import Popularity
-from recsearch.serving import MAX_HISTORY, MAX_K
-from recsearch.serving.cli import add_arguments, check_port_free, plan
+from recsearch.serving import MAX_HISTORY, MAX_K, TOKEN_ENV, ingress
+from recsearch.serving.cli import add_arguments, check_port_free, is_loopback, plan
 from recsearch.serving.fallback import ItemSimilarity, PopularItems
 from recsearch.serving.schemas import (
     HistoryRecommendationRequest,
@@ -34,6 +37,7 @@ from recsearch.serving.service import (
     describe_validation_errors,
     read_description,
     resolve_model_dir,
+    without_paths,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,6 +333,50 @@ def test_bearer_token():
         assert refused.value.status == 401 and refused.value.headers == {"WWW-Authenticate": "Bearer"}
 
 
+@pytest.mark.parametrize("root_path", ["", "/secured"])
+def test_the_token_guard_answers_before_the_application(monkeypatch, root_path):
+    """Everything but /health gets a 401 without the token, the application never reached
+    (so no body is read, no 422 and no docs leak); with the token, or with none configured,
+    requests pass untouched."""
+    from recsearch.serving.app import BearerTokenGuard
+
+    reached: list[str] = []
+
+    async def application(scope, receive, send):
+        reached.append(scope["path"])
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    def call(path: str, token: str | None, **headers) -> httpx.Response:
+        monkeypatch.setenv(TOKEN_ENV, token or "")
+        transport = httpx.ASGITransport(app=BearerTokenGuard(application), root_path=root_path)
+
+        async def post() -> httpx.Response:
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await client.post(f"{root_path}{path}", content=b"{not json", headers=headers)
+
+        return asyncio.run(post())
+
+    for path in ("/recommend/user", "/docs", "/openapi.json", "/redoc", "/nowhere", "/health/x", "/"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+            refused = call(path, "s3cret", **headers)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+            assert refused.json()["error"].startswith("missing or wrong bearer token")
+    assert reached == []
+    assert call("/health", "s3cret").status_code == 200
+    assert call("/recommend/user", "s3cret", Authorization="Bearer s3cret").status_code == 200
+    assert call("/recommend/user", "s3cret", Authorization="bearer  s3cret ").status_code == 200
+    assert call("/docs", None).status_code == 200  # no token configured: open
+    assert reached == [f"{root_path}{p}" for p in ("/health", "/recommend/user", "/recommend/user", "/docs")]
+
+
+def test_health_shows_no_paths():
+    error = "ConfigError: /srv/models/x is not a model directory (no model.json), nor a sweep directory with best/model.json"
+    assert without_paths(error) == ("ConfigError: <path> is not a model directory (no model.json), "
+                                    "nor a sweep directory with best/model.json")
+    assert without_paths("FileNotFoundError: [Errno 2] No such file: '/a/b c/w.pt' or ~/m") == \
+        "FileNotFoundError: [Errno 2] No such file: '<path>' or <path>"
+
+
 # -- model directories and settings --------------------------------------------------------------
 def test_model_directories(ranking_dir, tmp_path):
     assert resolve_model_dir(ranking_dir) == ranking_dir
@@ -385,6 +433,40 @@ def test_cli_plan(ranking_dir):
                         (["--num-gpus", "-1"], "--num-gpus")):
         with pytest.raises(ConfigError, match=match):
             plan(parse(str(ranking_dir), *argv))
+
+
+def test_cli_ingress_choice(ranking_dir):
+    assert plan(parse(str(ranking_dir))) and parse(str(ranking_dir)).haproxy
+    assert not parse(str(ranking_dir), "--no-haproxy").haproxy
+    with pytest.raises(ConfigError, match="cluster's ingress"):
+        plan(parse(str(ranking_dir), "--no-haproxy", "--address", "auto"))
+    environment = ingress.haproxy_environment()
+    assert environment["RAY_SERVE_ENABLE_HA_PROXY"] == environment["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    ports = [int(environment[name]) for name in ingress.HAPROXY_PORTS]  # not Ray's fixed 8404, 9101, 8500
+    assert all(0 < port < 65536 for port in ports) and not {8404, 9101, 8500} & set(ports)
+    assert ingress.default_environment() == {"RAY_SERVE_ENABLE_HA_PROXY": None, "RAY_SERVE_THROUGHPUT_OPTIMIZED": None}
+
+
+def test_loopback_hosts():
+    assert all(is_loopback(host) for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"))
+    assert not any(is_loopback(host) for host in ("0.0.0.0", "::", "192.0.2.1", "no-such-host.invalid"))
+
+
+def test_a_port_held_only_by_a_stopped_servers_connections_is_free():
+    """A server that closed its connections first leaves them in TIME_WAIT on its port for a
+    minute: servers (uvicorn, HAProxy) bind through that with SO_REUSEADDR, so the check must too."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            connection, _ = listener.accept()
+            connection.close()  # the server side closes first: its end goes to TIME_WAIT
+            client.recv(1)
+    with socket.socket() as plain, pytest.raises(OSError):  # the TIME_WAIT connection is there
+        plain.bind(("127.0.0.1", port))
+    check_port_free("127.0.0.1", port)
 
 
 def test_cli_refuses_a_busy_port_and_a_bad_directory(tmp_path, capsys):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 from recsearch.errors import ConfigError
 from recsearch.evaluation.metrics import ranked_items
 from recsearch.models.base import READABLE_FORMATS, Recommender, model_class
+from recsearch.serving import TOKEN_ENV
 from recsearch.serving.fallback import ItemSimilarity, PopularItems
 from recsearch.serving.schemas import (
     ErrorBody,
@@ -78,6 +81,20 @@ def read_description(directory: Path) -> dict[str, Any]:
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from None
     return description
+
+
+def configured_token() -> str | None:
+    """The bearer token the replicas require, from their environment; None: open."""
+    return os.environ.get(TOKEN_ENV) or None
+
+
+QUOTED_PATH = re.compile(r"""(['"])~?/[^'"]*\1""")  # may hold spaces
+ABSOLUTE_PATH = re.compile(r"(?<![\w.-])~?(?:/[^\s/'\",:;()]+)+/?")
+
+
+def without_paths(message: str) -> str:
+    """``message`` with every absolute file path replaced by ``<path>``: for what anyone may read."""
+    return ABSOLUTE_PATH.sub("<path>", QUOTED_PATH.sub(r"\1<path>\1", message))
 
 
 def check_bearer(presented: str | None, expected: str | None) -> None:
