@@ -416,6 +416,18 @@ def test_shipped_serve_config_is_valid():
     assert deployment["max_ongoing_requests"] >= settings.max_batch_size
 
 
+def test_serve_config_and_cluster_start_serve_behind_haproxy():
+    """The ingress variables go where Ray starts: the Serve config's instructions, every node's
+    `ray start` in cluster.yaml."""
+    wanted = [f"{name}={value}" for name, value in ingress.HAPROXY_MODE.items()]
+    config_header = [line for line in (ROOT / "serve" / "config.yaml").read_text().splitlines() if line.startswith("#")]
+    assert any(all(variable in line for variable in wanted) for line in config_header)
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    for commands in (cluster["head_start_ray_commands"], cluster["worker_start_ray_commands"]):
+        starts = [command for command in commands if "ray start" in command]
+        assert starts and all(variable in command for command in starts for variable in wanted)
+
+
 # -- the command line, all checked before Ray starts ----------------------------------------------
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
