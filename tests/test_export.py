@@ -36,7 +36,9 @@ def test_fp16_and_int8_round_trips():
             step = matrix.abs().amax(dim=1, keepdim=True) / 127
             assert ((restored["net"]["weight"] - matrix).abs() <= step / 2 + 1e-7).all()
             assert torch.equal(restored["net"]["bias"], state["net"]["bias"])
-    assert encode(state, "fp32") is state
+    lossless = encode(state, "fp32")
+    assert lossless["net"]["weight"] is matrix and lossless["indices"]["data"].dtype == torch.int32
+    assert torch.equal(decode(lossless)["indices"], state["indices"])
     with pytest.raises(ValueError, match="precision"):
         encode(state, "fp8")
 

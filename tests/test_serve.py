@@ -10,7 +10,6 @@ and in any order."""
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,8 @@ import httpx
 import pytest
 import schemathesis
 import yaml
-from helpers.ports import EXCLUSIVE_SERVE_PORTS, PortTaken, is_port_conflict, with_free_port
+from helpers.ports import EXCLUSIVE_SERVE_PORTS, with_free_port
+from helpers.serve_process import ServeProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
@@ -400,44 +400,14 @@ def test_fuzzing_with_a_token_401_before_any_422(server, secured):
 
 
 # -- recsearch serve ---------------------------------------------------------------------------------
-class ServeCommand:
-    """``recsearch serve`` in a process of its own, started on a free port."""
-
-    def __init__(self, model_dir: Path, env: dict[str, str], log: Path):
-        self.model_dir, self.env, self.log = model_dir, env, log
-        self.process: subprocess.Popen | None = None
-
-    def start(self, port: int, timeout: float = 240) -> str:
-        with open(self.log, "w") as out:
-            self.process = subprocess.Popen([str(SERVE_CLI.parent / "recsearch"), "serve", str(self.model_dir),
-                                             "--port", str(port), "--num-cpus", "0.5"],
-                                            env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            output = self.log.read_text()
-            if "\ningress: " in output:
-                return output
-            if self.process.poll() is not None:
-                if is_port_conflict(output):
-                    raise PortTaken(output[-500:])
-                raise AssertionError(f"recsearch serve exited with {self.process.returncode}:\n{output[-3000:]}")
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"recsearch serve did not come up within {timeout}s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=120)
-
-
 def test_recsearch_serve_falls_back_without_haproxy_and_restarts_on_its_port(models, tmp_path):
     """A HAProxy that cannot start (here: no binary) leaves Serve's own proxy answering, with a
     message saying so; once stopped, a new `recsearch serve` starts on the same port at once,
     this time behind HAProxy."""
     inherited = {k: v for k, v in os.environ.items() if k not in ingress.HAPROXY_PORTS}  # the module's Serve's
     env = {**inherited, "RAY_AUTH_MODE": "disabled", **EXCLUSIVE_SERVE_PORTS}
-    broken = ServeCommand(models["ranking"], {**env, "RAY_SERVE_HAPROXY_BINARY_PATH": str(tmp_path / "no-haproxy")},
-                          tmp_path / "first.log")
+    broken = ServeProcess(models["ranking"], {**env, "RAY_SERVE_HAPROXY_BINARY_PATH": str(tmp_path / "no-haproxy")},
+                          tmp_path / "first.log", "--num-cpus", "0.5")
     port = None
 
     def start_broken(candidate: int) -> str:
@@ -454,7 +424,7 @@ def test_recsearch_serve_falls_back_without_haproxy_and_restarts_on_its_port(mod
         assert answer.status_code == 200 and len(answer.json()["items"]) == 3
     finally:
         assert broken.stop() == 0
-    again = ServeCommand(models["ranking"], env, tmp_path / "second.log")
+    again = ServeProcess(models["ranking"], env, tmp_path / "second.log", "--num-cpus", "0.5")
     output = again.start(port)  # the same port, right after the first one exited
     try:
         assert "\ningress: HAProxy, throughput-optimised" in output

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from recsearch.data.dataset import Dataset, ServingData
-from recsearch.models.compression import decode
+from recsearch.models.compression import decode, encode
 from recsearch.ranking import SeenItems
 from recsearch.runtime import resolve_device
 
@@ -210,11 +210,13 @@ class Recommender(ABC):
     # -- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path, metadata: dict[str, Any] | None = None,
              state: dict[str, Any] | None = None) -> Path:
-        """Write the serving bundle; ``state``: an encoded ``serving_state`` (``recsearch export``)."""
+        """Write the serving bundle; ``state``: an encoded ``serving_state`` (``recsearch export``),
+        by default the serving state in fp32 (indices in int32: nothing lost)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._require_data().save(directory / "data")
-        torch.save(_to_cpu(self.serving_state() if state is None else state), directory / "weights.pt")
+        state = encode(self.serving_state(), "fp32") if state is None else state
+        torch.save(_to_cpu(state), directory / "weights.pt")
         self.metadata.update(metadata or {})
         description = {
             "format": FORMAT_VERSION,
