@@ -130,21 +130,24 @@ def serve_command(args: argparse.Namespace) -> None:
         print(f"serving {target.settings.model_dir} at {url}/ (API docs: {url}/docs)"
               f"{'; bearer token required' if token else ''}\n"
               f"application {args.name!r} runs on the cluster; remove it with `serve delete {args.name}`", flush=True)
+        if is_loopback(args.host):
+            print("note: behind the HAProxy ingress (cluster.yaml starts it), replicas on other nodes are reached "
+                  "at --host: there, serve with --host 0.0.0.0 and a token", flush=True)
         return
     environment = ingress.haproxy_environment() if args.haproxy else ingress.default_environment()
-    try:
-        _start(args, target, token, environment)
-    except IngressFailed as err:
-        print(f"recsearch: HAProxy did not start ({err}); falling back to Serve's default proxy, which "
-              "answers fewer requests per second (--no-haproxy skips the attempt)", file=sys.stderr, flush=True)
-        environment = ingress.default_environment()
-        _start(args, target, token, environment)
-    haproxy = environment.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
-    side = "".join(f"; {what} on port {environment[name]}" for name, what in ingress.HAPROXY_PORTS.items()) if haproxy else ""
-    print(f"serving {target.settings.model_dir} at {url}/ (API docs: {url}/docs)"
-          f"{'; bearer token required' if token else ''}\n"
-          f"ingress: {'HAProxy, throughput-optimised' if haproxy else 'Serve proxy'}{side}", flush=True)
-    try:
+    try:  # Ctrl-C or SIGTERM at any point, even while starting, stops everything started
+        try:
+            _start(args, target, token, environment)
+        except IngressFailed as err:
+            print(f"recsearch: HAProxy did not start ({err}); falling back to Serve's default proxy, which "
+                  "answers fewer requests per second (--no-haproxy skips the attempt)", file=sys.stderr, flush=True)
+            environment = ingress.default_environment()
+            _start(args, target, token, environment)
+        haproxy = environment.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+        side = "".join(f"; {what} on port {environment[name]}" for name, what in ingress.HAPROXY_PORTS.items()) if haproxy else ""
+        print(f"serving {target.settings.model_dir} at {url}/ (API docs: {url}/docs)"
+              f"{'; bearer token required' if token else ''}\n"
+              f"ingress: {'HAProxy, throughput-optimised' if haproxy else 'Serve proxy'}{side}", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -179,7 +182,7 @@ def _start(args: argparse.Namespace, target: ServePlan, token: str | None,
             _stop(args.host, args.port)
         if environment and environment.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
             raise IngressFailed(_last_line(err)) from None
-        raise RecsearchError(f"the deployment failed: {_last_line(err)}") from None
+        raise RecsearchError(f"the deployment failed: {err}") from None
 
 
 def _stop(host: str, port: int, timeout: float = 30.0) -> None:
