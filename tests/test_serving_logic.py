@@ -384,6 +384,10 @@ def test_model_directories(ranking_dir, tmp_path):
     (sweep / "best").mkdir(parents=True)
     (sweep / "best" / "model.json").write_text((ranking_dir / "model.json").read_text())
     assert resolve_model_dir(sweep) == sweep / "best"
+    trained = tmp_path / "runs" / "ease"  # what `recsearch train out=runs/ease` writes
+    (trained / "model").mkdir(parents=True)
+    (trained / "model" / "model.json").write_text((ranking_dir / "model.json").read_text())
+    assert resolve_model_dir(trained) == trained / "model"
     with pytest.raises(ConfigError, match="not a model directory"):
         resolve_model_dir(tmp_path / "missing")
     broken = tmp_path / "broken"
