@@ -159,7 +159,8 @@ def serve_command(args: argparse.Namespace) -> None:
 def _start(args: argparse.Namespace, target: ServePlan, token: str | None,
            environment: dict[str, str | None] | None = None) -> None:
     """Start Ray (a private one when ``environment`` is given, in that environment) and Serve,
-    and deploy; on failure everything started is stopped again."""
+    and deploy; on failure everything started is stopped again. HAProxy, when asked for, starts
+    with Serve: its failure then is an ``IngressFailed``."""
     import ray
     from ray import serve
 
@@ -174,14 +175,19 @@ def _start(args: argparse.Namespace, target: ServePlan, token: str | None,
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` shuts down as cleanly as Ctrl-C
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
+    except Exception as err:
+        if environment is not None:
+            _stop(args.host, args.port)
+        if environment and environment.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+            raise IngressFailed(_last_line(err)) from None
+        raise RecsearchError(f"Serve did not start: {err}") from None
+    try:
         serve.run(build_app(target.settings, replicas=target.replicas, max_replicas=target.max_replicas,
                             num_cpus=target.num_cpus, num_gpus=target.num_gpus, env_vars=env_vars),
                   name=args.name, route_prefix="/")
     except Exception as err:
         if environment is not None:
             _stop(args.host, args.port)
-        if environment and environment.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
-            raise IngressFailed(_last_line(err)) from None
         raise RecsearchError(f"the deployment failed: {err}") from None
 
 
