@@ -1,162 +1,142 @@
-"""Load benchmark of the user-recommendation endpoint, with and without ``@serve.batch``.
+"""Load benchmark of ``recsearch serve``: Serve's default proxy against the HAProxy ingress, side
+by side in one run.
 
-Starts a private local Ray and Serve on 127.0.0.1, deploys MODEL_DIR once with batching
-(``max_batch_size`` 32) and once without (1), and at each concurrency level runs that many
-async clients (httpx, keep-alive) posting ``/recommend/user`` for random known users, back to
-back, until ``--seconds`` pass or ``--max-requests`` are answered. Reports QPS, p50/p99 latency
-and the mean batch size the server saw; writes JSON and prints a table.
+For each ingress it starts ``recsearch serve MODEL_DIR`` as a user would (``--no-haproxy`` for
+the default proxy), one replica of ``--num-cpus``, then drives ``POST /recommend/user`` with
+``wrk`` (a load generator in C, so the client spends no Python per request on the cores the
+server shares) cycling through ten known users, at each concurrency level for ``--seconds``
+after a short warm-up. Reports QPS and p50/p99 latency per level, HAProxy's QPS as a multiple
+of the default proxy's at the same level, and the load average around each measurement
+(other work on the machine skews QPS). Writes bench/results/serve_load.{json,md}.
 
-    python bench/serve_load.py runs/pop-ml-100k/model
-    python bench/serve_load.py runs/pop-ml-100k/model --levels 1 8 32 --seconds 5
+    python bench/serve_load.py runs/ease            # a train output, model or sweep directory
+    python bench/serve_load.py runs/ease --levels 1 16 64 --seconds 8
 
-Client and server share the machine: on a small one the client's own CPU use caps the QPS.
+Needs wrk (Debian/Ubuntu: ``apt-get install -y wrk``). With ``RECSEARCH_SERVE_TOKEN`` set, the
+server requires it and wrk sends it.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import random
+import re
+import shutil
+import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-import httpx
-import numpy as np
-from record import machine
+from record import machine, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.ports import EXCLUSIVE_SERVE_PORTS, with_free_port  # noqa: E402
+from helpers.serve_process import ServeProcess  # noqa: E402
 
-from recsearch.data.dataset import Dataset
-from recsearch.output import format_table, write_json
-from recsearch.serving.schemas import ServeSettings
-from recsearch.serving.service import read_description, resolve_model_dir
+from recsearch.models.base import Recommender  # noqa: E402
+from recsearch.serving import TOKEN_ENV, ingress  # noqa: E402
+from recsearch.serving.service import read_description, resolve_model_dir  # noqa: E402
 
-MODES = {"batched": 32, "unbatched": 1}  # name -> max_batch_size
+INGRESSES = {"default": ["--no-haproxy"], "haproxy": []}  # name -> recsearch serve options
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}  # wrk's latency units, in ms
+WRK_SCRIPT = """-- POST /recommend/user, cycling through known users
+local users = {%(users)s}
+local n = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+%(auth)s
+request = function()
+  n = n %% #users + 1
+  return wrk.format(nil, nil, nil, '{"user": "' .. users[n] .. '", "k": %(k)d}')
+end
+"""
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_dir", help="model directory or sweep directory (its best/)")
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64], help="concurrent clients per run")
-    parser.add_argument("--seconds", type=float, default=5.0, help="time limit per level")
-    parser.add_argument("--max-requests", type=int, default=5000, help="request limit per level")
+    parser.add_argument("model_dir", help="model, sweep or `recsearch train` output directory")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64], help="concurrent connections")
+    parser.add_argument("--seconds", type=int, default=8, help="wrk duration per level (default: 8, as wrk -d8s)")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of load before the first level")
     parser.add_argument("--k", type=int, default=10, help="items per recommendation")
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs of the one replica")
-    parser.add_argument("--out", default="bench/results/serve_load.json", help="JSON results file")
+    parser.add_argument("--wrk", default=shutil.which("wrk"), help="the wrk binary (default: wrk on PATH)")
+    parser.add_argument("--out", default="bench/results/serve_load", help="results stem (.json and .md)")
     return parser.parse_args()
 
 
-async def wait_until_serving(url: str, max_batch_size: int, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        while time.monotonic() < deadline:
-            try:
-                health = (await client.get("/health")).json()
-                if health.get("status") == "ok" and health["batching"]["max_batch_size"] == max_batch_size:
-                    return health
-            except (httpx.HTTPError, ValueError, KeyError, TypeError):
-                pass
-            await asyncio.sleep(0.5)
-    raise TimeoutError(f"{url} did not come up within {timeout}s")
+def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: int) -> dict:
+    """One wrk run, one thread: QPS, latency percentiles (ms), failed requests."""
+    done = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                          capture_output=True, text=True, timeout=seconds + 60, check=True)
+    text = done.stdout
+    latency = {f"p{p}_ms": float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)}
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return {"qps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+            "requests": int(re.search(r"(\d+) requests in", text).group(1)), **latency,
+            "failed": (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)}
 
 
-async def run_level(url: str, users: list[str], concurrency: int, seconds: float, max_requests: int,
-                    k: int) -> dict:
-    """``concurrency`` clients posting back to back; latency of every answered request."""
-    latencies: list[float] = []
-    errors = 0
-    issued = 0
-    deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+def measure(name: str, args: argparse.Namespace, directory: Path, script: Path, workdir: Path) -> list[dict]:
+    """Serve with one ingress and load it at every level."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ingress.HAPROXY_PORTS}
+    server = ServeProcess(directory, {**inherited, **EXCLUSIVE_SERVE_PORTS}, workdir / f"{name}.log",
+                          "--num-cpus", str(args.num_cpus), *INGRESSES[name])
+    port = None
 
-    async def client_loop(client: httpx.AsyncClient, rng: random.Random):
-        nonlocal errors, issued
-        while issued < max_requests and time.perf_counter() < deadline:
-            issued += 1
-            start = time.perf_counter()
-            try:
-                response = await client.post("/recommend/user", json={"user": rng.choice(users), "k": k})
-                ok = response.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if ok:
-                latencies.append(time.perf_counter() - start)
-            else:
-                errors += 1
+    def start(candidate: int) -> str:
+        nonlocal port
+        output = server.start(candidate)
+        port = candidate
+        return output
 
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        before = (await client.get("/health")).json()["batching"]
-        start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client, random.Random(n)) for n in range(concurrency)))
-        elapsed = time.perf_counter() - start
-        after = (await client.get("/health")).json()["batching"]
-    batches = after["batches"] - before["batches"]
-    ms = np.array(latencies) * 1000
-    return {
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "errors": errors,
-        "seconds": elapsed,
-        "qps": len(latencies) / elapsed,
-        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
-        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
-        "mean_batch": (after["requests"] - before["requests"]) / batches if batches else None,
-    }
+    output = with_free_port(start)
+    rows = []
+    try:
+        serving = re.search(r"^ingress: (.*)$", output, re.M).group(1)
+        if name == "haproxy" and not serving.startswith("HAProxy"):
+            print(f"warning: HAProxy fell back to Serve's proxy: see {server.log}", file=sys.stderr)
+        url = f"http://127.0.0.1:{port}/recommend/user"
+        run_wrk(args.wrk, url, script, 4, args.warmup)  # connections, caches, the first batches
+        for level in args.levels:
+            load_before = os.getloadavg()[0]
+            result = run_wrk(args.wrk, url, script, level, args.seconds)
+            rows.append({"ingress": name, "serving": serving.split(";")[0], "connections": level, **result,
+                         "load_1m_before": load_before, "load_1m_after": os.getloadavg()[0]})
+            print(f"{name:8s} c={level:3d}  {result['qps']:7.1f} QPS  p50 {result.get('p50_ms', float('nan')):7.1f} ms"
+                  f"  p99 {result.get('p99_ms', float('nan')):7.1f} ms  failed {result['failed']}", flush=True)
+    finally:
+        server.stop()
+    return rows
 
 
 def main() -> None:
     args = parse_args()
+    if not args.wrk or not Path(args.wrk).is_file():
+        sys.exit("bench/serve_load.py needs wrk, a load generator in C: install it (Debian/Ubuntu: "
+                 "apt-get install -y wrk) or pass --wrk PATH")
     directory = resolve_model_dir(args.model_dir)
     description = read_description(directory)
-    users = Dataset.load(directory / "data").user_ids.astype(str).tolist()
-
-    import ray
-    from ray import serve
-
-    from recsearch.serving.app import build_app
-
-    os.environ.update(EXCLUSIVE_SERVE_PORTS)  # a port another Serve listens on fails the start, not shared
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=200 * 2**20)
-    rows = []
-
-    def start_serve(port: int) -> str:
-        try:
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-        except Exception:
-            serve.shutdown()  # the controller outlives a proxy that could not bind
-            raise
-        return f"http://127.0.0.1:{port}"
-
-    try:
-        url = with_free_port(start_serve)  # a free port; another if it is taken before Serve binds it
-        for mode, max_batch_size in MODES.items():
-            settings = ServeSettings(model_dir=str(directory), max_batch_size=max_batch_size)
-            serve.run(build_app(settings, num_cpus=args.num_cpus), name="bench", route_prefix="/")
-            asyncio.run(wait_until_serving(url, max_batch_size))
-            asyncio.run(run_level(url, users, 4, 1.0, 200, args.k))  # warm-up: connections, caches
-            for level in args.levels:
-                row = {"mode": mode, "max_batch_size": max_batch_size,
-                       **asyncio.run(run_level(url, users, level, args.seconds, args.max_requests, args.k))}
-                rows.append(row)
-                print(format_table([row], list(row)).splitlines()[-1], flush=True)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    result = {
-        "model": {"path": str(directory), "family": description["family"], "task": description.get("task"),
-                  "n_users": description.get("n_users"), "n_items": description.get("n_items")},
-        "machine": {**machine(), "load_average_1m_at_end": os.getloadavg()[0]},  # other work skews QPS
-        "settings": {"levels": args.levels, "seconds": args.seconds, "max_requests": args.max_requests,
-                     "k": args.k, "replica_cpus": args.num_cpus},
-        "results": rows,
-    }
-    path = write_json(args.out, result)
-    print()
-    print(format_table(rows, ["mode", "concurrency", "requests", "errors", "qps", "p50_ms", "p99_ms", "mean_batch"]))
-    print(f"wrote {path}")
+    users = Recommender.load(directory, device="cpu").serving_data.user_ids[:10].tolist()
+    token = os.environ.get(TOKEN_ENV)
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as workdir:
+        script = Path(workdir) / "recommend.lua"
+        script.write_text(WRK_SCRIPT % {"users": ", ".join(f'"{u}"' for u in users), "k": args.k,
+                                        "auth": f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""})
+        rows = [row for name in INGRESSES for row in measure(name, args, directory, script, Path(workdir))]
+    default = {row["connections"]: row["qps"] for row in rows if row["ingress"] == "default"}
+    for row in rows:
+        row["qps_vs_default"] = row["qps"] / default[row["connections"]] if default.get(row["connections"]) else None
+    write_results(args.out, rows,
+                  ["ingress", "connections", "qps", "qps_vs_default", "p50_ms", "p99_ms", "failed",
+                   "load_1m_before", "load_1m_after"],
+                  f"`recsearch serve` under wrk (-t1, POST /recommend/user, k={args.k}, ten known users, "
+                  f"{args.seconds} s per level), one replica of {args.num_cpus:g} CPU, "
+                  f"{description['family']} on {description.get('metadata', {}).get('data', '?')}, client on the same machine",
+                  host={**machine(), "wrk": subprocess.run([args.wrk, "-v"], capture_output=True, text=True).stdout.split("\n")[0]},
+                  model={"path": str(directory), "family": description["family"]},
+                  settings={"levels": args.levels, "seconds": args.seconds, "k": args.k, "replica_cpus": args.num_cpus})
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
     recsearch sweep model=ncf data=ml-100k search.num_samples=64 out=runs/ncf
     recsearch resume runs/ncf
     recsearch report runs/ncf
-    recsearch serve runs/ncf/best/model
+    recsearch serve runs/ncf
+    recsearch export runs/ncf runs/ncf-int8 --precision int8
     recsearch submit --address http://127.0.0.1:8265 model=mf out=/mnt/shared/sweeps/mf
     recsearch dashboards
 """
@@ -73,6 +74,12 @@ def _serve(args) -> None:
     serve_command(args)
 
 
+def _export(args) -> None:
+    from recsearch.serving.export import export_command
+
+    export_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsearch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a trained model over HTTP with Ray Serve")
     add_serve_arguments(serve)
     serve.set_defaults(run=_serve)
+
+    from recsearch.serving.export import add_arguments as add_export_arguments
+
+    export = commands.add_parser("export", help="write a model's serving bundle, optionally in fp16/int8 or pruned")
+    add_export_arguments(export)
+    export.set_defaults(run=_export)
 
     sweep = commands.add_parser("sweep", help="search hyperparameters with Ray Tune; rank, test and export the best")
     sweep.add_argument("overrides", nargs="*",

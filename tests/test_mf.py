@@ -12,6 +12,7 @@ from recsearch.models import Recommender
 from recsearch.models.base import UnsupportedOperation
 from recsearch.models.mf import MatrixFactorization
 from recsearch.models.pop import Popularity
+from recsearch.training import load_serialized, serialized
 
 FAST = {"dim": 16, "lr": 0.05, "batch_size": 256}
 
@@ -58,16 +59,21 @@ def test_bpr_loss_decreases(planted_split):
     assert all(b < a for a, b in zip(losses, losses[3:], strict=False)), losses
 
 
-def test_save_load_scores_identically_and_resumes_identically(planted_split, tmp_path):
+def test_bundle_scores_identically_and_training_resumes_from_the_checkpoint_state(planted_split, tmp_path):
     model = MatrixFactorization(seed=1, device="cpu", **FAST).fit(planted_split.train, 3)
-    model.save(tmp_path / "mf")
-    loaded = Recommender.load(tmp_path / "mf", device="cpu")
+    checkpoint = serialized(model.state())  # what a sweep's checkpoint holds
+    loaded = Recommender.load(model.save(tmp_path / "mf"), device="cpu")
     users = np.arange(model.n_users)
     torch.testing.assert_close(loaded.score(users), model.score(users), rtol=0, atol=0)
-    # optimiser moments and the sampler's generator travel too: the next epochs match exactly
-    assert [loaded.train_epoch() for _ in range(2)] == [model.train_epoch() for _ in range(2)]
-    torch.testing.assert_close(loaded.score(users), model.score(users), rtol=0, atol=0)
-    assert loaded.epochs_done == model.epochs_done == 5
+    with pytest.raises(UnsupportedOperation, match="checkpoints"):
+        loaded.train_epoch()  # a served bundle has no optimiser state
+    # optimiser moments and the sampler's generator travel in the checkpoint: the next epochs match exactly
+    resumed = MatrixFactorization(seed=1, device="cpu", **FAST)
+    resumed.prepare(planted_split.train)
+    load_serialized(resumed, checkpoint)
+    assert [resumed.train_epoch() for _ in range(2)] == [model.train_epoch() for _ in range(2)]
+    torch.testing.assert_close(resumed.score(users), model.score(users), rtol=0, atol=0)
+    assert resumed.epochs_done == model.epochs_done == 5
 
 
 @pytest.mark.parametrize(("params", "message"), [

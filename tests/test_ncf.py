@@ -12,6 +12,7 @@ from recsearch.data.dataset import Feature
 from recsearch.models import Recommender, ncf
 from recsearch.models.ncf import EntityEncoder, NeuralCF
 from recsearch.models.torch_base import bf16_is_native
+from recsearch.training import load_serialized, serialized
 
 FAST = {"dim": 16, "layers": [32, 16], "lr": 0.01, "batch_size": 256}
 
@@ -69,16 +70,19 @@ def test_chunked_scoring_equals_pairwise_logits(planted_split, monkeypatch):
     torch.testing.assert_close(whole, pairwise.detach(), rtol=1e-5, atol=1e-5)
 
 
-def test_save_load_scores_identically_and_resumes_identically(planted_split, tmp_path):
+def test_bundle_scores_identically_and_training_resumes_from_the_checkpoint_state(planted_split, tmp_path):
     params = {**FAST, "dropout": 0.3, "use_features": True}  # dropout masks come from the saved generator
     model = NeuralCF(seed=2, device="cpu", **params).fit(planted_split.train, 2)
-    model.save(tmp_path / "ncf")
-    loaded = Recommender.load(tmp_path / "ncf", device="cpu")
+    checkpoint = serialized(model.state())  # what a sweep's checkpoint holds
+    loaded = Recommender.load(model.save(tmp_path / "ncf"), device="cpu")
     assert loaded.hparams == model.hparams and loaded.hparams["layers"] == [32, 16]
     users = np.arange(model.n_users)
     torch.testing.assert_close(loaded.score(users), model.score(users), rtol=0, atol=0)
-    assert [loaded.train_epoch() for _ in range(2)] == [model.train_epoch() for _ in range(2)]
-    torch.testing.assert_close(loaded.score(users), model.score(users), rtol=0, atol=0)
+    resumed = NeuralCF(seed=2, device="cpu", **params)
+    resumed.prepare(planted_split.train)
+    load_serialized(resumed, checkpoint)
+    assert [resumed.train_epoch() for _ in range(2)] == [model.train_epoch() for _ in range(2)]
+    torch.testing.assert_close(resumed.score(users), model.score(users), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("params", "message"), [

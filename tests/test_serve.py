@@ -1,9 +1,12 @@
-"""The Ray Serve application end to end on a local Ray: deployed with ``serve deploy`` from the
-shipped serve/config.yaml, every endpoint and error path over HTTP, batching, hot swaps (good and
-broken) under concurrent load, and the bearer token on an app started with ``serve.run``.
-One Ray cluster and one Serve instance for the whole module; before each test the ranking model
-is put back in place if a test before swapped it out, so that every test passes alone and in
-any order."""
+"""The Ray Serve application end to end on a local Ray behind the HAProxy ingress, as
+``recsearch serve`` runs it: deployed with ``serve deploy`` from the shipped serve/config.yaml,
+every endpoint and error path over HTTP, batching, hot swaps (good, broken, to a compressed
+export) under concurrent load, the bearer token on an app started with ``serve.run``, and every
+endpoint fuzzed from the OpenAPI schema with and without the token. Then ``recsearch serve``
+itself: falling back to Serve's proxy when HAProxy cannot start, and restarting on its port.
+One Ray cluster and one Serve instance for the module's API tests; before each test the ranking
+model is put back in place if a test before swapped it out, so that every test passes alone
+and in any order."""
 
 import asyncio
 import os
@@ -14,12 +17,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+import schemathesis
 import yaml
 from helpers.ports import EXCLUSIVE_SERVE_PORTS, with_free_port
+from helpers.serve_process import ServeProcess
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 
+from recsearch.models.mf import MatrixFactorization
 from recsearch.models.pop import Popularity
-from recsearch.serving import TOKEN_ENV
+from recsearch.serving import TOKEN_ENV, ingress
 from recsearch.serving.app import build_app
+from recsearch.serving.export import export_model
 from recsearch.serving.schemas import ServeSettings
 from recsearch.serving.service import resolve_model_dir
 
@@ -103,19 +112,22 @@ def models(planted_split, tmp_path_factory) -> dict[str, Path]:
     ranking = Popularity(task="ranking").fit(planted_split.train).save(
         root / "pop-ranking", metadata={"valid": {"ndcg@10": 0.3}, "test": {"ndcg@10": 0.25}, "sweep": "unit"})
     Popularity(task="rating", shrinkage=1.0).fit(planted_split.train).save(root / "sweep" / "best")
-    return {"ranking": ranking, "rating_sweep": root / "sweep"}
+    mf = MatrixFactorization(seed=0, device="cpu", dim=8).fit(planted_split.train, 2).save(root / "mf")
+    export_model(mf, root / "mf-int8", precision="int8")
+    return {"ranking": ranking, "rating_sweep": root / "sweep", "int8": root / "mf-int8"}
 
 
 @pytest.fixture(scope="module")
 def serve_instance(models, tmp_path_factory):
-    """Ray with its dashboard, and Serve's HTTP proxy started with serve/config.yaml's options
-    on a free port (the dashboard binds one itself and reports it)."""
+    """Ray with its dashboard, and Serve's HAProxy ingress started with serve/config.yaml's
+    options on a free port (the dashboard binds one itself and reports it)."""
     import ray
     from ray import serve
 
     # RAY_AUTH_MODE explicit, so the test does not depend on whether a Ray token file exists on
-    # this machine; Serve's one proxy binds its port exclusively (see helpers.ports).
-    env = {"RAY_AUTH_MODE": "disabled", **EXCLUSIVE_SERVE_PORTS}
+    # this machine; Serve's one ingress binds its port exclusively (see helpers.ports); HAProxy
+    # as `recsearch serve` starts it, its side listeners on ports of their own.
+    env = {"RAY_AUTH_MODE": "disabled", **EXCLUSIVE_SERVE_PORTS, **ingress.haproxy_environment()}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
@@ -135,8 +147,7 @@ def serve_instance(models, tmp_path_factory):
         yield Server(f"http://127.0.0.1:{http_port}", f"http://{context.dashboard_url}",
                      tmp_path_factory.mktemp("serve-config"), {**os.environ, **env})
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        ray.shutdown()  # stops Serve with it, without HAProxy's 30 s of draining
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -298,20 +309,126 @@ def test_broken_hot_swap_keeps_serving_the_old_model(server, tmp_path):
     assert all(status == 200 and model == before["model_id"] for worker in seen for status, model in worker)
     after = server.health()
     assert after["model_id"] == before["model_id"] and "not a model directory" in after["reload_error"]
+    assert str(tmp_path) not in after["reload_error"] and "<path>" in after["reload_error"]  # /health is open
 
 
-def test_bearer_token_guards_all_but_health(server, models):
+def test_hot_swap_to_an_int8_export(server, models):
+    before = server.health()["model_id"]
+    server.deploy(str(models["int8"]))
+    health = server.wait_for(lambda h: h["model_id"] != before)
+    assert health["family"] == "mf" and health["reload_error"] is None
+    info = httpx.get(f"{server.url}/model", timeout=30).json()
+    assert info["metadata"]["compression"]["precision"] == "int8"
+    answer = server.post("/recommend/user", {"user": "u5", "k": 4}).json()
+    assert answer["fallback"] is None and len(answer["items"]) == 4
+
+
+@pytest.fixture
+def secured(server, models) -> str:
+    """The ranking model as a second application at /secured whose replicas require TOKEN."""
     from ray import serve
 
     settings = ServeSettings(model_dir=str(models["ranking"]))
     serve.run(build_app(settings, num_cpus=0.5, env_vars={TOKEN_ENV: TOKEN}), name="secured",
               route_prefix="/secured")
     assert server.wait_for(lambda h: h["status"] == "ok", prefix="/secured")["auth"] == "bearer"
+    return f"{server.url}/secured"
+
+
+def test_bearer_token_guards_all_but_health_before_any_parsing(server, secured):
     body = {"user": "u1", "k": 2}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
-        refused = server.post("/secured/recommend/user", body, headers=headers)
+        refused = httpx.post(f"{secured}/recommend/user", json=body, headers=headers, timeout=30)
         assert refused.status_code == 401 and "token" in refused.json()["error"]
-        assert httpx.get(f"{server.url}/secured/model", headers=headers, timeout=30).status_code == 401
-    granted = server.post("/secured/recommend/user", body, headers={"Authorization": f"Bearer {TOKEN}"})
-    assert granted.status_code == 200 and len(granted.json()["items"]) == 2
+        for path in ("/model", "/docs", "/redoc", "/openapi.json"):
+            assert httpx.get(f"{secured}{path}", headers=headers, timeout=30).status_code == 401
+        malformed = httpx.post(f"{secured}/recommend/user", content="{not json", headers=headers, timeout=30)
+        assert malformed.status_code == 401 and malformed.json()["field"] is None  # not a 422 naming a field
+    granted = {"Authorization": f"Bearer {TOKEN}"}
+    answer = httpx.post(f"{secured}/recommend/user", json=body, headers=granted, timeout=30)
+    assert answer.status_code == 200 and len(answer.json()["items"]) == 2
+    assert httpx.post(f"{secured}/recommend/user", json={"k": 0}, headers=granted, timeout=30).status_code == 422
+    assert httpx.get(f"{secured}/openapi.json", headers=granted, timeout=30).json()["paths"]
     assert server.health()["auth"] == "none"  # the other app stays open
+
+
+# -- fuzzing every endpoint from the OpenAPI schema ------------------------------------------------
+FUZZ_EXAMPLES = 25  # per operation and generation mode: a few hundred requests per scenario
+
+
+def fuzz(base_url: str, schema: dict, headers: dict[str, str], check) -> None:
+    """Requests that schemathesis generates from ``schema``, valid and invalid ones, sent to
+    every operation with ``headers``; ``check(case, response)`` judges each answer."""
+    api = schemathesis.openapi.from_dict(schema)
+    for result in api.get_all_operations():
+        operation = result.ok()
+        for mode in schemathesis.GenerationMode:
+            @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def send(case):
+                response = case.call(base_url=base_url, headers=headers, timeout=30)
+                assert response.status_code < 500, f"{case.method} {case.path}: {response.status_code} {response.text[:200]}"
+                check(case, response)
+
+            try:
+                send()
+            except Unsatisfiable:  # an operation that takes no input has no invalid request to send
+                assert mode is schemathesis.GenerationMode.NEGATIVE and case_free(operation)
+
+
+def case_free(operation) -> bool:
+    return not (operation.body or operation.query or operation.path_parameters or operation.headers)
+
+
+def test_fuzzing_the_open_api_never_gets_a_5xx(server):
+    schema = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+    fuzz(server.url, schema, {}, lambda case, response: None)
+
+
+def test_fuzzing_with_a_token_401_before_any_422(server, secured):
+    granted = {"Authorization": f"Bearer {TOKEN}"}
+    schema = httpx.get(f"{secured}/openapi.json", headers=granted, timeout=30).json()
+    assert schema["components"]["securitySchemes"]  # the docs say how to authenticate
+
+    def refused_unless_health(case, response):
+        assert response.status_code == (200 if case.path == "/health" else 401), f"{case.method} {case.path}"
+
+    fuzz(secured, schema, {}, refused_unless_health)
+    fuzz(secured, schema, {"Authorization": "Bearer not-the-token"}, refused_unless_health)
+    fuzz(secured, schema, granted, lambda case, response: None)
+
+
+# -- recsearch serve ---------------------------------------------------------------------------------
+def test_recsearch_serve_falls_back_without_haproxy_and_restarts_on_its_port(models, tmp_path):
+    """A HAProxy that cannot start (here: no binary) leaves Serve's own proxy answering, with a
+    message saying so; once stopped, a new `recsearch serve` starts on the same port at once,
+    this time behind HAProxy."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ingress.HAPROXY_PORTS}  # the module's Serve's
+    env = {**inherited, "RAY_AUTH_MODE": "disabled", **EXCLUSIVE_SERVE_PORTS}
+    broken = ServeProcess(models["ranking"], {**env, "RAY_SERVE_HAPROXY_BINARY_PATH": str(tmp_path / "no-haproxy")},
+                          tmp_path / "first.log", "--num-cpus", "0.5")
+    port = None
+
+    def start_broken(candidate: int) -> str:
+        nonlocal port
+        output = broken.start(candidate)
+        port = candidate
+        return output
+
+    output = with_free_port(start_broken)
+    try:
+        assert "HAProxy did not start" in output and "falling back to Serve's default proxy" in output
+        assert "\ningress: Serve proxy" in output
+        answer = httpx.post(f"http://127.0.0.1:{port}/recommend/user", json={"user": "u1", "k": 3}, timeout=30)
+        assert answer.status_code == 200 and len(answer.json()["items"]) == 3
+    finally:
+        assert broken.stop() == 0
+    again = ServeProcess(models["ranking"], env, tmp_path / "second.log", "--num-cpus", "0.5")
+    output = again.start(port)  # the same port, right after the first one exited
+    try:
+        assert "\ningress: HAProxy, throughput-optimised" in output
+        answer = httpx.post(f"http://127.0.0.1:{port}/recommend/user", json={"user": "u1", "k": 3}, timeout=30)
+        assert answer.status_code == 200 and len(answer.json()["items"]) == 3
+    finally:
+        assert again.stop() == 0

@@ -1,23 +1,27 @@
 """The serving logic without Ray or HTTP: fallbacks, batched answers, errors, settings, CLI checks."""
 
 import argparse
+import asyncio
+import json
 import socket
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 import yaml
 from pydantic import ValidationError
+from starlette.responses import JSONResponse
 
 from recsearch.cli import main
 from recsearch.errors import ConfigError
 from recsearch.evaluation import ranked_items
 from recsearch.models.base import MODELS, model_class
 from recsearch.models.pop import Popularity
-from recsearch.serving import MAX_HISTORY, MAX_K
-from recsearch.serving.cli import add_arguments, check_port_free, plan
+from recsearch.serving import MAX_HISTORY, MAX_K, TOKEN_ENV, ingress
+from recsearch.serving.cli import add_arguments, check_port_free, is_loopback, plan
 from recsearch.serving.fallback import ItemSimilarity, PopularItems
 from recsearch.serving.schemas import (
     HistoryRecommendationRequest,
@@ -33,6 +37,7 @@ from recsearch.serving.service import (
     describe_validation_errors,
     read_description,
     resolve_model_dir,
+    without_paths,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,7 +173,7 @@ def test_history_with_no_overlap_falls_back_to_popularity(planted_split, tmp_pat
     assert answer.fallback == "popularity" and "i3" not in items_of(answer) and len(answer.items) == 4
 
 
-def test_models_that_score_histories_answer_them_themselves(ranking):
+def test_models_that_score_histories_answer_them_themselves(ranking, planted_split):
     class NextItem(Popularity):
         """Scores the item after the last one; has nothing to say after item 0."""
         scores_history = True
@@ -181,7 +186,7 @@ def test_models_that_score_histories_answer_them_themselves(ranking):
             return scores
 
     model = NextItem()
-    model.prepare(ranking.model.train_data)
+    model.prepare(planted_split.train)
     model.fit_prepared()
     service = ModelService(model, ranking.directory, ranking.description)
     answers = service.recommend_histories([HistoryRecommendationRequest(items=["i9", "i4"], k=2),
@@ -241,6 +246,48 @@ def test_every_registered_family_can_be_served(family, planted_split, tmp_path):
             assert np.isfinite(service.predict_rating(RatingRequest(user="u0", item="i1")).rating)
 
 
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_the_bundle_holds_only_what_inference_reads(family, planted_split, tmp_path):
+    """No ratings, timestamps or interaction order, features only for a model that reads them,
+    no optimiser: id maps, seen items, popularity and titles, and the model's own serving state."""
+    cls = model_class(family)
+    train = planted_split.train
+    for task in cls.tasks:
+        for use_features in ((False, True) if family == "ncf" else (False,)):
+            extra = {"use_features": True} if use_features else {}
+            model = cls(seed=0, device="cpu", task=task, **extra).fit(train, epochs=1)
+            directory = model.save(tmp_path / f"{task}-{use_features}")
+            with np.load(directory / "data" / "serving.npz", allow_pickle=False) as bundle:
+                arrays = {name: bundle[name] for name in bundle.files}
+            features = {f"{kind}.{name}.{part}" for kind, feats in (("user", train.user_features), ("item", train.item_features))
+                        for name in feats for part in ("vocabulary", "offsets", "values")}
+            expected = {"user_ids", "item_ids", "seen.indptr", "seen.indices", "item_counts", "item_titles"}
+            assert set(arrays) == expected | (features if use_features else set())
+            seen = sp.csr_matrix((np.ones(len(arrays["seen.indices"])), arrays["seen.indices"], arrays["seen.indptr"]),
+                                 shape=(train.n_users, train.n_items))
+            assert (seen != (train.matrix() > 0)).nnz == 0
+            assert arrays["item_counts"].tolist() == np.bincount(train.interactions.item, minlength=train.n_items).tolist()
+            assert set((directory / "data").iterdir()) == {directory / "data" / "serving.npz", directory / "data" / "serving.json"}
+            state = torch.load(directory / "weights.pt", weights_only=True)
+            assert not {"optimizers", "generator", "epochs_done"} & set(state)
+            # only a KNN rating model reads ratings at inference (Resnick's formula)
+            assert ("ratings" in state) == (task == "rating" and family in ("itemknn", "userknn"))
+
+
+def test_a_format_1_directory_still_loads(planted_split, tmp_path):
+    """Written before the bundle: the whole training set in data/, the optimiser in weights.pt."""
+    model = model_class("mf")(seed=0, device="cpu", dim=8).fit(planted_split.train, epochs=1)
+    description = json.loads((model.save(tmp_path / "bundle") / "model.json").read_text())
+    old = tmp_path / "old"
+    planted_split.train.save(old / "data")
+    torch.save(model.state(), old / "weights.pt")
+    (old / "model.json").write_text(json.dumps({**description, "format": 1}))
+    service = ModelService.load(old, device="cpu")
+    users = np.arange(planted_split.n_users)
+    torch.testing.assert_close(service.model.score(users), model.score(users), rtol=0, atol=0)
+    assert service.recommend_users([user_request("u3", k=3)])[0].fallback is None
+
+
 # -- requests, errors, auth ---------------------------------------------------------------------
 @pytest.mark.parametrize("body, field", [
     ({"user": "u1", "k": 0}, "k"),
@@ -286,6 +333,50 @@ def test_bearer_token():
         assert refused.value.status == 401 and refused.value.headers == {"WWW-Authenticate": "Bearer"}
 
 
+@pytest.mark.parametrize("root_path", ["", "/secured"])
+def test_the_token_guard_answers_before_the_application(monkeypatch, root_path):
+    """Everything but /health gets a 401 without the token, the application never reached
+    (so no body is read, no 422 and no docs leak); with the token, or with none configured,
+    requests pass untouched."""
+    from recsearch.serving.app import BearerTokenGuard
+
+    reached: list[str] = []
+
+    async def application(scope, receive, send):
+        reached.append(scope["path"])
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    def call(path: str, token: str | None, **headers) -> httpx.Response:
+        monkeypatch.setenv(TOKEN_ENV, token or "")
+        transport = httpx.ASGITransport(app=BearerTokenGuard(application), root_path=root_path)
+
+        async def post() -> httpx.Response:
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await client.post(f"{root_path}{path}", content=b"{not json", headers=headers)
+
+        return asyncio.run(post())
+
+    for path in ("/recommend/user", "/docs", "/openapi.json", "/redoc", "/nowhere", "/health/x", "/"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+            refused = call(path, "s3cret", **headers)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+            assert refused.json()["error"].startswith("missing or wrong bearer token")
+    assert reached == []
+    assert call("/health", "s3cret").status_code == 200
+    assert call("/recommend/user", "s3cret", Authorization="Bearer s3cret").status_code == 200
+    assert call("/recommend/user", "s3cret", Authorization="bearer  s3cret ").status_code == 200
+    assert call("/docs", None).status_code == 200  # no token configured: open
+    assert reached == [f"{root_path}{p}" for p in ("/health", "/recommend/user", "/recommend/user", "/docs")]
+
+
+def test_health_shows_no_paths():
+    error = "ConfigError: /srv/models/x is not a model directory (no model.json), nor a sweep directory with best/model.json"
+    assert without_paths(error) == ("ConfigError: <path> is not a model directory (no model.json), "
+                                    "nor a sweep directory with best/model.json")
+    assert without_paths("FileNotFoundError: [Errno 2] No such file: '/a/b c/w.pt' or ~/m") == \
+        "FileNotFoundError: [Errno 2] No such file: '<path>' or <path>"
+
+
 # -- model directories and settings --------------------------------------------------------------
 def test_model_directories(ranking_dir, tmp_path):
     assert resolve_model_dir(ranking_dir) == ranking_dir
@@ -293,6 +384,10 @@ def test_model_directories(ranking_dir, tmp_path):
     (sweep / "best").mkdir(parents=True)
     (sweep / "best" / "model.json").write_text((ranking_dir / "model.json").read_text())
     assert resolve_model_dir(sweep) == sweep / "best"
+    trained = tmp_path / "runs" / "ease"  # what `recsearch train out=runs/ease` writes
+    (trained / "model").mkdir(parents=True)
+    (trained / "model" / "model.json").write_text((ranking_dir / "model.json").read_text())
+    assert resolve_model_dir(trained) == trained / "model"
     with pytest.raises(ConfigError, match="not a model directory"):
         resolve_model_dir(tmp_path / "missing")
     broken = tmp_path / "broken"
@@ -325,6 +420,18 @@ def test_shipped_serve_config_is_valid():
     assert deployment["max_ongoing_requests"] >= settings.max_batch_size
 
 
+def test_serve_config_and_cluster_start_serve_behind_haproxy():
+    """The ingress variables go where Ray starts: the Serve config's instructions, every node's
+    `ray start` in cluster.yaml."""
+    wanted = [f"{name}={value}" for name, value in ingress.HAPROXY_MODE.items()]
+    config_header = [line for line in (ROOT / "serve" / "config.yaml").read_text().splitlines() if line.startswith("#")]
+    assert any(all(variable in line for variable in wanted) for line in config_header)
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    for commands in (cluster["head_start_ray_commands"], cluster["worker_start_ray_commands"]):
+        starts = [command for command in commands if "ray start" in command]
+        assert starts and all(variable in command for command in starts for variable in wanted)
+
+
 # -- the command line, all checked before Ray starts ----------------------------------------------
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
@@ -342,6 +449,40 @@ def test_cli_plan(ranking_dir):
                         (["--num-gpus", "-1"], "--num-gpus")):
         with pytest.raises(ConfigError, match=match):
             plan(parse(str(ranking_dir), *argv))
+
+
+def test_cli_ingress_choice(ranking_dir):
+    assert plan(parse(str(ranking_dir))) and parse(str(ranking_dir)).haproxy
+    assert not parse(str(ranking_dir), "--no-haproxy").haproxy
+    with pytest.raises(ConfigError, match="cluster's ingress"):
+        plan(parse(str(ranking_dir), "--no-haproxy", "--address", "auto"))
+    environment = ingress.haproxy_environment()
+    assert environment["RAY_SERVE_ENABLE_HA_PROXY"] == environment["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    ports = [int(environment[name]) for name in ingress.HAPROXY_PORTS]  # not Ray's fixed 8404, 9101, 8500
+    assert all(0 < port < 65536 for port in ports) and not {8404, 9101, 8500} & set(ports)
+    assert ingress.default_environment() == {"RAY_SERVE_ENABLE_HA_PROXY": None, "RAY_SERVE_THROUGHPUT_OPTIMIZED": None}
+
+
+def test_loopback_hosts():
+    assert all(is_loopback(host) for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"))
+    assert not any(is_loopback(host) for host in ("0.0.0.0", "::", "192.0.2.1", "no-such-host.invalid"))
+
+
+def test_a_port_held_only_by_a_stopped_servers_connections_is_free():
+    """A server that closed its connections first leaves them in TIME_WAIT on its port for a
+    minute: servers (uvicorn, HAProxy) bind through that with SO_REUSEADDR, so the check must too."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            connection, _ = listener.accept()
+            connection.close()  # the server side closes first: its end goes to TIME_WAIT
+            client.recv(1)
+    with socket.socket() as plain, pytest.raises(OSError):  # the TIME_WAIT connection is there
+        plain.bind(("127.0.0.1", port))
+    check_port_free("127.0.0.1", port)
 
 
 def test_cli_refuses_a_busy_port_and_a_bad_directory(tmp_path, capsys):

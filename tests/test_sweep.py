@@ -69,6 +69,13 @@ class Toy(IterativeRecommender):
     def load_state(self, state):
         self.strength, self.epochs = state["strength"].clone(), state["epochs"].clone()
 
+    def serving_state(self):  # scoring also reads what prepare derived from the training set
+        return {**self.state(), "affinity": self.affinity, "noise": self.noise}
+
+    def restore(self, data, state):
+        super().restore(data, state)
+        self.affinity, self.noise = state["affinity"], state["noise"]
+
     def _score(self, users):
         return self.strength * self.affinity[users] + self.noise[users]
 

@@ -120,10 +120,10 @@ class Dataset:
         return np.bincount(self.interactions.item, minlength=self.n_items)
 
     def user_index(self) -> dict[str, int]:
-        return {str(u): i for i, u in enumerate(self.user_ids)}
+        return index_of(self.user_ids)
 
     def item_index(self) -> dict[str, int]:
-        return {str(it): i for i, it in enumerate(self.item_ids)}
+        return index_of(self.item_ids)
 
     # -- persistence: one .npz of plain arrays plus a small json, no pickles -----------------
     def save(self, directory: str | Path) -> None:
@@ -139,14 +139,7 @@ class Dataset:
         }
         if self.item_titles is not None:
             arrays["item_titles"] = self.item_titles.astype(str)
-        features = {}
-        for kind, feats in (("user", self.user_features), ("item", self.item_features)):
-            for name, feat in feats.items():
-                key = f"{kind}.{name}"
-                features[key] = feat.multi
-                arrays[f"{key}.vocabulary"] = feat.vocabulary.astype(str)
-                arrays[f"{key}.offsets"] = feat.offsets
-                arrays[f"{key}.values"] = feat.values
+        features = _feature_arrays(self.user_features, self.item_features, arrays)
         np.savez_compressed(directory / "dataset.npz", **arrays)
         meta = {"name": self.name, "explicit": self.explicit, "features": features}
         (directory / "dataset.json").write_text(json.dumps(meta, indent=2))
@@ -157,12 +150,7 @@ class Dataset:
         meta = json.loads((directory / "dataset.json").read_text())
         with np.load(directory / "dataset.npz", allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-        feats: dict[str, dict[str, Feature]] = {"user": {}, "item": {}}
-        for key, multi in meta["features"].items():
-            kind, name = key.split(".", 1)
-            feats[kind][name] = Feature(
-                arrays[f"{key}.vocabulary"], arrays[f"{key}.offsets"], arrays[f"{key}.values"], multi
-            )
+        feats = _read_features(meta["features"], arrays)
         return cls(
             name=meta["name"],
             interactions=Interactions(arrays["user"], arrays["item"], arrays["rating"], arrays["timestamp"]),
@@ -173,6 +161,111 @@ class Dataset:
             item_titles=arrays.get("item_titles"),
             explicit=meta["explicit"],
         )
+
+
+@dataclass
+class ServingData:
+    """What a saved model keeps of its training data: only what answering requests needs.
+
+    The id maps, each user's training items (a users x items pattern of ones: seen items are
+    masked, and the item-similarity fallback reads it), each item's training interaction
+    count (the popularity fallback), titles, and categorical features only for a model that
+    reads them. No ratings, no timestamps, no interaction order: a model that needs something
+    derived from those (a sequence model's recent items, a KNN rating model's ratings) keeps it
+    in its own serving state."""
+
+    name: str
+    user_ids: np.ndarray  # str raw id per contiguous user id
+    item_ids: np.ndarray  # str raw id per contiguous item id
+    seen: sp.csr_matrix  # float32 ones, users x items, sorted indices
+    item_counts: np.ndarray  # int64 training interactions per item (a repeated pair counts twice)
+    item_titles: np.ndarray | None = None
+    user_features: dict[str, Feature] = field(default_factory=dict)
+    item_features: dict[str, Feature] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, train: Dataset, features: bool = False) -> ServingData:
+        """The serving part of a training set; ``features`` for models that read them."""
+        seen = train.matrix()
+        seen.data[:] = 1.0  # a repeated (user, item) pair is still one seen item
+        seen.sort_indices()
+        return cls(train.name, train.user_ids.astype(str), train.item_ids.astype(str), seen,
+                   train.item_popularity().astype(np.int64),
+                   None if train.item_titles is None else train.item_titles.astype(str),
+                   dict(train.user_features) if features else {}, dict(train.item_features) if features else {})
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def user_index(self) -> dict[str, int]:
+        return index_of(self.user_ids)
+
+    def item_index(self) -> dict[str, int]:
+        return index_of(self.item_ids)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        index_type = np.int32 if max(self.n_users, self.n_items, self.seen.nnz) < 2**31 else np.int64
+        arrays = {
+            "user_ids": self.user_ids,
+            "item_ids": self.item_ids,
+            "seen.indptr": self.seen.indptr.astype(index_type),
+            "seen.indices": self.seen.indices.astype(index_type),
+            "item_counts": self.item_counts,
+        }
+        if self.item_titles is not None:
+            arrays["item_titles"] = self.item_titles
+        features = _feature_arrays(self.user_features, self.item_features, arrays)
+        np.savez_compressed(directory / "serving.npz", **arrays)
+        (directory / "serving.json").write_text(json.dumps({"name": self.name, "features": features}, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ServingData:
+        directory = Path(directory)
+        meta = json.loads((directory / "serving.json").read_text())
+        with np.load(directory / "serving.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        n_users, n_items = len(arrays["user_ids"]), len(arrays["item_ids"])
+        indices = arrays["seen.indices"].astype(np.int64)
+        seen = sp.csr_matrix((np.ones(len(indices), np.float32), indices, arrays["seen.indptr"].astype(np.int64)),
+                             shape=(n_users, n_items))
+        seen.check_format(full_check=True)  # indices read from a file must stay in bounds
+        feats = _read_features(meta["features"], arrays)
+        return cls(meta["name"], arrays["user_ids"], arrays["item_ids"], seen, arrays["item_counts"],
+                   arrays.get("item_titles"), feats["user"], feats["item"])
+
+
+def index_of(raw_ids: np.ndarray) -> dict[str, int]:
+    """Raw id -> contiguous id."""
+    return {str(raw): i for i, raw in enumerate(raw_ids)}
+
+
+def _feature_arrays(user_features: dict[str, Feature], item_features: dict[str, Feature],
+                    arrays: dict[str, np.ndarray]) -> dict[str, bool]:
+    """Add each feature's arrays to ``arrays`` under ``<kind>.<name>.*``; returns {key: multi}."""
+    features = {}
+    for kind, feats in (("user", user_features), ("item", item_features)):
+        for name, feat in feats.items():
+            key = f"{kind}.{name}"
+            features[key] = feat.multi
+            arrays[f"{key}.vocabulary"] = feat.vocabulary.astype(str)
+            arrays[f"{key}.offsets"] = feat.offsets
+            arrays[f"{key}.values"] = feat.values
+    return features
+
+
+def _read_features(features: dict[str, bool], arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Feature]]:
+    feats: dict[str, dict[str, Feature]] = {"user": {}, "item": {}}
+    for key, multi in features.items():
+        kind, name = key.split(".", 1)
+        feats[kind][name] = Feature(arrays[f"{key}.vocabulary"], arrays[f"{key}.offsets"], arrays[f"{key}.values"], multi)
+    return feats
 
 
 @dataclass

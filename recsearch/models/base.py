@@ -5,11 +5,16 @@ its untrained parameters), then fitted: closed-form models (KNN, EASE, popularit
 ``fit_prepared`` call, gradient models one ``train_epoch`` at a time so that the caller can
 evaluate, report, checkpoint and stop between epochs.
 
-A saved model is a self-describing directory::
+A saved model is a self-describing directory, the bundle that serving loads (format 2)::
 
     model.json    family, hyperparameters, format version, free-form metadata (metrics, sweep)
-    weights.pt    the model's state: a dict of tensors, read with torch.load(weights_only=True)
-    data/         the training dataset (id maps, features, titles, seen items), no pickles
+    weights.pt    what inference needs of the model's state (``serving_state``: no optimiser),
+                  a dict of tensors read with torch.load(weights_only=True), possibly compressed
+                  (``compression``)
+    data/         ``ServingData``: id maps, seen items, popularity, titles, features if used
+
+A bundle holds no training state: training resumes from a sweep's checkpoints (``state``), never
+from a bundle. Format 1 directories (the whole training set and the optimiser) still load.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from recsearch.data.dataset import Dataset
+from recsearch.data.dataset import Dataset, ServingData
+from recsearch.models.compression import decode, encode
 from recsearch.ranking import SeenItems
 from recsearch.runtime import resolve_device
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # 1: data/ held the whole training set and weights.pt the optimiser
 MODELS: dict[str, type[Recommender]] = {}
 
 
@@ -70,14 +77,24 @@ class Recommender(ABC):
         self.task = task
         self.seed = int(seed)
         self.device = resolve_device(device)
-        self.train_data: Dataset | None = None
+        self.train_data: Dataset | None = None  # set by prepare: only a model being trained has it
+        self.serving_data: ServingData | None = None
         self.metadata: dict[str, Any] = {}
+
+    @property
+    def reads_features(self) -> bool:
+        """Whether the model reads the user/item features (then its bundle keeps them)."""
+        return False
 
     # -- fitting --------------------------------------------------------------------------
     def prepare(self, train: Dataset) -> None:
         """Attach the training data and build untrained parameters. Subclasses extend it."""
         self.train_data = train
-        self.seen = SeenItems.from_matrix(train.matrix(), self.device)
+        self._attach(ServingData.of(train, features=self.reads_features))
+
+    def _attach(self, data: ServingData) -> None:
+        self.serving_data = data
+        self.seen = SeenItems.from_matrix(data.seen, self.device)
 
     def fit(self, train: Dataset, epochs: int | None = None) -> Recommender:
         """Fit in one call (library use); the training loop drives the steps itself."""
@@ -95,6 +112,20 @@ class Recommender(ABC):
 
     @abstractmethod
     def load_state(self, state: dict[str, Any]) -> None: ...
+
+    def serving_state(self) -> dict[str, Any]:
+        """What inference needs of the state, beyond ``ServingData``: what ``save`` writes.
+        Families whose state holds training-only parts (optimisers) leave them out."""
+        return self.state()
+
+    def pruned_state(self, top_k: int) -> dict[str, Any]:
+        """The serving state with its item-item matrix cut to ``top_k`` entries per item."""
+        raise UnsupportedOperation(f"model family {self.family!r} has no item-item matrix to prune")
+
+    def restore(self, data: ServingData, state: dict[str, Any]) -> None:
+        """Rebuild a model for inference from a bundle: ``data`` and a ``serving_state``."""
+        self._attach(data)
+        self.load_state(state)
 
     # -- inference ------------------------------------------------------------------------
     @property
@@ -177,11 +208,15 @@ class Recommender(ABC):
         return rows
 
     # -- persistence ----------------------------------------------------------------------
-    def save(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    def save(self, directory: str | Path, metadata: dict[str, Any] | None = None,
+             state: dict[str, Any] | None = None) -> Path:
+        """Write the serving bundle; ``state``: an encoded ``serving_state`` (``recsearch export``),
+        by default the serving state in fp32 (indices in int32: nothing lost)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._require_data().save(directory / "data")
-        torch.save(_to_cpu(self.state()), directory / "weights.pt")
+        state = encode(self.serving_state(), "fp32") if state is None else state
+        torch.save(_to_cpu(state), directory / "weights.pt")
         self.metadata.update(metadata or {})
         description = {
             "format": FORMAT_VERSION,
@@ -204,23 +239,27 @@ class Recommender(ABC):
         if not path.is_file():
             raise FileNotFoundError(f"{directory} is not a model directory: it has no model.json")
         description = json.loads(path.read_text())
-        if description.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: model format {description.get('format')!r}, this version reads {FORMAT_VERSION}")
+        if description.get("format") not in READABLE_FORMATS:
+            raise ValueError(f"{path}: model format {description.get('format')!r}, this version reads "
+                             f"{' and '.join(map(str, READABLE_FORMATS))}")
         from recsearch.models.factory import create
 
         model = create(model_class(description["family"]), description["hparams"], seed=description["seed"],
                        device=device, task=description["task"])
-        model.prepare(Dataset.load(directory / "data"))
-        state = torch.load(directory / "weights.pt", map_location=model.device, weights_only=True)
-        model.load_state(state)
+        state = decode(torch.load(directory / "weights.pt", map_location=model.device, weights_only=True))
+        if description["format"] == 1:
+            model.prepare(Dataset.load(directory / "data"))
+            model.load_state(state)
+        else:
+            model.restore(ServingData.load(directory / "data"), state)
         model.metadata = description.get("metadata", {})
         return model
 
     # -- helpers --------------------------------------------------------------------------
-    def _require_data(self) -> Dataset:
-        if self.train_data is None:
+    def _require_data(self) -> ServingData:
+        if self.serving_data is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or prepare() first")
-        return self.train_data
+        return self.serving_data
 
     def _check_ids(self, ids, upper: int, what: str) -> torch.Tensor:
         ids = torch.as_tensor(ids, device=self.device)

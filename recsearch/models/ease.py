@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from recsearch.models.base import Recommender, register
+from recsearch.models.compression import topk_columns
 
 
 @register("ease")
@@ -59,6 +60,11 @@ class EASE(Recommender):
 
     def state(self):
         return {"weights": self.weights}
+
+    def pruned_state(self, top_k: int) -> dict:
+        """B with only the ``top_k`` largest-magnitude weights into each item (per column, as
+        ItemKNN keeps each item's nearest neighbours), stored sparse."""
+        return {"weights": topk_columns(self.weights.cpu(), top_k)}
 
     def load_state(self, state):
         weights = state["weights"].to(self.device, torch.float32)

@@ -68,7 +68,12 @@ class NeighbourhoodModel(Recommender):
 
     def prepare(self, train) -> None:
         super().prepare(train)
-        matrix = self._values(train)
+        self._prepare_matrix(self._values(train))
+
+    def _prepare_matrix(self, matrix: sp.csr_matrix) -> None:
+        """What scoring and prediction read of the users x items matrix (ones or ratings)."""
+        matrix.sort_indices()
+        self.user_item = matrix
         self.entity_other = matrix.T.tocsr() if self.by_item else matrix
         self.n_entities, self.n_others = self.entity_other.shape
         if not self.by_item:  # user-KNN scores S X, computed as (Xᵀ Sᵀ)ᵀ with Xᵀ sparse
@@ -84,6 +89,35 @@ class NeighbourhoodModel(Recommender):
 
     def state(self):
         return {"indptr": self.indptr, "indices": self.indices, "similarity": self.neighbour_sim}
+
+    def serving_state(self):
+        if self.task == "ranking":
+            return self.state()
+        # Resnick's formula reads the neighbours' ratings: each seen pair's, in ServingData.seen's order
+        return {**self.state(), "ratings": torch.as_tensor(self.user_item.data)}
+
+    def restore(self, data, state) -> None:
+        self._attach(data)
+        matrix = data.seen.copy()
+        if self.task == "rating":
+            ratings = state["ratings"].cpu().numpy().astype(np.float32)
+            if len(ratings) != matrix.nnz:
+                raise ValueError(f"state holds {len(ratings)} ratings for {matrix.nnz} seen (user, item) pairs")
+            matrix.data = ratings
+        self._prepare_matrix(matrix)
+        self.load_state(state)
+
+    def pruned_state(self, top_k: int) -> dict:
+        """The serving state with each row's neighbours cut to its ``top_k`` most similar."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top-k must be a positive integer, got {top_k!r}")
+        owner = torch.repeat_interleave(torch.arange(self.n_entities, device=self.device), self.indptr.diff())
+        order = np.lexsort((-self.neighbour_sim.cpu().numpy(), owner.cpu().numpy()))  # by row, most similar first
+        rank = np.arange(len(order)) - np.repeat(self.indptr[:-1].cpu().numpy(), self.indptr.diff().cpu().numpy())
+        keep = torch.as_tensor(np.sort(order[rank < top_k]), device=self.device)  # back in (row, column) order
+        indptr = torch.zeros_like(self.indptr)
+        torch.cumsum(torch.bincount(owner[keep], minlength=self.n_entities), 0, out=indptr[1:])
+        return {**self.serving_state(), "indptr": indptr, "indices": self.indices[keep], "similarity": self.neighbour_sim[keep]}
 
     def load_state(self, state):
         self.indptr = state["indptr"].to(self.device, torch.long)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsearch.data.dataset import Dataset
+from recsearch.data.dataset import Dataset, ServingData
 from recsearch.models.base import register
 from recsearch.models.torch_base import TorchRecommender
 
@@ -128,9 +128,9 @@ class SequentialRecommender(TorchRecommender):
         self.max_len = int(max_len)
 
     # -- training ---------------------------------------------------------------------------
-    def build_network(self, train: Dataset) -> nn.Module:
+    def build_network(self, data: ServingData) -> nn.Module:
         h = self.hparams
-        return SequenceNet(train.n_items, h["cell"], int(h["dim"]), int(h["hidden"]), int(h["layers"]),
+        return SequenceNet(data.n_items, h["cell"], int(h["dim"]), int(h["hidden"]), int(h["layers"]),
                            float(h["dropout"]))
 
     def prepare(self, train: Dataset) -> None:
@@ -143,6 +143,21 @@ class SequentialRecommender(TorchRecommender):
         inputs, lengths = tail_inputs(tokens, token_offsets, self.max_len)
         self.user_inputs = torch.as_tensor(inputs, device=self.device)
         self.user_lengths = torch.as_tensor(lengths, device=self.device)
+
+    def serving_state(self) -> dict[str, Any]:
+        """The network and each user's last ``max_len`` tokens: the order of the training
+        interactions reaches the bundle only as these."""
+        return {**super().serving_state(), "user_inputs": self.user_inputs, "user_lengths": self.user_lengths}
+
+    def restore(self, data: ServingData, state: dict[str, Any]) -> None:
+        super().restore(data, state)
+        self.user_inputs = state["user_inputs"].to(self.device, torch.long)
+        self.user_lengths = state["user_lengths"].to(self.device, torch.long)
+        if self.user_inputs.shape != (self.n_users, self.max_len) or self.user_lengths.shape != (self.n_users,):
+            raise ValueError(f"state holds recent items of shape {tuple(self.user_inputs.shape)}, "
+                             f"expected {(self.n_users, self.max_len)}")
+        if self.user_inputs.numel() and not (0 <= int(self.user_inputs.min()) and int(self.user_inputs.max()) <= self.bos):
+            raise ValueError("state holds recent items outside the catalogue")
 
     @property
     def bos(self) -> int:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsearch.data.dataset import Dataset
+from recsearch.data.dataset import Dataset, ServingData
 from recsearch.models.base import register
 from recsearch.models.sampling import NegativeSampler
 from recsearch.models.torch_base import TorchRecommender
@@ -36,7 +36,7 @@ class BiasedMF(nn.Module):
     """User rows [p_u, b_u] and item rows [q_i, b_i]: one gather fetches a vector and its bias,
     and the penalty covers both."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int, mean: float):
+    def __init__(self, n_users: int, n_items: int, dim: int):
         super().__init__()
         self.dim = dim
         self.user = nn.Embedding(n_users, dim + 1, sparse=True)
@@ -44,7 +44,7 @@ class BiasedMF(nn.Module):
         for table in (self.user, self.item):
             nn.init.normal_(table.weight, std=0.1)
             nn.init.zeros_(table.weight[:, dim])
-        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("mean", torch.tensor(0.0))  # the training mean rating, for task=rating
 
 
 @register("mf")
@@ -71,14 +71,14 @@ class MatrixFactorization(TorchRecommender):
         self.dim, self.negatives = int(dim), int(negatives)
         self.loss = loss if loss != "auto" else ("mse" if self.task == "rating" else "bpr")
 
-    def build_network(self, train: Dataset) -> nn.Module:
-        ratings = train.interactions.rating
-        mean = float(ratings.mean()) if self.task == "rating" and len(ratings) else 0.0
-        return BiasedMF(train.n_users, train.n_items, self.dim, mean)
+    def build_network(self, data: ServingData) -> nn.Module:
+        return BiasedMF(data.n_users, data.n_items, self.dim)
 
     def prepare(self, train: Dataset) -> None:
         super().prepare(train)
         inter = train.interactions
+        if self.task == "rating" and len(inter):
+            self.net.mean.fill_(float(inter.rating.mean()))
         self.users = torch.as_tensor(inter.user, device=self.device)
         self.items = torch.as_tensor(inter.item, device=self.device)
         self.ratings = torch.as_tensor(inter.rating, device=self.device)

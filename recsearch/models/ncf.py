@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsearch.data.dataset import Dataset, Feature
+from recsearch.data.dataset import Dataset, Feature, ServingData
 from recsearch.models.base import register
 from recsearch.models.sampling import NegativeSampler
 from recsearch.models.torch_base import TorchRecommender
@@ -172,12 +172,16 @@ class NeuralCF(TorchRecommender):
         self.variant, self.dim, self.layers = variant, int(dim), layers
         self.dropout, self.negatives, self.use_features = float(dropout), int(negatives), bool(use_features)
 
-    def build_network(self, train: Dataset) -> nn.Module:
-        user_features = list(train.user_features.values()) if self.use_features else []
-        item_features = list(train.item_features.values()) if self.use_features else []
+    @property
+    def reads_features(self) -> bool:
+        return self.use_features
+
+    def build_network(self, data: ServingData) -> nn.Module:
+        user_features = list(data.user_features.values()) if self.use_features else []
+        item_features = list(data.item_features.values()) if self.use_features else []
         if self.use_features and not (user_features or item_features):
-            raise ValueError(f"use_features=True but dataset {train.name!r} has no user or item features")
-        return NeuMFNetwork(train.n_users, train.n_items, self.variant, self.dim, self.layers, self.dropout,
+            raise ValueError(f"use_features=True but dataset {data.name!r} has no user or item features")
+        return NeuMFNetwork(data.n_users, data.n_items, self.variant, self.dim, self.layers, self.dropout,
                             user_features, item_features)
 
     def prepare(self, train: Dataset) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from recsearch.data.dataset import Dataset
-from recsearch.models.base import IterativeRecommender
+from recsearch.data.dataset import Dataset, ServingData
+from recsearch.models.base import IterativeRecommender, UnsupportedOperation
 
 
 def bf16_is_native(device: torch.device) -> bool:
@@ -60,8 +60,9 @@ class TorchRecommender(IterativeRecommender):
 
     # -- what subclasses provide ------------------------------------------------------------
     @abstractmethod
-    def build_network(self, train: Dataset) -> nn.Module:
-        """The untrained network for this training set (called with the global RNG seeded)."""
+    def build_network(self, data: ServingData) -> nn.Module:
+        """The untrained network for these users and items (called with the global RNG seeded
+        when training; ``data`` is the training set's ``ServingData``)."""
 
     @abstractmethod
     def n_examples(self) -> int:
@@ -75,7 +76,7 @@ class TorchRecommender(IterativeRecommender):
     def prepare(self, train: Dataset) -> None:
         super().prepare(train)
         torch.manual_seed(self.seed)
-        self.net = self.build_network(train).to(self.device)
+        self.net = self.build_network(self.serving_data).to(self.device)
         self.net.eval()
         sparse = {id(p) for m in self.net.modules() if getattr(m, "sparse", False) for p in m.parameters()}
         groups = {"dense": [p for p in self.net.parameters() if id(p) not in sparse],
@@ -102,6 +103,9 @@ class TorchRecommender(IterativeRecommender):
             return super().score(users).float()
 
     def train_epoch(self) -> float:
+        if self.train_data is None:
+            raise UnsupportedOperation(f"this {self.family!r} model was loaded from a serving bundle, which holds no "
+                                       "training data or optimiser state: resume from the sweep's checkpoints")
         self.net.train()
         total = torch.zeros((), device=self.device)
         n = self.n_examples()
@@ -125,6 +129,15 @@ class TorchRecommender(IterativeRecommender):
             "generator": self.generator.get_state(),
             "epochs_done": self.epochs_done,
         }
+
+    def serving_state(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict()}
+
+    def restore(self, data: ServingData, state: dict[str, Any]) -> None:
+        self._attach(data)
+        self.net = self.build_network(data).to(self.device)
+        self.net.eval()
+        self.net.load_state_dict(state["net"])
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])

@@ -1,5 +1,6 @@
 """Serving trained models over HTTP with Ray Serve: ``app`` (the deployment), ``service`` (the
-request logic, no Ray), ``fallback`` (item similarity, popularity), ``cli`` (``recsearch serve``).
+request logic, no Ray), ``fallback`` (item similarity, popularity), ``cli`` (``recsearch serve``),
+``ingress`` (HAProxy or Serve's proxy), ``export`` (``recsearch export``: compressed bundles).
 
 The limits below live here, free of heavy imports, because the command line needs them too."""
 

@@ -6,22 +6,26 @@ calls ``reconfigure`` when that config changes on a running app (``serve deploy`
 then one reference is swapped. Each batch takes the reference once, so a request never sees
 half of one model and half of another.
 
+With a token (``RECSEARCH_SERVE_TOKEN`` where the replicas start), ``BearerTokenGuard`` refuses
+every request but ``/health`` before routing: before the body is read or validated, and before
+the docs (``/docs``, ``/redoc``, ``/openapi.json``). ``/health`` shows no file paths.
+
 ``serve run serve/config.yaml`` and ``serve deploy`` import ``app`` from here;
 ``recsearch serve`` builds one with ``build_app``.
 """
 
 import asyncio
 import logging
-import os
 import time
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from ray import serve
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from recsearch import __version__, telemetry
 from recsearch.runtime import configure_threads
@@ -45,9 +49,11 @@ from recsearch.serving.service import (
     ModelService,
     ServingError,
     check_bearer,
+    configured_token,
     describe_validation_errors,
     read_description,
     resolve_model_dir,
+    without_paths,
 )
 
 logger = logging.getLogger("ray.serve")
@@ -59,10 +65,49 @@ api = FastAPI(
                 "dataset. Errors are JSON `{error, field}`.",
 )
 bearer = HTTPBearer(auto_error=False, description=f"needed when the server has {TOKEN_ENV} set")
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+# Documents the scheme in the OpenAPI schema (the docs' Authorize button); the check itself is
+# BearerTokenGuard's, which runs before any of this.
+GUARDED = [Security(bearer)]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (401, 409, 422, 500, 503)
 }
+OPEN_PATHS = frozenset({"/health"})  # what answers without the token
+
+
+class BearerTokenGuard:
+    """ASGI middleware: with a token configured, a request for anything but ``OPEN_PATHS``
+    without ``Authorization: Bearer <token>`` gets a 401 at once: before routing, before its
+    body is read or validated (no 422 that describes the API to a stranger), docs included."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+        self.token = configured_token()  # built in the replica, on its first request
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.token and _route_path(scope) not in OPEN_PATHS:
+            try:
+                check_bearer(_bearer_credentials(scope), self.token)
+            except ServingError as refused:
+                await JSONResponse(refused.body(), status_code=refused.status, headers=refused.headers)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the application's route prefix (Serve may leave the prefix in ``path``)."""
+    path, prefix = scope.get("path", ""), scope.get("root_path", "")
+    return (path[len(prefix):] or "/") if prefix and path.startswith(prefix) else path
+
+
+def _bearer_credentials(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            return credentials.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+api.add_middleware(BearerTokenGuard)  # added first: innermost, inside the error handler below
 
 
 @api.exception_handler(RequestValidationError)
@@ -123,7 +168,7 @@ class RecommenderServer:
         self.service: ModelService | None = None
         self.settings: ServeSettings | None = None
         self.reload_error: str | None = None
-        self.token = os.environ.get(TOKEN_ENV) or None
+        self.token = configured_token()
         self.batching = BatchingStats(max_batch_size=DEFAULT_MAX_BATCH_SIZE)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -154,8 +199,7 @@ class RecommenderServer:
         directory = resolve_model_dir(settings.model_dir)
         return directory != self.service.directory or read_description(directory) != self.service.description
 
-    def _authorized(self, credentials: HTTPAuthorizationCredentials | None) -> ModelService:
-        check_bearer(credentials.credentials if credentials else None, self.token)
+    def _loaded(self) -> ModelService:
         service = self.service
         if service is None:
             raise ServingError(503, "no model loaded: give the deployment a user_config with model_dir")
@@ -164,40 +208,41 @@ class RecommenderServer:
     # -- endpoints ----------------------------------------------------------------------------
     @api.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health(self):
-        """Liveness and which model is loaded; never needs the token."""
+        """Liveness and which model is loaded; never needs the token, so it shows no paths."""
         service, auth = self.service, "bearer" if self.token else "none"
         if service is None:
             return JSONResponse(Health(status="no_model", auth=auth).model_dump(), status_code=503)
+        reload_error = without_paths(self.reload_error) if self.reload_error else None
         return Health(status="ok", model_id=service.model_id, family=service.model.family, auth=auth,
-                      reload_error=self.reload_error, batching=self.batching)
+                      reload_error=reload_error, batching=self.batching)
 
-    @api.get("/model", response_model=ModelInfo, responses=ERRORS)
-    async def model_info(self, credentials: Credentials):
+    @api.get("/model", response_model=ModelInfo, responses=ERRORS, dependencies=GUARDED)
+    async def model_info(self):
         """Family, hyperparameters, validation/test metrics and provenance of the loaded model."""
-        return self._authorized(credentials).info()
+        return self._loaded().info()
 
-    @api.post("/recommend/user", response_model=UserRecommendations, responses=ERRORS)
-    async def recommend_user(self, body: UserRecommendationRequest, credentials: Credentials):
+    @api.post("/recommend/user", response_model=UserRecommendations, responses=ERRORS, dependencies=GUARDED)
+    async def recommend_user(self, body: UserRecommendationRequest):
         """Top-k items for a user of the training data; unknown users get popular items."""
-        self._authorized(credentials)
+        self._loaded()
         return await self._user_batch(body)
 
-    @api.post("/recommend/history", response_model=Recommendations, responses=ERRORS)
-    async def recommend_history(self, body: HistoryRecommendationRequest, credentials: Credentials):
+    @api.post("/recommend/history", response_model=Recommendations, responses=ERRORS, dependencies=GUARDED)
+    async def recommend_history(self, body: HistoryRecommendationRequest):
         """Top-k items for an anonymous user known by recent items (oldest first)."""
-        self._authorized(credentials)
+        self._loaded()
         return _answer(await self._history_batch(body))
 
-    @api.post("/similar-items", response_model=SimilarItems, responses=ERRORS)
-    async def similar_items(self, body: SimilarItemsRequest, credentials: Credentials):
+    @api.post("/similar-items", response_model=SimilarItems, responses=ERRORS, dependencies=GUARDED)
+    async def similar_items(self, body: SimilarItemsRequest):
         """Items most often consumed by the same users (cosine over the training matrix)."""
-        self._authorized(credentials)
+        self._loaded()
         return _answer(await self._similar_batch(body))
 
-    @api.post("/predict-rating", response_model=RatingPrediction, responses=ERRORS)
-    async def predict_rating(self, body: RatingRequest, credentials: Credentials):
+    @api.post("/predict-rating", response_model=RatingPrediction, responses=ERRORS, dependencies=GUARDED)
+    async def predict_rating(self, body: RatingRequest):
         """Predicted rating of (user, item); only for models trained with task=rating (else 409)."""
-        return self._authorized(credentials).predict_rating(body)
+        return self._loaded().predict_rating(body)
 
     # -- batches: one forward pass for all concurrent requests of a kind ----------------------
     @_batched

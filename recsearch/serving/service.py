@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ import torch
 
 from recsearch.errors import ConfigError
 from recsearch.evaluation.metrics import ranked_items
-from recsearch.models.base import FORMAT_VERSION, Recommender, model_class
+from recsearch.models.base import READABLE_FORMATS, Recommender, model_class
+from recsearch.serving import TOKEN_ENV
 from recsearch.serving.fallback import ItemSimilarity, PopularItems
 from recsearch.serving.schemas import (
     ErrorBody,
@@ -53,12 +56,14 @@ class ServingError(Exception):
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """A model directory (with ``model.json``) as is, or a sweep directory's ``best/``."""
+    """A model directory (with ``model.json``) as is, a sweep directory's ``best/``, or a
+    ``recsearch train`` output directory's ``model/``."""
     path = Path(path).expanduser().resolve()
-    for candidate in (path, path / "best"):
+    for candidate in (path, path / "best", path / "model"):
         if (candidate / "model.json").is_file():
             return candidate
-    raise ConfigError(f"{path} is not a model directory (no model.json) nor a sweep directory with best/model.json")
+    raise ConfigError(f"{path} is not a model directory (no model.json), nor a sweep directory with "
+                      "best/model.json, nor a `recsearch train` output with model/model.json")
 
 
 def read_description(directory: Path) -> dict[str, Any]:
@@ -68,13 +73,28 @@ def read_description(directory: Path) -> dict[str, Any]:
         description = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: cannot read model description: {err}") from None
-    if not isinstance(description, dict) or description.get("format") != FORMAT_VERSION:
-        raise ConfigError(f"{path}: not a recsearch model description of format {FORMAT_VERSION}")
+    if not isinstance(description, dict) or description.get("format") not in READABLE_FORMATS:
+        raise ConfigError(f"{path}: not a recsearch model description of format "
+                          f"{' or '.join(map(str, READABLE_FORMATS))}")
     try:
         model_class(str(description.get("family")))
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from None
     return description
+
+
+def configured_token() -> str | None:
+    """The bearer token the replicas require, from their environment; None: open."""
+    return os.environ.get(TOKEN_ENV) or None
+
+
+QUOTED_PATH = re.compile(r"""(['"])~?/[^'"]*\1""")  # may hold spaces
+ABSOLUTE_PATH = re.compile(r"(?<![\w.-])~?(?:/[^\s/'\",:;()]+)+/?")
+
+
+def without_paths(message: str) -> str:
+    """``message`` with every absolute file path replaced by ``<path>``: for what anyone may read."""
+    return ABSOLUTE_PATH.sub("<path>", QUOTED_PATH.sub(r"\1<path>\1", message))
 
 
 def check_bearer(presented: str | None, expected: str | None) -> None:
@@ -108,9 +128,9 @@ class ModelService:
     """One loaded model with its id maps and fallbacks, answering batches of requests."""
 
     def __init__(self, model: Recommender, directory: Path, description: dict[str, Any]):
-        data = model.train_data
+        data = model.serving_data
         if data is None:
-            raise ValueError("the model has no training data attached: load it with Recommender.load")
+            raise ValueError("the model has no serving data attached: load it with Recommender.load")
         self.model = model
         self.directory = directory
         self.description = description
@@ -120,8 +140,8 @@ class ModelService:
         self.item_index = data.item_index()
         self.item_ids = data.item_ids.astype(str)
         self.titles = None if data.item_titles is None else data.item_titles.astype(str)
-        self.popularity = PopularItems(data.item_popularity())
-        self.similarity = ItemSimilarity(data.matrix())
+        self.popularity = PopularItems(data.item_counts)
+        self.similarity = ItemSimilarity(data.seen)
         self.tiebreak = self.popularity.tiebreak()
 
     @classmethod
