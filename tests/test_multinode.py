@@ -607,3 +607,37 @@ def test_serve_recovers_from_a_killed_replica(served_model):
         f"{failed} of {len(during)} requests failed meanwhile, {after.count(False)} of {len(after)} after")
     assert failed <= 5, "the surviving replica should have taken the traffic"
     assert all(after[-20:]), "requests succeed again once the replica is replaced"
+
+
+@pytest.mark.timeout(300)
+def test_four_trials_share_one_gpu_and_each_is_told_its_gpu(cluster):
+    """A worker that advertises one GPU (Ray's accounting: this machine has no CUDA). At
+    ray.gpus_per_trial=0.25 its four trials hold a quarter each, all at once, and each trial
+    sees the GPU Ray gave it: device=auto would train on it where CUDA exists, here on the CPU."""
+    gpu_worker = cluster.add_worker("--num-gpus=1")
+    try:
+        job_id = submit(cluster, sweep_args(cluster, "gpu-share", *FULL_LENGTH, HALF_SECOND_EPOCHS,
+                                            "search.num_samples=4", "train.max_epochs=4",
+                                            "ray.cpus_per_trial=0.25", "ray.gpus_per_trial=0.25"))
+        most_at_once, on_gpu_node = 0, {}
+        while cluster.job_status(job_id)["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            ray_job = cluster.job_status(job_id)["job_id"]
+            alive = [a for a in cluster.actors(class_name="ImplicitFunc", state="ALIVE") if a["job_id"] == ray_job]
+            on_gpu_node.update({a["actor_id"]: a for a in alive if a["node_id"] == gpu_worker.node_id})
+            most_at_once = max(most_at_once, len([a for a in alive if a["node_id"] == gpu_worker.node_id]))
+            time.sleep(0.3)
+        status = wait_for_job(cluster, job_id)
+    finally:
+        cluster.kill_node(gpu_worker)  # the other tests' trials keep to the CPU workers
+    assert status["status"] == "SUCCEEDED", cluster.job_logs(job_id)[-3000:]
+    assert most_at_once == 4, f"at most {most_at_once} trials ran on the GPU node at once"
+    # Tune places each trial in a placement group: its share shows as <resource>_group_<id>
+    held = [{kind: v for k, v in a["required_resources"].items() for kind in ("CPU", "GPU")
+             if re.fullmatch(rf"{kind}_group_[0-9a-f]+", k)} for a in on_gpu_node.values()]
+    assert held and all(r == {"CPU": 0.25, "GPU": 0.25} for r in held), held
+    trials = trial_dirs(cluster, "gpu-share")
+    assert len(trials) == 4
+    for trial in trials.values():
+        rows = reports(trial)
+        assert rows and {(r["gpu_ids"], r["device"]) for r in rows} == {("0", "cpu")}, rows[-1]
+    assert "warning: the cluster has" not in cluster.job_logs(job_id)

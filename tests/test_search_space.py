@@ -200,3 +200,11 @@ def test_the_first_trial_starts_from_the_model_defaults_the_space_allows():
 def test_a_sampler_knows_its_domain(sampler, inside, outside):
     (parsed,) = parse_space({"x": sampler}).values()
     assert all(parsed.allows(v) for v in inside) and not any(parsed.allows(v) for v in outside)
+
+
+def test_a_cluster_with_gpus_no_trial_asks_for_is_worth_a_warning():
+    from recsearch.tuning.sweep import unused_gpus
+
+    assert "ray.gpus_per_trial=0" in unused_gpus(4, 0, "auto")
+    assert unused_gpus(4, 0.25, "auto") is None and unused_gpus(0, 0, "auto") is None
+    assert unused_gpus(4, 0, "cpu") is None  # asked for the CPU on purpose

@@ -66,12 +66,26 @@ def run_sweep(plan: SweepPlan, resume: bool = False, split: Split | None = None)
         with ray_session(plan.first["ray"], plan):
             import ray
 
+            advice = unused_gpus(ray.cluster_resources().get("GPU", 0), plan.first["ray"]["gpus_per_trial"],
+                                 plan.first["device"])
+            if advice:
+                print(advice, flush=True)
             split_ref = ray.put(split)
             for family in plan.families:
                 _fit_family(plan, family, split_ref, resume)
     except KeyboardInterrupt:
         raise SweepInterrupted(f"interrupted; continue with `recsearch resume {out}`") from None
     return finish(plan, split, time.time() - started)
+
+
+def unused_gpus(cluster_gpus: float, gpus_per_trial: float, device: str) -> str | None:
+    """A warning when the cluster has GPUs that no trial will get (Ray hides a GPU from a task
+    that did not ask for one, so device=auto then trains on the CPU)."""
+    if cluster_gpus and not gpus_per_trial and device != "cpu":
+        return (f"warning: the cluster has {cluster_gpus:g} GPU(s) but ray.gpus_per_trial=0, so every trial "
+                "trains on a CPU; set ray.gpus_per_trial (1, or 0.25 for four trials per GPU) to use them, or "
+                "device=cpu to silence this")
+    return None
 
 
 @contextmanager

@@ -49,11 +49,15 @@ def run_trial(config: dict[str, Any], split: Split, setup: dict[str, Any]) -> No
     # the leaderboard's trial name (family_id): what Prometheus series and leaderboard rows share
     tags = {"sweep": setup["sweep"], "family": setup["family"], "trial": tune.get_context().get_trial_name()}
 
+    # where the trial runs: the GPUs Ray assigned it (CUDA_VISIBLE_DEVICES holds just those, so
+    # device=auto trains on them) and the device it trains on; on every row, for the leaderboard's readers
+    placement = {"device": str(model.device), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
+
     def report(end: EpochEnd) -> None:
         telemetry.record_epoch(end.row, tags)
         with tempfile.TemporaryDirectory(prefix="recsearch-ckpt-") as directory:
             checkpoint.write(Path(directory), end)
-            tune.report(end.row, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report({**end.row, **placement}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     train(model, split, Evaluator.for_task(task, batch_size=loop["eval_batch_size"]), task["metric"],
           loop["max_epochs"], loop["patience"], on_epoch=report, resume=resume)

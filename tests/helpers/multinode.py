@@ -211,12 +211,13 @@ class LoopbackCluster:
         raise TimeoutError(f"the head node did not report its GCS and dashboard addresses within {timeout}s: "
                            f"see {self.root / 'head.log'}")
 
-    def add_worker(self, wait: bool = True) -> Node:
-        """Start one more worker node; with ``wait``, return once the cluster sees it alive."""
+    def add_worker(self, *extra: str, wait: bool = True) -> Node:
+        """Start one more worker node (``extra``: more ``ray start`` options, e.g.
+        ``--num-gpus=1``); with ``wait``, return once the cluster sees it alive."""
         index = len([n for n in self.nodes if n.name.startswith("worker")]) + 1
         node = self._start_node(f"worker{index}", [
             f"--address={self.address}", f"--num-cpus={self.cpus_per_worker}",
-            '--resources={"worker": 1}',
+            '--resources={"worker": 1}', *extra,
         ])
         if wait:
             self.wait_for_nodes(len(self.alive_nodes()) + 1)
