@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recsearch.models import Recommender
 from recsearch.models.base import UnsupportedOperation
@@ -99,3 +100,16 @@ def test_divergence_shows_as_a_non_finite_loss(planted_split):
     model = MatrixFactorization(seed=0, device="cpu", dim=16, lr=1e30, optimizer="sgd", batch_size=64)
     model.prepare(planted_split.train)
     assert not math.isfinite(model.train_epoch())
+
+
+@pytest.mark.parametrize("negatives", [1, 3])
+def test_the_fused_pairwise_loss_matches_autograd_of_the_formula(negatives):
+    from recsearch.models.mf import PairwiseLoss
+
+    torch.manual_seed(0)
+    u = torch.randn(6, 5, dtype=torch.double, requires_grad=True)
+    v = torch.randn(6, 1 + negatives, 5, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: PairwiseLoss.apply(a, b, 0.3), (u, v))
+    s = (u[:, None, :4] * v[..., :4]).sum(-1) + v[..., 4]  # b_i + p_u . q_i
+    formula = F.softplus(s[:, 1:] - s[:, :1]).mean() + 0.3 * (u.square().sum() + v.square().sum()) / 6
+    torch.testing.assert_close(PairwiseLoss.apply(u, v, 0.3), formula)

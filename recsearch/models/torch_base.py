@@ -6,6 +6,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,11 +22,31 @@ def bf16_is_native(device: torch.device) -> bool:
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+# Dense parameters step with the foreach implementations (a few fused ops over all tensors, not
+# a Python loop per tensor: torch picks them by default on CUDA only)
+OPTIMIZERS = {"adam": partial(torch.optim.Adam, foreach=True), "adagrad": partial(torch.optim.Adagrad, foreach=True),
+              "sgd": partial(torch.optim.SGD, foreach=True)}
 # for embeddings built with sparse=True: a step reads and writes only the rows the batch touched
 # (Adam becomes "lazy": a row's moments decay only when it is used), not the whole table,
 # which with 100k users is what an epoch's time would otherwise go to
 SPARSE_OPTIMIZERS = {"adam": torch.optim.SparseAdam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+# Tables up to this many entries get dense gradients: stepping the whole table costs less than
+# sorting and coalescing a sparse gradient of the batch's rows. Measured (BPR, one thread, CPU
+# seconds per epoch, sparse vs dense): 2,625 x 65 entries (ml-100k) 0.215 vs 0.180; 9,746 x 65
+# (ml-1m's shape) 1.86 vs 1.58; 38,000 x 65 4.4 vs 6.8.
+SPARSE_ABOVE = 1 << 20
+
+
+def embedding(n: int, dim: int) -> nn.Embedding:
+    """An embedding table, with sparse gradients when it is large (``SPARSE_ABOVE``)."""
+    return nn.Embedding(n, dim, sparse=n * dim > SPARSE_ABOVE)
+
+
+def embedding_bag(n: int, dim: int) -> nn.EmbeddingBag:
+    """A mean-of-values embedding (multi-valued features), sparse as ``embedding`` decides."""
+    return nn.EmbeddingBag(n, dim, mode="mean", sparse=n * dim > SPARSE_ABOVE)
+
+
 # those sparse gradients come from torch's own embedding backward: opt out of the invariant
 # checks explicitly, or sparse Adagrad warns at every step that they are implicitly off
 torch.sparse.check_sparse_tensor_invariants.disable()
@@ -39,8 +60,8 @@ class TorchRecommender(IterativeRecommender):
     Examples are indexed, never materialised per sample: batches are slices of one shuffled
     index tensor on the device, so the hot loop has no Python per example. ``l2`` is left to
     ``batch_loss`` (applied to the embeddings a batch touches, as in BPR), not to the optimiser,
-    whose weight decay would shrink every embedding row at every step. Embeddings built with
-    ``sparse=True`` get sparse gradients and their own optimiser (``SPARSE_OPTIMIZERS``)."""
+    whose weight decay would shrink every embedding row at every step. Large embedding tables
+    (``embedding``) get sparse gradients and their own optimiser (``SPARSE_OPTIMIZERS``)."""
 
     def __init__(self, *, lr: float = 1e-3, l2: float = 0.0, optimizer: str = "adam",
                  batch_size: int = 2048, amp: bool = False, **rest: Any):
