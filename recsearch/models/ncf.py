@@ -36,7 +36,7 @@ from torch import nn
 from recsearch.data.dataset import Dataset, Feature, ServingData
 from recsearch.models.base import register
 from recsearch.models.sampling import NegativeSampler
-from recsearch.models.torch_base import TorchRecommender, embedding, embedding_bag
+from recsearch.models.torch_base import TorchRecommender
 from recsearch.ragged import gather_rows
 
 VARIANTS = ("gmf", "mlp", "neumf")
@@ -51,12 +51,14 @@ class EntityEncoder(nn.Module):
 
     def __init__(self, n: int, width: int, features: list[Feature]):
         super().__init__()
-        self.ids = embedding(n, width)
+        # Always sparse, so lazy Adam: dense Adam at ml-100k's size (see torch_base.embedding) ran
+        # 10% faster per epoch but ended lower (default NeuMF valid NDCG@10 0.2263 against 0.2289)
+        self.ids = nn.Embedding(n, width, sparse=True)
         nn.init.normal_(self.ids.weight, std=INIT_STD)
         self.bags = nn.ModuleList()
         self.single_valued: list[bool] = []
         for index, feature in enumerate(features):
-            bag = embedding_bag(len(feature.vocabulary), width)
+            bag = nn.EmbeddingBag(len(feature.vocabulary), width, mode="mean", sparse=True)
             nn.init.normal_(bag.weight, std=INIT_STD)
             self.bags.append(bag)
             self.single_valued.append(bool(np.all(np.diff(feature.offsets) == 1)))

@@ -42,11 +42,6 @@ def embedding(n: int, dim: int) -> nn.Embedding:
     return nn.Embedding(n, dim, sparse=n * dim > SPARSE_ABOVE)
 
 
-def embedding_bag(n: int, dim: int) -> nn.EmbeddingBag:
-    """A mean-of-values embedding (multi-valued features), sparse as ``embedding`` decides."""
-    return nn.EmbeddingBag(n, dim, mode="mean", sparse=n * dim > SPARSE_ABOVE)
-
-
 # those sparse gradients come from torch's own embedding backward: opt out of the invariant
 # checks explicitly, or sparse Adagrad warns at every step that they are implicitly off
 torch.sparse.check_sparse_tensor_invariants.disable()
@@ -60,8 +55,9 @@ class TorchRecommender(IterativeRecommender):
     Examples are indexed, never materialised per sample: batches are slices of one shuffled
     index tensor on the device, so the hot loop has no Python per example. ``l2`` is left to
     ``batch_loss`` (applied to the embeddings a batch touches, as in BPR), not to the optimiser,
-    whose weight decay would shrink every embedding row at every step. Large embedding tables
-    (``embedding``) get sparse gradients and their own optimiser (``SPARSE_OPTIMIZERS``)."""
+    whose weight decay would shrink every embedding row at every step. Embeddings with sparse
+    gradients (all of NCF's, MF's when large: ``embedding``) get their own optimiser
+    (``SPARSE_OPTIMIZERS``)."""
 
     def __init__(self, *, lr: float = 1e-3, l2: float = 0.0, optimizer: str = "adam",
                  batch_size: int = 2048, amp: bool = False, **rest: Any):
