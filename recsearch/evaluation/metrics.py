@@ -24,6 +24,7 @@ from recsearch.errors import ConfigError
 
 TASKS = ("ranking", "rating")
 VALID_PREFIX = "valid/"  # training reports validation metrics as valid/<metric>
+TEST_PREFIX = "test/"  # a sweep's re-evaluation trials report their test metrics as test/<metric>
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,10 @@ def valid_key(metric: str) -> str:
     return f"{VALID_PREFIX}{metric}"
 
 
-def valid_metrics(row: dict) -> dict[str, float]:
-    """The validation metrics of a reported row, without their prefix."""
-    return {k.removeprefix(VALID_PREFIX): v for k, v in row.items() if k.startswith(VALID_PREFIX)}
+def valid_metrics(row: dict, prefix: str = VALID_PREFIX) -> dict[str, float]:
+    """The validation metrics of a reported row (``prefix=TEST_PREFIX``: its test metrics),
+    without their prefix."""
+    return {k.removeprefix(prefix): v for k, v in row.items() if k.startswith(prefix)}
 
 
 

@@ -150,7 +150,8 @@ def _check_scheduler(scheduler: DictConfig, max_epochs: int) -> None:
     if scheduler.name == "asha":
         if scheduler.grace_period > scheduler.max_t:
             raise ConfigError(f"scheduler.grace_period ({scheduler.grace_period}) must not exceed "
-                              f"scheduler.max_t ({scheduler.max_t})")
+                              f"scheduler.max_t ({scheduler.max_t}); it defaults to train.min_epochs, the "
+                              "family's warm-up: lower that, or set scheduler.grace_period")
         if scheduler.max_t > max_epochs:
             raise ConfigError(f"scheduler.max_t ({scheduler.max_t}) exceeds train.max_epochs ({max_epochs}): "
                               "no trial runs that long")
