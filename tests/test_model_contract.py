@@ -17,6 +17,7 @@ SETTINGS: dict[str, tuple[dict, int]] = {  # family -> (hyperparameters, epochs)
     "ease": ({"l2": 10.0}, 1),
     "rp3beta": ({"k": 20}, 1),
     "mf": ({"dim": 16, "lr": 0.05, "batch_size": 256}, 15),
+    "multvae": ({"hidden": 64, "latent": 16, "lr": 0.01, "batch_size": 32, "anneal_steps": 50}, 40),
     "ncf": ({"dim": 16, "layers": [32, 16], "lr": 0.01, "batch_size": 256}, 10),
     "lstm": ({"dim": 16, "hidden": 32, "max_len": 12, "lr": 0.01, "batch_size": 32}, 15),
     "sasrec": ({"dim": 32, "heads": 2, "layers": 1, "max_len": 12, "dropout": 0.1, "lr": 0.005, "batch_size": 32}, 30),
