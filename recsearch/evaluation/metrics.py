@@ -79,10 +79,14 @@ def valid_key(metric: str) -> str:
     return f"{VALID_PREFIX}{metric}"
 
 
-def valid_metrics(row: dict, prefix: str = VALID_PREFIX) -> dict[str, float]:
-    """The validation metrics of a reported row (``prefix=TEST_PREFIX``: its test metrics),
-    without their prefix."""
-    return {k.removeprefix(prefix): v for k, v in row.items() if k.startswith(prefix)}
+def valid_metrics(row: dict) -> dict[str, float]:
+    """The validation metrics of a reported row, without their prefix."""
+    return {k.removeprefix(VALID_PREFIX): v for k, v in row.items() if k.startswith(VALID_PREFIX)}
+
+
+def reported_test(row: dict) -> dict[str, float]:
+    """The test metrics of a reported row (a re-evaluation trial's last), without their prefix."""
+    return {k.removeprefix(TEST_PREFIX): v for k, v in row.items() if k.startswith(TEST_PREFIX)}
 
 
 

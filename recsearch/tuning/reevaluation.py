@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from recsearch.evaluation.metrics import TEST_PREFIX, metric_mode, valid_key, valid_metrics
+from recsearch.evaluation.metrics import metric_mode, reported_test, valid_key, valid_metrics
 from recsearch.stats import summarize
 from recsearch.tuning.plan import SweepPlan, trial_setup
 from recsearch.tuning.results import Trial, experiment_trials
@@ -92,31 +92,27 @@ def outcome(plan: SweepPlan, board: list[dict[str, Any]]) -> dict[str, Any] | No
         return None
     metric = plan.first["task"]["metric"]
     trials = experiment_trials(plan, EXPERIMENT)
-    sweep_rank = {row["trial"]: row["rank"] for row in board}
+    points = grid(plan, board)
     candidates = []
-    for point in grid(plan, board):
-        if candidates and candidates[-1]["trial"] == point["trial"]:
-            candidates[-1]["seeds"].append(point["seed"])
-            continue
-        candidates.append({"trial": point["trial"], "family": point["family"], "sweep_rank": sweep_rank[point["trial"]],
-                           "hparams": point["hparams"], "seeds": [point["seed"]]})
-    for candidate in candidates:
-        runs = [t for t in trials if t.hparams["run"]["trial"] == candidate["trial"]]
+    for row in (r for r in board if r["trial"] in {p["trial"] for p in points}):
+        runs = [t for t in trials if t.hparams["run"]["trial"] == row["trial"]]
         valid, test = [], []
         for trial in runs:
-            tested = next((row for row in trial.history if any(k.startswith(TEST_PREFIX) for k in row)), None)
+            tested = next((r for r in trial.history if reported_test(r)), None)
             if trial.status == "TERMINATED" and tested is not None:
                 valid.append(valid_metrics(trial.best(metric)))
-                test.append(valid_metrics(tested, TEST_PREFIX))
-        candidate.update(runs=len(valid), valid=summarize(valid), test=summarize(test),
-                         errors=[t.error for t in runs if t.error])
+                test.append(reported_test(tested))
+        candidates.append({"trial": row["trial"], "family": row["family"], "sweep_rank": row["rank"],
+                           "hparams": row["hparams"], "seeds": [p["seed"] for p in points if p["trial"] == row["trial"]],
+                           "runs": len(valid), "valid": summarize(valid), "test": summarize(test),
+                           "errors": [t.error for t in runs if t.error]})
     done = [c for c in candidates if c["runs"]]
     pick = max if metric_mode(metric) == "max" else min
     best = pick(done, key=lambda c: c["valid"][metric]["mean"]) if done else None
     return {"top": chosen["top"], "seeds": chosen["seeds"],
             "selected_by": f"mean {valid_key(metric)} ({metric_mode(metric)}) over fresh seeds",
             "candidates": candidates, "chosen": best["trial"] if best else None,
-            "trials_left": len(grid(plan, board)) - sum(t.status in ("TERMINATED", "ERROR") for t in trials)}
+            "trials_left": len(points) - sum(t.status in ("TERMINATED", "ERROR") for t in trials)}
 
 
 def for_trial(reevaluation: dict[str, Any] | None, trial: str) -> dict[str, Any] | None:
