@@ -43,7 +43,6 @@ ROWS = {  # row -> (family, split label, overrides)
     "lstm-quarter": ("lstm", "25% held out, 10% valid", QUARTER),
     "lstm-random": ("lstm", "random 0.8/0.1/0.1", []),
     "lstm-loo": ("lstm", "leave-one-out", ["data.split.scheme=loo"]),
-    "sasrec-loo": ("sasrec", "leave-one-out", ["data.split.scheme=loo"]),
 }
 COLUMNS = ["row", "seed", "epochs run", "old: stop / kept", "old: test", "new: stop / kept", "new: test",
            "valid peak: epoch / test", "best test (epoch)"]

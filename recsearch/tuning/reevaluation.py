@@ -68,10 +68,11 @@ def run(plan: SweepPlan, points: list[dict[str, Any]], split_ref, resume: bool) 
         chosen = settings(plan)
         print(f"\n== re-evaluation: the top {chosen['top']} configurations on {chosen['seeds']} fresh seeds "
               f"({len(points)} trials)", flush=True)
-        tune_config = tune.TuneConfig(
-            metric=valid_key(metric), mode=metric_mode(metric), scheduler=FIFOScheduler(), reuse_actors=True,
-            max_concurrent_trials=ray_cfg["max_concurrent_trials"],
-            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
+        # no metric: nothing here ranks or stops trials, and a trial resumed after its last epoch
+        # reports only its test metrics
+        tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), reuse_actors=True,
+                                      max_concurrent_trials=ray_cfg["max_concurrent_trials"],
+                                      trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
         tuner = tune.Tuner(trainable, param_space={"run": tune.grid_search(points)}, tune_config=tune_config,
                            run_config=run_config(plan, EXPERIMENT, ray_cfg))
     tuner.fit()

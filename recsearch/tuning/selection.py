@@ -66,8 +66,9 @@ def finish(plan: SweepPlan, split: Split, wall_seconds: float) -> dict[str, Any]
     print(f"\nbest: {best['trial']} ({best['family']}) {_fmt(best['hparams'])}\n"
           f"  valid {metric} {best['valid'][metric]:.4f} at epoch {best['epoch']}, "
           f"test {metric} {best['test'][metric]:.4f}\n"
-          + (f"  over {seeds['runs']} fresh seeds: valid {plus_minus(seeds['valid'].get(metric))}, "
-             f"test {plus_minus(seeds['test'].get(metric))} (mean ± 95% CI)\n" if seeds else "") +
+          + (f"  over {seeds['runs']} fresh seed(s): valid {plus_minus(seeds['valid'].get(metric))}, "
+             f"test {plus_minus(seeds['test'].get(metric))} (mean ± 95% CI where there are several)\n"
+             if seeds else "") +
           f"trials: {_fmt(summary['trials'])}; {summary['wall_seconds']:.0f}s\n"
           f"wrote {out}/leaderboard.csv, summary.json, report.html and best/\n"
           f"TensorBoard: tensorboard --logdir {plan.storage}", flush=True)

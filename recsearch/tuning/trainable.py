@@ -70,6 +70,6 @@ def _train_reporting(hparams: dict[str, Any], split: Split, setup: dict[str, Any
                    resume=resume)
     if test:  # the best epoch's state is restored: the last epoch's row again, with its test metrics
         tested = evaluator.evaluate(model, split, "test")
-        row = last or {"epoch": resume.epoch if resume else 0}  # resumed after its last epoch: nothing re-ran
+        row = last or {"epoch": resume.epoch}  # resumed after its last epoch: nothing re-ran, only this merges in
         tune.report({**row, "best_epoch": result.best_epoch,
                      **{f"{TEST_PREFIX}{name}": value for name, value in tested.items()}})
