@@ -43,7 +43,7 @@ from recsearch.output import format_table
 from recsearch.serving.export import export_model
 from recsearch.serving.schemas import UserRecommendationRequest
 from recsearch.serving.service import ModelService
-from recsearch.training import train
+from recsearch.training import Stopping, train
 
 HERE = Path(__file__).resolve().parent
 MODELS = [("pop", "ranking"), ("itemknn", "ranking"), ("userknn", "ranking"), ("ease", "ranking"),
@@ -70,7 +70,7 @@ def fit(family: str, task: str, root: Path):
     split = load_split(config["data"], cfg.seed, config["task"]["implicit_threshold"])
     evaluator = Evaluator.for_task(config["task"], batch_size=cfg.train.eval_batch_size)
     model = build_model(config["model"], seed=cfg.seed, device="cpu", task=config["task"]["name"])
-    train(model, split, evaluator, config["task"]["metric"], cfg.train.max_epochs, cfg.train.patience)
+    train(model, split, evaluator, config["task"]["metric"], cfg.train.max_epochs, Stopping.of(cfg.train))
     return model, split, evaluator
 
 

@@ -20,7 +20,7 @@ from recsearch.config import load_config, to_container
 from recsearch.data import load_split
 from recsearch.evaluation import Evaluator
 from recsearch.models.base import Recommender
-from recsearch.models.lstm import time_ordered
+from recsearch.models.sequential import time_ordered
 from recsearch.output import format_table
 from recsearch.serving.fallback import ItemSimilarity
 from recsearch.training import train_command

@@ -26,7 +26,8 @@ from recsearch.config import load_config, to_container
 from recsearch.data import load_split
 from recsearch.evaluation import Evaluator
 from recsearch.models.factory import hparams_of
-from recsearch.models.lstm import PAD, SequentialRecommender, time_ordered, with_bos
+from recsearch.models.lstm import SequentialRecommender
+from recsearch.models.sequential import PAD, time_ordered, with_bos
 from recsearch.output import format_table
 from recsearch.training import train
 

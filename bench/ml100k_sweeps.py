@@ -5,7 +5,10 @@ For every family the script trains the default config as ``recsearch train`` doe
 ``conf/search/<family>.yaml`` with ASHA, and records both validation NDCG@10 values, the
 sweep's best hyperparameters, and the best trial's test metrics (touched once, after selection).
 Every family runs on the random 0.8/0.1/0.1 split; the LSTM also on the temporal leave-one-out
-split it is made for (rows "lstm-loo", random search, and "lstm-loo-optuna", TPE). Writes ``bench/results/ml100k_sweeps.{json,md}``.
+split it is made for (rows "lstm-loo", random search, and "lstm-loo-optuna", TPE), and so does
+the self-attention model (rows "sasrec-loo", "sasrec"). Rows run since the multi-seed
+re-evaluation exists also record the chosen configuration's mean ± 95% CI over its fresh seeds.
+Writes ``bench/results/ml100k_sweeps.{json,md}``.
 
     .venv/bin/python bench/ml100k_sweeps.py                        # every row, its SWEEPS trials
     .venv/bin/python bench/ml100k_sweeps.py --rows mf,ncf --samples 8
@@ -22,6 +25,7 @@ from record import write_results
 
 from recsearch.config import load_config
 from recsearch.output import format_table
+from recsearch.stats import plus_minus
 from recsearch.training import train_command
 from recsearch.tuning.plan import plan_sweep
 from recsearch.tuning.sweep import load_sweep_split, ray_session, run_sweep
@@ -39,6 +43,10 @@ SWEEPS = {
     "lstm": ("lstm", 32, []),
     "lstm-loo": ("lstm", 32, ["data.split.scheme=loo"]),
     "lstm-loo-optuna": ("lstm", 32, ["data.split.scheme=loo", "search.algorithm=optuna"]),  # TPE, same budget
+    "sasrec-loo": ("sasrec", 16, ["data.split.scheme=loo"]),
+    "sasrec": ("sasrec", 16, []),
+    "rp3beta": ("rp3beta", 64, []),
+    "multvae": ("multvae", 32, []),
 }
 
 
@@ -72,14 +80,24 @@ def main() -> None:
             "trials": summary["trials"]["run"],
             "stopped early": summary["trials"]["stopped_by_asha"] + summary["trials"]["stopped_by_patience"],
             "sweep seconds": round(summary["wall_seconds"]),
+            **seed_columns(summary, metric),
             "best hparams": summary["best"]["hparams"],
             "run": stamp,
         })
     rows = merged(Path(f"{args.result}.json"), rows)
-    columns = [k for k in rows[0] if k != "best hparams"]
+    columns = list(dict.fromkeys(k for row in rows for k in row if k != "best hparams"))
     print(format_table(rows, columns))
     write_results(args.result, rows, columns,
                   "ml-100k, seed 42, ASHA, the first trial of each sweep = the default config")
+
+
+def seed_columns(summary: dict, metric: str) -> dict:
+    """The chosen configuration's mean ± 95% CI over the re-evaluation's fresh seeds, if any."""
+    seeds = summary["best"].get("seeds")
+    if not seeds:
+        return {}
+    return {f"seeds valid {metric}": plus_minus(seeds["valid"].get(metric)),
+            f"seeds test {metric}": plus_minus(seeds["test"].get(metric)), "seeds": seeds["runs"]}
 
 
 def merged(result: Path, new_rows: list[dict]) -> list[dict]:

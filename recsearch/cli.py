@@ -2,6 +2,7 @@
 
     recsearch data info data=ml-100k
     recsearch train model=mf data=ml-100k task=rating out=runs/mf
+    recsearch cv model=mf data=ml-100k task=rating data.split.folds=5 out=runs/mf-cv
     recsearch sweep model=ncf data=ml-100k search.num_samples=64 out=runs/ncf
     recsearch resume runs/ncf
     recsearch report runs/ncf
@@ -36,6 +37,12 @@ def _train(args) -> None:
     from recsearch.training import train_command
 
     train_command(load_config(args.overrides))
+
+
+def _cv(args) -> None:
+    from recsearch.crossval import cv_command
+
+    cv_command(args.overrides)
 
 
 def _sweep(args) -> None:
@@ -100,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train and evaluate one configuration")
     train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=mf data=ml-100k")
     train.set_defaults(run=_train)
+    cv = commands.add_parser("cv", help="k-fold cross-validation of one configuration: mean ± std over folds")
+    cv.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=mf task=rating data.split.folds=5")
+    cv.set_defaults(run=_cv)
 
     from recsearch.serving.cli import add_arguments as add_serve_arguments
 

@@ -56,6 +56,9 @@ class RayConfig(Section):
 class TrainConfig(Section):
     max_epochs: PositiveInt
     patience: PositiveInt
+    min_epochs: PositiveInt
+    patience_ratio: NonNegativeFloat
+    smoothing: float = Field(ge=0.0, lt=1.0)
     eval_batch_size: PositiveInt
 
 
@@ -76,12 +79,19 @@ class DataConfig(Section):
     split: dict[str, Any] = {}
 
 
+class ReevaluateConfig(Section):
+    enabled: bool
+    top: PositiveInt
+    seeds: PositiveInt
+
+
 class SearchConfig(Section):
     models: list[str] | None
     family_overrides: dict[str, list[str]] | None
     num_samples: PositiveInt
     algorithm: Literal["random", "optuna"]
     start_from_defaults: bool
+    reevaluate: ReevaluateConfig
     space: dict[str, Any]  # samplers, checked by recsearch.tuning.space
 
 

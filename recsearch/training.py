@@ -52,30 +52,76 @@ def train_step(model: Recommender, split: Split, evaluator: Evaluator, epoch: in
 
 @dataclass
 class EarlyStopping:
-    """Tracks the best value of the selection metric and counts epochs without improvement."""
+    """Decides when training stops, from the validation metric of every epoch.
+
+    The best epoch (whose state is kept) is the one with the best raw value. Whether training
+    goes on is judged on the metric's trend, an exponential moving average
+    ``trend = smoothing * trend + (1 - smoothing) * value`` (``smoothing`` 0: the raw value), so
+    that one lucky epoch does not end a slow climb and one unlucky one does not extend a
+    finished run. Training stops once the trend has not improved for ``patience`` epochs, or
+    for ``patience_ratio`` times the best epoch if that is longer (a run that needed 40 epochs
+    to reach its best gets 20 more with 0.5), and never before ``min_epochs``."""
 
     mode: str  # "max" or "min"
     patience: int
-    best: float | None = None
+    min_epochs: int = 1
+    patience_ratio: float = 0.0
+    smoothing: float = 0.0
+    best: float | None = None  # the best raw value and its epoch
     best_epoch: int = 0
-    stale: int = 0
+    trend: float | None = None  # the moving average after the last epoch, and its best so far
+    best_trend: float | None = None
+    stale: int = 0  # epochs since the trend last improved
+    epoch: int = 0  # the last epoch seen
 
     def __post_init__(self):
         if self.mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {self.mode!r}")
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing!r}")
+
+    def _better(self, value: float, than: float | None) -> bool:
+        return than is None or (value > than if self.mode == "max" else value < than)
 
     def update(self, value: float, epoch: int) -> bool:
         """Record an epoch's value; True when it is the best so far."""
-        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        self.epoch = epoch
+        better = self._better(value, self.best)
         if better:
-            self.best, self.best_epoch, self.stale = value, epoch, 0
+            self.best, self.best_epoch = value, epoch
+        self.trend = value if self.trend is None else self.smoothing * self.trend + (1 - self.smoothing) * value
+        if self._better(self.trend, self.best_trend):
+            self.best_trend, self.stale = self.trend, 0
         else:
             self.stale += 1
         return better
 
     @property
+    def patience_now(self) -> int:
+        return max(self.patience, math.ceil(self.patience_ratio * self.best_epoch))
+
+    @property
     def should_stop(self) -> bool:
-        return self.stale >= self.patience
+        return self.epoch >= self.min_epochs and self.stale >= self.patience_now
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """The early-stopping settings of a config's ``train`` section (``conf/config.yaml``)."""
+
+    patience: int
+    min_epochs: int = 1
+    patience_ratio: float = 0.0
+    smoothing: float = 0.0
+
+    @classmethod
+    def of(cls, train_cfg) -> Stopping:
+        """From ``train``; a key a saved sweep plan predates keeps its default (off)."""
+        return cls(**{name: train_cfg[name] for name in ("patience", "min_epochs", "patience_ratio", "smoothing")
+                      if name in train_cfg})
+
+    def stopper(self, mode: str) -> EarlyStopping:
+        return EarlyStopping(mode, self.patience, self.min_epochs, self.patience_ratio, self.smoothing)
 
 
 @dataclass
@@ -88,13 +134,15 @@ class Resume:
     best: float | None
     best_epoch: int
     stale: int
+    trend: float | None
+    best_trend: float | None
 
 
 @dataclass
 class EpochEnd:
     """A finished epoch, as ``train`` hands it to ``on_epoch``."""
 
-    row: dict[str, Any]  # train_step's metrics plus stale_epochs
+    row: dict[str, Any]  # train_step's metrics plus stale_epochs and stopped (the loop ends here)
     state: bytes  # the model's state after this epoch
     best_state: bytes  # the state of the best epoch so far (this one's when it is the best)
     stopper: EarlyStopping  # as it stood after this epoch
@@ -126,29 +174,32 @@ def train(
     evaluator: Evaluator,
     metric: str,
     max_epochs: int,
-    patience: int,
+    stopping: Stopping | int,
     on_epoch: Callable[[EpochEnd], None] | None = None,
     resume: Resume | None = None,
 ) -> TrainResult:
     """Prepare ``model`` on the training split and train it under early stopping on the
-    validation ``metric`` (its direction from the metric registry), from ``resume`` when given;
-    the best epoch's state is restored before returning."""
+    validation ``metric`` (its direction from the metric registry; ``stopping``: the settings,
+    or a plain patience), from ``resume`` when given; the best epoch's state is restored
+    before returning."""
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
     model.prepare(split.train)
-    stopper = EarlyStopping(metric_mode(metric), patience)
+    stopping = Stopping(stopping) if isinstance(stopping, int) else stopping
+    stopper = stopping.stopper(metric_mode(metric))
     result = TrainResult()
     epoch, state, best_state = 0, b"", b""
     if resume is not None:
         load_serialized(model, resume.state)
         epoch, state, best_state = resume.epoch, resume.state, resume.best_state
         stopper.best, stopper.best_epoch, stopper.stale = resume.best, resume.best_epoch, resume.stale
+        stopper.trend, stopper.best_trend, stopper.epoch = resume.trend, resume.best_trend, resume.epoch
     last = max_epochs if model.iterative else 1
     while epoch < last and not stopper.should_stop:
         epoch += 1
         row = train_step(model, split, evaluator, epoch)
         improved = stopper.update(row[valid_key(metric)], epoch)
-        row["stale_epochs"] = stopper.stale
+        row["stale_epochs"], row["stopped"] = stopper.stale, stopper.should_stop
         result.history.append(row)
         result.fit_seconds += row["epoch_seconds"]
         if improved:
@@ -185,7 +236,7 @@ def train_command(cfg) -> dict[str, Any]:
     evaluator = Evaluator.for_task(task, batch_size=cfg.train.eval_batch_size)
     model = build_model(config["model"], seed=cfg.seed, device=cfg.device, task=task["name"])
     result = train(
-        model, split, evaluator, task["metric"], cfg.train.max_epochs, cfg.train.patience,
+        model, split, evaluator, task["metric"], cfg.train.max_epochs, Stopping.of(cfg.train),
         on_epoch=lambda end: print(_epoch_line(end.row, task["metric"]), flush=True),
     )
     test = evaluator.evaluate(model, split, "test")

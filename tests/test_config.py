@@ -39,7 +39,7 @@ def test_rating_task_selects_rmse_which_is_minimised():
     (["model=mf", "model.lr=-1"], "model=mf: lr must be > 0"),
     (["model=itemknn", "model.k=2.5"], "model.k: Input should be a valid integer"),
     (["data=ml-100k", "+data.source.directoy=x"], "data.source.directoy: unknown key; known: directory"),
-    (["data.split.scheme=kfold"], "data.split.scheme"),
+    (["data.split.scheme=weekly"], "data.split.scheme"),
     (["data.split.ratios=[0.5,0.5,0.5]"], "data.split.ratios: must be three shares"),
     (["scheduler.grace_period=x"], "scheduler.grace_period"),
     (["ray.cpus_per_trial=0"], "ray.cpus_per_trial"),

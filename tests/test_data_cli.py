@@ -46,8 +46,8 @@ def test_data_info_reports_bad_input_in_one_line(tmp_path, capsys):
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,great,3\n")
     assert main(["data", "info", "data=table", f"data_root={tmp_path}", f"out={tmp_path}"]) == 2
     assert "ratings.csv: line 2, column 3 (rating): expected a number for the rating, got 'great'" in capsys.readouterr().err
-    assert main(["data", "info", "data=synthetic", "data.split.scheme=kfold", f"out={tmp_path}"]) == 2
-    assert "data.split.scheme: Input should be 'random', 'loo' or 'temporal'" in capsys.readouterr().err
+    assert main(["data", "info", "data=synthetic", "data.split.scheme=weekly", f"out={tmp_path}"]) == 2
+    assert "data.split.scheme: Input should be 'random', 'loo', 'temporal', 'kfold' or 'given'" in capsys.readouterr().err
 
 
 # -- fetch: the opener is replaced, nothing leaves the machine ------------------------------------

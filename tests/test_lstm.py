@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from recsearch.models.base import Recommender
-from recsearch.models.lstm import (
-    PAD,
-    SequentialRecommender,
-    tail_inputs,
-    time_ordered,
-    training_windows,
-    with_bos,
-)
+from recsearch.models.lstm import SequentialRecommender
+from recsearch.models.sequential import PAD, tail_inputs, time_ordered, training_windows, with_bos
 
 SMALL = dict(dim=32, hidden=64, max_len=8, dropout=0.1, lr=1e-2, batch_size=32, device="cpu")
 

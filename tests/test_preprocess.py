@@ -1,5 +1,5 @@
-"""Cleaning (dedup, implicit threshold, k-core, re-indexing), the three split schemes, and
-``load_dataset``/``load_split`` over a config."""
+"""Cleaning (dedup, implicit threshold, k-core, re-indexing), the split schemes (the given
+split's files: tests/test_data_readers.py), and ``load_dataset``/``load_split`` over a config."""
 
 from __future__ import annotations
 
@@ -150,14 +150,47 @@ def test_temporal_cut_respects_time_and_counts_cold_rows(make, counts_dataset, c
     assert len(t_train) == 0.7 * len(data.interactions)
 
 
+def test_kfold_test_parts_partition_every_users_interactions():
+    per_user = [23, 10, 7, 5, 4, 3] * 20  # 120 users drawing from 60 items: no test row is cold
+    data = counts_dataset(per_user)
+    folds = [split(data, "kfold", folds=5, fold=f, valid_share=0.2, seed=3) for f in range(5)]
+    assert all(sum(dropped.values()) == 0 for _, dropped in folds)
+    tested = [pairs(result.test) for result, _ in folds]
+    everything = pairs(data.interactions)
+    assert set().union(*tested) == everything and sum(map(len, tested)) == len(everything)  # each pair once
+    for user, n in enumerate(per_user):  # a user's folds differ in size by at most one
+        sizes = [sum(u == user for u, _ in fold) for fold in tested]
+        assert max(sizes) - min(sizes) <= 1 and sum(sizes) == n
+    for result, _ in folds:
+        train, valid, test = pairs(result.train.interactions), pairs(result.valid), pairs(result.test)
+        assert not (train & valid or train & test or valid & test) and result.scheme == "kfold"
+        assert len(train) + len(valid) + len(test) == len(everything)
+    # valid: 20% of user 0's 18 or 19 non-test interactions, rounded down as the random scheme does
+    assert np.bincount(folds[0][0].valid.user, minlength=120)[0] == 3
+    again, _ = split(data, "kfold", folds=5, fold=2, valid_share=0.2, seed=3)
+    assert pairs(again.test) == tested[2] and pairs(again.valid) == pairs(folds[2][0].valid)
+
+
+def test_four_folds_hold_out_a_quarter_per_user():
+    data = counts_dataset([40] * 20)
+    result, _ = split(data, "kfold", folds=4, fold=1, valid_share=0.1, seed=0)
+    assert np.bincount(result.test.user, minlength=20).tolist() == [10] * 20
+    assert np.bincount(result.valid.user, minlength=20).tolist() == [3] * 20  # floor(30 * 0.1)
+    with pytest.raises(ConfigError, match=r"data.split.fold: must be below data.split.folds \(4\), got 4"):
+        split(data, "kfold", folds=4, fold=4)
+
+
 SOURCE = {"_target_": "recsearch.data.synthetic.generate"}
 
 
 @pytest.mark.parametrize("cfg, message", [
-    ({"split": {"scheme": "kfold"}}, "data.split.scheme: Input should be 'random', 'loo' or 'temporal'"),
+    ({"split": {"scheme": "weekly"}}, "data.split.scheme: Input should be 'random', 'loo', 'temporal', 'kfold' or 'given'"),
     ({"split": {"ratios": [0.5, 0.1]}}, "data.split.ratios.2: missing"),
     ({"split": {"ratios": [0.0, 0.5, 0.5]}}, "train > 0"),
     ({"split": {"ratios": [0.8, 0.3, 0.1]}}, "summing to 1"),
+    ({"split": {"scheme": "kfold", "folds": 1}}, "data.split.folds: Input should be greater than or equal to 2"),
+    ({"split": {"scheme": "kfold", "folds": 3, "fold": 3}}, "data.split.fold: must be below data.split.folds"),
+    ({"split": {"valid_share": 1.0}}, "data.split.valid_share: Input should be less than 1"),
     ({"preprocess": {"dedupe": True}}, "data.preprocess.dedupe: unknown key; known: dedup"),
     ({"preprocess": {"min_user_interactions": -1}}, "data.preprocess.min_user_interactions: Input should be greater than or equal to 0"),
     ({"source": {}}, "data.source._target_: None is not a reader"),

@@ -121,7 +121,8 @@ def test_the_newest_checkpoint_holds_the_best_epochs_state(sweep):
     trial = next(t for t in collect_trials(sweep) if t.trial_id == "00002")
     with checkpoint.latest(trial.path) as folder:
         assert folder is None  # this fixture's trials kept none
-    stopper = EarlyStopping("max", patience=5, best=0.5, best_epoch=3, stale=7)
+    stopper = EarlyStopping("max", patience=5, smoothing=0.5, best=0.5, best_epoch=3, trend=0.42, best_trend=0.45,
+                            stale=7)
     best = serialized({"epoch": torch.tensor(3)})
     for name, epoch in (("checkpoint_000009", 10), ("checkpoint_000010", 11)):
         folder = Path(trial.path) / name
@@ -132,6 +133,7 @@ def test_the_newest_checkpoint_holds_the_best_epochs_state(sweep):
         assert folder.name == "checkpoint_000010"
         saved = checkpoint.read(folder)
     assert (saved.epoch, saved.best, saved.best_epoch, saved.stale) == (11, 0.5, 3, 7)
+    assert (saved.trend, saved.best_trend) == (0.42, 0.45)
     assert torch.load(io.BytesIO(saved.best_state), weights_only=True)["epoch"] == 3
     assert torch.load(io.BytesIO(saved.state), weights_only=True)["epoch"] == 11
     (folder / checkpoint.BEST_STATE_FILE).unlink()  # written only when an earlier epoch was the best

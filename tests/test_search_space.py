@@ -109,13 +109,21 @@ def test_single_family_plan_picks_the_models_space(tmp_path):
 
 def test_multi_family_plan_composes_each_family(tmp_path):
     registered = [f for f in ("pop", "itemknn", "mf") if _registered(f)]
-    overrides = [f"search.models=[{','.join(registered)}]", f"out={tmp_path / 'multi'}", "train.max_epochs=4"]
+    overrides = [f"search.models=[{','.join(registered)}]", f"out={tmp_path / 'multi'}", "train.max_epochs=4",
+                 "train.min_epochs=2"]
     plan = plan_sweep(overrides)
     assert plan.families == registered
     for family in registered:
         config = plan.configs[family]
         assert config["model"]["_target_"] == load_config([f"model={family}"]).model._target_
         assert config["scheduler"]["max_t"] == 4 and config["out"] == str(tmp_path / "multi")
+        assert config["scheduler"]["grace_period"] == 2, "ASHA's grace period is the warm-up, train.min_epochs"
+
+
+def test_each_family_gets_its_own_asha_grace_period(tmp_path):
+    plan = plan_sweep(["search.models=[itemknn,mf,ncf]", f"out={tmp_path}"])
+    grace = {family: config["scheduler"]["grace_period"] for family, config in plan.configs.items()}
+    assert grace == {"itemknn": 1, "mf": 5, "ncf": 8}  # conf/model/<family>.yaml's train.min_epochs
 
 
 def test_family_overrides_reach_only_their_family(tmp_path):

@@ -1,6 +1,6 @@
 """Sweeps end to end on one local Ray (started once for this module): ASHA stopping bad trials,
-the exported best model, NaN trials, a sweep where everything fails, and resuming after the
-driver was killed.
+the exported best model, NaN trials, a sweep where everything fails, resuming after the driver
+was killed, and the re-evaluation of the best configurations on fresh seeds.
 
 The model is ``Toy``, registered here under the test-only family ``sweeptoy``: its quality is
 set by its hyperparameters, so each test knows which trials must win, stop early or fail. The
@@ -26,7 +26,7 @@ import torch
 from recsearch.cli import main
 from recsearch.models.base import IterativeRecommender, Recommender, register
 from recsearch.tuning.plan import SweepPlan
-from recsearch.tuning.results import collect_trials
+from recsearch.tuning.results import collect_trials, experiment_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 TESTS = Path(__file__).resolve().parent
@@ -40,12 +40,15 @@ class Toy(IterativeRecommender):
     a large rate ranks well after one epoch and a tiny one stays near random; after epoch
     ``decline_after`` (0: never) it shrinks by ``rate`` instead. The training loss is NaN at
     epoch ``nan_at`` (0: never); ``delay`` seconds of sleep per epoch keep trials running long
-    enough to kill a driver in between."""
+    enough to kill a driver in between. ``luck`` makes seed 42 (the sweep's) flatter a
+    configuration: its rate is ``rate * (1 + luck)`` there and ``rate * (1 - luck)`` elsewhere."""
 
-    def __init__(self, rate: float = 0.1, nan_at: int = 0, delay: float = 0.0, decline_after: int = 0, **common):
-        super().__init__(rate=rate, nan_at=nan_at, delay=delay, decline_after=decline_after, **common)
+    def __init__(self, rate: float = 0.1, nan_at: int = 0, delay: float = 0.0, decline_after: int = 0,
+                 luck: float = 0.0, **common):
+        super().__init__(rate=rate, nan_at=nan_at, delay=delay, decline_after=decline_after, luck=luck, **common)
         self.rate, self.nan_at, self.delay = float(rate), int(nan_at), float(delay)
         self.decline_after = int(decline_after)
+        self.rate *= 1 + luck if self.seed == 42 else 1 - luck
 
     def prepare(self, train):
         super().prepare(train)
@@ -88,6 +91,7 @@ model:
   nan_at: 0
   delay: 0.0
   decline_after: 0
+  luck: 0.0
 train:
   max_epochs: 6
   patience: 3
@@ -135,7 +139,7 @@ def local_ray(conf):
             os.environ[key] = value
 
 
-TOY = ["model=sweeptoy", "data=planted", "ray.verbose=0"]
+TOY = ["model=sweeptoy", "data=planted", "ray.verbose=0", "search.reevaluate.enabled=false"]
 
 
 def test_asha_sweep_ranks_trials_exports_the_best_and_reports(local_ray, tmp_path, capsys):
@@ -185,6 +189,40 @@ def test_asha_sweep_ranks_trials_exports_the_best_and_reports(local_ray, tmp_pat
     split = load_split(config["data"], seed=config["seed"], implicit_threshold=None)
     valid = Evaluator.for_task(config["task"]).evaluate(model, split, "valid")
     assert valid["ndcg@10"] == pytest.approx(best["valid"]["ndcg@10"], abs=1e-6)
+
+
+def test_the_best_configurations_are_retrained_on_fresh_seeds_and_chosen_by_their_mean(local_ray, tmp_path):
+    """The lucky configuration wins on the sweep's seed; on fresh seeds the steady one is better,
+    and it is the one chosen and exported."""
+    out = tmp_path / "seeds"
+    code = main(["sweep", *TOY[:-1], f"out={out}", "search.num_samples=1", "scheduler=fifo",
+                 "search.space.rate.grid=[0.2]", "+search.space.luck={grid:[0.0,0.95]}",
+                 "search.reevaluate.top=2", "search.reevaluate.seeds=2"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    lines = (out / "leaderboard.csv").read_text().splitlines()
+    assert '""luck"": 0.95' in lines[1], "on seed 42 the lucky configuration ranks first"
+    seeds = summary["reevaluation"]
+    assert [c["seeds"] for c in seeds["candidates"]] == [[43, 44], [43, 44]]
+    assert all(c["runs"] == 2 and not c["errors"] for c in seeds["candidates"])
+    lucky, steady = seeds["candidates"]
+    assert lucky["hparams"]["luck"] == 0.95 and steady["hparams"]["luck"] == 0.0
+    for candidate in (lucky, steady):
+        valid = candidate["valid"]["ndcg@10"]
+        assert valid["n"] == 2 and valid["mean"] == pytest.approx(sum(valid["values"]) / 2)
+        assert valid["ci95"] > 0 and candidate["test"]["ndcg@10"]["n"] == 2
+    assert steady["valid"]["ndcg@10"]["mean"] > lucky["valid"]["ndcg@10"]["mean"]
+    assert seeds["chosen"] == steady["trial"] and seeds["trials_left"] == 0
+    assert summary["best"]["trial"] == steady["trial"] and summary["best"]["seeds"]["valid"] == steady["valid"]
+
+    trials = {t.name: t for t in experiment_trials(SweepPlan.load(out), "reevaluate")}
+    assert sorted(t.hparams["run"]["seed"] for t in trials.values()) == [43, 43, 44, 44]
+    assert all(t.status == "TERMINATED" and "test/ndcg@10" in t.history[-1] for t in trials.values())
+    assert [line.split(",")[5] != "" for line in lines[1:]] == [True, True], "valid_mean of both re-evaluated rows"
+    model = Recommender.load(out / "best")
+    assert model.metadata["seeds"]["test"]["ndcg@10"]["mean"] == steady["test"]["ndcg@10"]["mean"]
+    assert "fresh seeds" in model.metadata["selected_by"]
+    assert "Re-evaluation on fresh seeds" in (out / "report.html").read_text()
 
 
 def test_the_best_epoch_is_exported_from_the_newest_checkpoint(local_ray, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recsearch.models.base import IterativeRecommender
-from recsearch.training import EarlyStopping, Resume, train, train_step
+from recsearch.training import EarlyStopping, Resume, Stopping, train, train_step
 
 
 class Counter(IterativeRecommender):
@@ -59,11 +59,49 @@ def test_early_stopping_counts_stale_epochs():
         EarlyStopping("lowest", 2)
 
 
+def stop_epoch(curve, stopper: EarlyStopping) -> int:
+    """The epoch after which ``stopper`` ends training on ``curve`` (its length if never)."""
+    for epoch, value in enumerate(curve, 1):
+        stopper.update(value, epoch)
+        if stopper.should_stop:
+            return epoch
+    return len(curve)
+
+
+def test_a_smoothed_trend_rides_out_noise_on_a_slow_climb():
+    """A climb of 0.01 per epoch with a lucky +0.05 every sixth epoch: the raw value then misses
+    that best for 4 epochs in a row; the moving average keeps improving."""
+    curve = [0.1 + 0.01 * e + (0.05 if e % 6 == 2 else 0) for e in range(30)]
+    assert stop_epoch(curve, EarlyStopping("max", patience=3)) == 6  # 3 stale epochs after the lucky epoch 3
+    smoothed = EarlyStopping("max", patience=3, smoothing=0.7)
+    assert stop_epoch(curve, smoothed) == 30
+    assert (smoothed.best, smoothed.best_epoch) == (max(curve), 27), "the best epoch is the best raw value"
+    with pytest.raises(ValueError, match="smoothing"):
+        EarlyStopping("max", 3, smoothing=1.0)
+
+
+def test_patience_grows_with_the_best_epoch_and_nothing_stops_before_min_epochs():
+    late_peak = [0.1 * e for e in range(1, 21)] + [1.0] * 12  # best at epoch 20, then a plateau
+    assert stop_epoch(late_peak, EarlyStopping("max", patience=3)) == 23
+    assert stop_epoch(late_peak, EarlyStopping("max", patience=3, patience_ratio=0.5)) == 30  # 20 * 0.5 = 10 epochs
+    slow_start = [0.2, 0.2, 0.2, 0.2, 0.3, 0.4, 0.5]  # a plateau before it learns
+    assert stop_epoch(slow_start, EarlyStopping("max", patience=2)) == 3
+    assert stop_epoch(slow_start, EarlyStopping("max", patience=2, min_epochs=5)) == 7
+
+
+def test_stopping_settings_come_from_the_train_config():
+    settings = Stopping.of({"max_epochs": 30, "patience": 4, "min_epochs": 3, "patience_ratio": 0.5, "smoothing": 0.7})
+    assert settings == Stopping(patience=4, min_epochs=3, patience_ratio=0.5, smoothing=0.7)
+    assert Stopping.of({"patience": 4}) == Stopping(4), "a plan saved before the new keys keeps the old rule"
+    stopper = settings.stopper("min")
+    assert (stopper.mode, stopper.patience, stopper.min_epochs, stopper.smoothing) == ("min", 4, 3, 0.7)
+
+
 def test_train_stops_early_and_restores_the_best_epoch(planted_split):
     curve = [0.1, 0.3, 0.5, 0.4, 0.45, 0.2, 0.9]
     model = Counter()
     seen = []
-    result = train(model, planted_split, ScriptedEvaluator(curve), "ndcg@10", max_epochs=10, patience=3,
+    result = train(model, planted_split, ScriptedEvaluator(curve), "ndcg@10", max_epochs=10, stopping=3,
                    on_epoch=seen.append)
     assert [end.row["epoch"] for end in seen] == [1, 2, 3, 4, 5, 6]  # 3 epochs without beating 0.5
     assert [end.row["stale_epochs"] for end in seen] == [0, 0, 0, 1, 2, 3]
@@ -83,7 +121,7 @@ def test_the_selection_metrics_direction_comes_from_the_registry(planted_split):
             return {"rmse": self.curve[int(model.w) - 1]}
 
     model = Counter()
-    result = train(model, planted_split, RatingEvaluator(errors), "rmse", max_epochs=10, patience=3)
+    result = train(model, planted_split, RatingEvaluator(errors), "rmse", max_epochs=10, stopping=3)
     assert result.best_epoch == 2 and result.best_valid == {"rmse": 0.8} and float(model.w) == 2
 
 
@@ -94,15 +132,17 @@ def test_a_resumed_run_continues_where_the_checkpoint_left_it(planted_split):
     whole = []
     train(Counter(), planted_split, ScriptedEvaluator(curve), "ndcg@10", 10, 3, on_epoch=whole.append)
     end = whole[3]  # after epoch 4: best 0.5 at epoch 3, one stale epoch
-    resume = Resume(epoch=4, state=end.state, best_state=end.best_state, best=end.stopper.best,
-                    best_epoch=end.stopper.best_epoch, stale=end.stopper.stale)
+    stopper = end.stopper
+    resume = Resume(epoch=4, state=end.state, best_state=end.best_state, best=stopper.best,
+                    best_epoch=stopper.best_epoch, stale=stopper.stale, trend=stopper.trend, best_trend=stopper.best_trend)
     model, rest = Counter(), []
     result = train(model, planted_split, ScriptedEvaluator(curve), "ndcg@10", 10, 3, on_epoch=rest.append,
                    resume=resume)
     timeless = [{k: v for k, v in e.row.items() if not k.endswith("_seconds")} for e in rest + whole[4:]]
     assert [e.row["epoch"] for e in rest] == [5, 6] and timeless[:2] == timeless[2:]
     assert result.best_epoch == 3 and result.stopped_early and float(model.w) == 3
-    done = Resume(epoch=6, state=rest[-1].state, best_state=rest[-1].best_state, best=0.5, best_epoch=3, stale=3)
+    done = Resume(epoch=6, state=rest[-1].state, best_state=rest[-1].best_state, best=0.5, best_epoch=3, stale=3,
+                  trend=0.2, best_trend=0.5)
     model = Counter()
     assert train(model, planted_split, ScriptedEvaluator(curve), "ndcg@10", 10, 3, resume=done).history == []
     assert float(model.w) == 3, "a run resumed after it stopped trains nothing and keeps the best state"

@@ -12,51 +12,69 @@ from dataclasses import dataclass
 from typing import Any
 
 from recsearch.data.dataset import Dataset, Feature, Interactions, Split
-from recsearch.data.preprocess import check_ratios, preprocess, split
+from recsearch.data.preprocess import check_fold, check_ratios, preprocess, split
 from recsearch.errors import ConfigError, DataError, RecsearchError
 
-__all__ = ["Dataset", "Feature", "Interactions", "Split", "Prepared", "check_config", "load_dataset",
-           "load_split", "prepare"]
+__all__ = ["Dataset", "Feature", "Interactions", "Split", "Prepared", "check_config", "instantiate_source",
+           "load_dataset", "load_split", "prepare"]
 
 
 def check_config(data_cfg: Mapping[str, Any]) -> None:
     """A ``data`` config's keys and types: the source's arguments against its reader's
     signature, ``preprocess`` and ``split`` against those functions'; no file is read."""
-    from hydra.utils import get_method
-
     from recsearch.schema import DataConfig, check, check_arguments
 
     check(DataConfig, data_cfg, "data")
-    source = data_cfg["source"]
-    target = source.get("_target_")
-    try:
-        reader = get_method(target)
-    except Exception as err:  # hydra raises ImportError or ValueError, wrapped variously
-        raise ConfigError(f"data.source._target_: {target!r} is not a reader that can be imported: {err}") from None
-    check_arguments(reader, {k: v for k, v in source.items() if not k.startswith("_")}, "data.source")
+    check_source(data_cfg["source"])
     check_arguments(preprocess, data_cfg.get("preprocess") or {}, "data.preprocess",
                     skip=("dataset", "implicit_threshold"))
     split_cfg = check_arguments(split, data_cfg.get("split") or {}, "data.split", skip=("dataset", "seed"))
     if "ratios" in split_cfg:
         check_ratios(split_cfg["ratios"])
+    check_fold(split_cfg.get("fold", 0), split_cfg.get("folds", 5))
+
+
+def check_source(source: Mapping[str, Any], where: str = "data.source") -> None:
+    """A source's arguments against its reader's signature; an argument that is itself a source
+    (``read_given``'s parts) is checked the same way."""
+    from hydra.utils import get_method
+
+    from recsearch.schema import check_arguments
+
+    target = source.get("_target_")
+    try:
+        reader = get_method(target)
+    except Exception as err:  # hydra raises ImportError or ValueError, wrapped variously
+        raise ConfigError(f"{where}._target_: {target!r} is not a reader that can be imported: {err}") from None
+    arguments = {k: v for k, v in source.items() if not k.startswith("_")}
+    check_arguments(reader, arguments, where)
+    for name, value in arguments.items():
+        if isinstance(value, Mapping) and "_target_" in value:
+            check_source(value, f"{where}.{name}")
 
 
 def load_dataset(data_cfg: Mapping[str, Any]) -> Dataset:
-    """Build the dataset that ``data_cfg["source"]`` describes (``hydra.utils.instantiate``)."""
+    """Build the dataset that ``data_cfg["source"]`` describes."""
+    check_config(data_cfg)
+    return instantiate_source(data_cfg["source"])
+
+
+def instantiate_source(source: Mapping[str, Any], where: str = "data.source") -> Dataset:
+    """Call the reader a source config names (``hydra.utils.instantiate``; a source inside it,
+    such as ``read_given``'s parts, is passed on as a config, for that reader to read)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    check_config(data_cfg)
-    source = dict(data_cfg["source"])
+    source = dict(source)
     try:
-        dataset = instantiate(source, _convert_="all")
+        dataset = instantiate(source, _convert_="all", _recursive_=False)
     except InstantiationException as err:
         cause = err.__cause__
         if isinstance(cause, (RecsearchError, FileNotFoundError)):
             raise cause from None  # already names the file and line: no Hydra wrapping
-        raise ConfigError(f"data.source ({source['_target_']}) failed: {cause or err}") from None
+        raise ConfigError(f"{where} ({source['_target_']}) failed: {cause or err}") from None
     if not isinstance(dataset, Dataset):
-        raise ConfigError(f"data.source._target_ {source['_target_']!r} returned a {type(dataset).__name__}, "
+        raise ConfigError(f"{where}._target_ {source['_target_']!r} returned a {type(dataset).__name__}, "
                           "not a recsearch Dataset")
     return dataset
 

@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 UNKNOWN = "<unk>"  # vocabulary entry 0 of every feature: a missing or unseen value
+GIVEN_PARTS = ("train", "valid", "test")  # Interactions.part codes 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,18 @@ class Interactions:
     item: np.ndarray  # int64
     rating: np.ndarray  # float32; 1.0 for implicit data without ratings
     timestamp: np.ndarray  # int64 Unix seconds (or any increasing clock)
+    part: np.ndarray | None = None  # int8 0/1/2 = train/valid/test when the data came split (GIVEN_PARTS)
 
     def __post_init__(self):
         self.user = np.asarray(self.user, dtype=np.int64)
         self.item = np.asarray(self.item, dtype=np.int64)
         self.rating = np.asarray(self.rating, dtype=np.float32)
         self.timestamp = np.asarray(self.timestamp, dtype=np.int64)
+        if self.part is not None:
+            self.part = np.asarray(self.part, dtype=np.int8)
         n = len(self.user)
-        if not (len(self.item) == len(self.rating) == len(self.timestamp) == n):
+        if not (len(self.item) == len(self.rating) == len(self.timestamp) == n) or (
+                self.part is not None and len(self.part) != n):
             raise ValueError("interaction arrays must have equal lengths")
 
     def __len__(self) -> int:
@@ -79,7 +84,8 @@ class Interactions:
 
     def take(self, index: np.ndarray) -> Interactions:
         """The rows selected by a boolean mask or an index array."""
-        return Interactions(self.user[index], self.item[index], self.rating[index], self.timestamp[index])
+        return Interactions(self.user[index], self.item[index], self.rating[index], self.timestamp[index],
+                            None if self.part is None else self.part[index])
 
     def matrix(self, n_users: int, n_items: int, values: str = "ones") -> sp.csr_matrix:
         """User x item CSR matrix of ones (``values="ones"``) or of ratings (duplicates summed)."""
@@ -275,7 +281,7 @@ class Split:
     train: Dataset
     valid: Interactions
     test: Interactions
-    scheme: str  # "random", "loo" (temporal leave-one-out) or "temporal" (global time cut)
+    scheme: str  # "random", "loo" (temporal leave-one-out), "temporal" (global time cut), "kfold" or "given"
 
     @property
     def n_users(self) -> int:

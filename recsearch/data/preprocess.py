@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import replace
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import NonNegativeInt  # the annotation recsearch.schema checks data.preprocess by
+from pydantic import (  # the annotations recsearch.schema checks our arguments by
+    Field,
+    NonNegativeInt,
+)
 
-from recsearch.data.dataset import Dataset, Feature, Interactions, Split
+from recsearch.data.dataset import Dataset, Feature, Split
 from recsearch.errors import ConfigError
 
 logger = logging.getLogger("recsearch.data")
 
-SCHEMES = ("random", "loo", "temporal")
+SCHEMES = ("random", "loo", "temporal", "kfold", "given")
 
 
 def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
@@ -32,6 +36,11 @@ def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
         raise ConfigError(f"data.split.ratios: must be three shares train, valid, test >= 0 with train > 0 "
                           f"summing to 1, got {ratios!r}")
     return shares  # type: ignore[return-value]
+
+
+def check_fold(fold: int, folds: int) -> None:
+    if fold >= folds:
+        raise ConfigError(f"data.split.fold: must be below data.split.folds ({folds}), got {fold}")
 
 
 # -- cleaning ----------------------------------------------------------------------------------
@@ -55,7 +64,7 @@ def apply_threshold(dataset: Dataset, threshold: float) -> tuple[Dataset, int]:
     kept = np.flatnonzero(inter.rating >= threshold)
     dataset, dropped = _report(dataset, kept, f"interactions rated below {threshold:g}")
     inter = dataset.interactions
-    ones = Interactions(inter.user, inter.item, np.ones(len(inter)), inter.timestamp)
+    ones = replace(inter, rating=np.ones(len(inter), dtype=np.float32))
     dataset = dataset.with_interactions(ones)
     dataset.explicit = False
     return dataset, dropped
@@ -89,7 +98,7 @@ def reindex(dataset: Dataset) -> tuple[Dataset, int, int]:
     users, items = np.flatnonzero(keep_users), np.flatnonzero(keep_items)
     result = Dataset(
         name=dataset.name,
-        interactions=Interactions(new_user[inter.user], new_item[inter.item], inter.rating, inter.timestamp),
+        interactions=replace(inter, user=new_user[inter.user], item=new_item[inter.item]),
         user_ids=dataset.user_ids[users],
         item_ids=dataset.item_ids[items],
         user_features={k: take_feature(f, users) for k, f in dataset.user_features.items()},
@@ -136,8 +145,10 @@ def preprocess(dataset: Dataset, dedup: bool = True, min_user_interactions: NonN
 
 
 # -- splitting ---------------------------------------------------------------------------------
-def split(dataset: Dataset, scheme: Literal["random", "loo", "temporal"] = "random",
-          ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> tuple[Split, dict[str, int]]:
+def split(dataset: Dataset, scheme: Literal["random", "loo", "temporal", "kfold", "given"] = "random",
+          ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), folds: Annotated[int, Field(ge=2)] = 5,
+          fold: NonNegativeInt = 0, valid_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1,
+          seed: int = 0) -> tuple[Split, dict[str, int]]:
     """Cut the interactions into train/valid/test.
 
     * ``random``: per user, a seeded random permutation of their interactions. With ``n`` of
@@ -152,6 +163,14 @@ def split(dataset: Dataset, scheme: Literal["random", "loo", "temporal"] = "rand
       at the ``r_train`` and ``r_train + r_valid`` quantiles are the cut points: train is
       strictly before the first, valid before the second, test from it on - so every train
       event precedes every valid event, which precedes every test event.
+    * ``kfold``: per user, a seeded random permutation deals the interactions into ``folds``
+      folds, round robin from a random fold, so a user's folds differ in size by at most one;
+      fold ``fold`` is test, and ``valid_share`` of each user's other interactions (drawn as
+      ``random`` draws valid) is valid. Over ``fold = 0 .. folds - 1`` with one seed, every
+      interaction is a test interaction exactly once (``recsearch cv`` runs them all).
+      ``folds=4``: per user a random quarter held out for test.
+    * ``given``: the parts the data came with (``recsearch.data.given.read_given``: three
+      files).
 
     Rows of valid/test whose user or item has no training interaction cannot be scored by a
     model trained on train: they are dropped, counted (``<part>_cold_users``,
@@ -160,14 +179,26 @@ def split(dataset: Dataset, scheme: Literal["random", "loo", "temporal"] = "rand
     if scheme not in SCHEMES:
         raise ConfigError(f"data.split.scheme: must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     r_train, r_valid, r_test = check_ratios(ratios)
+    check_fold(fold, folds)
     inter = dataset.interactions
+    if (scheme == "given") != (inter.part is not None):
+        raise ConfigError("data.split.scheme=given takes the parts of a dataset read as three files "
+                          "(recsearch.data.given.read_given), and such a dataset takes no other scheme"
+                          if scheme == "given" else
+                          f"data.split.scheme={scheme}: this dataset came split into train, valid and test "
+                          "files; use data.split.scheme=given")
     inter = inter.take(sort_order(inter.user, inter.timestamp))
+    rng = np.random.default_rng(seed)
     if scheme == "random":
-        part = _random_parts(inter.user, (r_train, r_valid, r_test), np.random.default_rng(seed))
+        part = _random_parts(inter.user, (r_train, r_valid, r_test), rng)
     elif scheme == "loo":
         part = _loo_parts(inter.user)
-    else:
+    elif scheme == "temporal":
         part = _temporal_parts(inter.timestamp, (r_train, r_valid))
+    elif scheme == "kfold":
+        part = _kfold_parts(inter.user, folds, fold, valid_share, rng)
+    else:
+        part, inter = inter.part, replace(inter, part=None)
     train = inter.take(part == 0)
     seen_user = np.bincount(train.user, minlength=dataset.n_users) > 0
     seen_item = np.bincount(train.item, minlength=dataset.n_items) > 0
@@ -188,9 +219,8 @@ def split(dataset: Dataset, scheme: Literal["random", "loo", "temporal"] = "rand
 
 def _random_parts(user: np.ndarray, ratios: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
     """Part (0 train, 1 valid, 2 test) per row; ``user`` is sorted."""
-    n_rows = len(user)
-    shuffled = sort_order(user, rng.integers(0, 1 << 32, n_rows))  # rows of each user in random order
-    starts, counts = _runs(user)
+    rank = _shuffled_rank(user, rng)
+    _, counts = _runs(user)
     n = counts.astype(np.float64)
     eps = 1e-9  # 0.1 * 30 must give 3 however the float product rounds
     n_valid = np.floor(n * ratios[1] + eps).astype(np.int64)
@@ -200,14 +230,34 @@ def _random_parts(user: np.ndarray, ratios: tuple[float, float, float], rng: np.
         bump = (n_train > 1) & (n * share > 0) & (n * share < 1)
         taken += bump
         n_train -= bump
-    rank = np.empty(n_rows, dtype=np.int64)
-    rank[shuffled] = np.arange(n_rows) - np.repeat(starts, counts)
-    part = np.zeros(n_rows, dtype=np.int8)
+    part = np.zeros(len(user), dtype=np.int8)
     per_row_train = np.repeat(n_train, counts)
     per_row_valid = np.repeat(n_valid, counts)
     part[rank >= per_row_train] = 1
     part[rank >= per_row_train + per_row_valid] = 2
     return part
+
+
+def _kfold_parts(user: np.ndarray, folds: int, fold: int, valid_share: float, rng: np.random.Generator
+                 ) -> np.ndarray:
+    """Part per row (``user`` sorted): the rows dealt to ``fold`` are test, ``valid_share`` of
+    each user's others valid."""
+    rank = _shuffled_rank(user, rng)
+    _, counts = _runs(user)
+    first_fold = np.repeat(rng.integers(0, folds, len(counts)), counts)
+    part = np.where((rank + first_fold) % folds == fold, 2, 0).astype(np.int8)
+    rest = np.flatnonzero(part == 0)
+    part[rest] = _random_parts(user[rest], (1.0 - valid_share, valid_share, 0.0), rng)
+    return part
+
+
+def _shuffled_rank(user: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each row's position among its user's rows in a seeded random order (``user`` sorted)."""
+    shuffled = sort_order(user, rng.integers(0, 1 << 32, len(user)))  # rows of each user in random order
+    starts, counts = _runs(user)
+    rank = np.empty(len(user), dtype=np.int64)
+    rank[shuffled] = np.arange(len(user)) - np.repeat(starts, counts)
+    return rank
 
 
 def _loo_parts(user: np.ndarray) -> np.ndarray:

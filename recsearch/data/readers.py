@@ -6,6 +6,9 @@ Three entry points, each usable as a ``data.source._target_``:
 * :func:`read_grouplens` - the original MovieLens layouts (ml-100k ``u.data``, ml-1m ``*.dat``);
 * :func:`read_table` - any CSV/TSV/Parquet file with a column mapping from the config.
 
+(``recsearch.data.given.read_given`` reads a split the user brings as three files, each with
+one of these.)
+
 Files are parsed by pandas' C parser (ids and text as strings, ratings and timestamps as
 numbers), then checked with vectorised numpy; only when a check fails is the first bad row
 located, so that the :class:`DataError` names the file, the line, the column and what was

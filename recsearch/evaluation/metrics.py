@@ -24,6 +24,7 @@ from recsearch.errors import ConfigError
 
 TASKS = ("ranking", "rating")
 VALID_PREFIX = "valid/"  # training reports validation metrics as valid/<metric>
+TEST_PREFIX = "test/"  # a sweep's re-evaluation trials report their test metrics as test/<metric>
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ def valid_key(metric: str) -> str:
 def valid_metrics(row: dict) -> dict[str, float]:
     """The validation metrics of a reported row, without their prefix."""
     return {k.removeprefix(VALID_PREFIX): v for k, v in row.items() if k.startswith(VALID_PREFIX)}
+
+
+def reported_test(row: dict) -> dict[str, float]:
+    """The test metrics of a reported row (a re-evaluation trial's last), without their prefix."""
+    return {k.removeprefix(TEST_PREFIX): v for k, v in row.items() if k.startswith(TEST_PREFIX)}
 
 
 

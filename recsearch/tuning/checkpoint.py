@@ -2,7 +2,7 @@
 
     model.pt       the model's state after that epoch: what a resumed trial continues from
     best.pt        the state of the best epoch so far, when that is an earlier one
-    progress.json  epoch, best value, best epoch, epochs without improvement
+    progress.json  epoch, best value, best epoch, the metric's trend, epochs without improvement
 
 States are read back with ``torch.load(weights_only=True)``. So the newest checkpoint alone
 serves both resuming a trial and exporting its best epoch, and Tune keeps just the newest ones.
@@ -29,8 +29,9 @@ def write(directory: Path, end: EpochEnd) -> None:
     (directory / STATE_FILE).write_bytes(end.state)
     if end.stopper.best_epoch != epoch:
         (directory / BEST_STATE_FILE).write_bytes(end.best_state)
-    progress = {"epoch": epoch, "best": end.stopper.best, "best_epoch": end.stopper.best_epoch,
-                "stale": end.stopper.stale}
+    stopper = end.stopper
+    progress = {"epoch": epoch, "best": stopper.best, "best_epoch": stopper.best_epoch, "stale": stopper.stale,
+                "trend": stopper.trend, "best_trend": stopper.best_trend}
     (directory / PROGRESS_FILE).write_text(json.dumps(progress))
 
 
@@ -39,7 +40,9 @@ def read(directory: Path) -> Resume:
     state = (directory / STATE_FILE).read_bytes()
     best = directory / BEST_STATE_FILE
     return Resume(epoch=int(progress["epoch"]), state=state, best_state=best.read_bytes() if best.exists() else state,
-                  best=progress["best"], best_epoch=int(progress["best_epoch"]), stale=int(progress["stale"]))
+                  best=progress["best"], best_epoch=int(progress["best_epoch"]), stale=int(progress["stale"]),
+                  # checkpoints written before the trend existed: the raw metric was the trend
+                  trend=progress.get("trend", progress["best"]), best_trend=progress.get("best_trend", progress["best"]))
 
 
 @contextmanager

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recsearch.tuning.leaderboard import leaderboard, print_board, write_csv
+from recsearch.tuning import reevaluation
+from recsearch.tuning.leaderboard import add_reevaluation, leaderboard, print_board, write_csv
 from recsearch.tuning.plan import SweepPlan
 from recsearch.tuning.report import write_report
 from recsearch.tuning.results import Trial, collect_trials
@@ -31,6 +32,7 @@ def report_command(directory: str) -> list[dict[str, Any]]:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     trials = collect_trials(plan)
     board = leaderboard(plan, trials)
+    add_reevaluation(board, reevaluation.outcome(plan, board), plan.first["task"]["metric"])
     write_outputs(plan, trials, board, summary)
     print(f"\nwrote {plan.out}/leaderboard.csv and {plan.out}/report.html")
     return board

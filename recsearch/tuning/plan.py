@@ -110,9 +110,13 @@ def _compose(family: str, overrides: list[str]) -> DictConfig:
         raise ConfigError(f"search.models, family {family!r}: {err}") from None
 
 
-def trial_setup(config: dict[str, Any]) -> dict[str, Any]:
-    """What a trial needs besides its sampled hyperparameters, as plain values."""
+def trial_setup(plan: SweepPlan, family: str) -> dict[str, Any]:
+    """What a trial of ``family`` needs besides its sampled hyperparameters, as plain values;
+    the sweep's name and the family tag its metrics."""
+    config = plan.configs[family]
     return {
+        "sweep": plan.name,
+        "family": family,
         "model": config["model"],
         "seed": config["seed"],
         "device": config["device"],
@@ -150,7 +154,8 @@ def _check_scheduler(scheduler: DictConfig, max_epochs: int) -> None:
     if scheduler.name == "asha":
         if scheduler.grace_period > scheduler.max_t:
             raise ConfigError(f"scheduler.grace_period ({scheduler.grace_period}) must not exceed "
-                              f"scheduler.max_t ({scheduler.max_t})")
+                              f"scheduler.max_t ({scheduler.max_t}); it defaults to train.min_epochs, the "
+                              "family's warm-up: lower that, or set scheduler.grace_period")
         if scheduler.max_t > max_epochs:
             raise ConfigError(f"scheduler.max_t ({scheduler.max_t}) exceeds train.max_epochs ({max_epochs}): "
                               "no trial runs that long")

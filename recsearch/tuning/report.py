@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from recsearch.evaluation.metrics import metric_mode, valid_key
+from recsearch.stats import plus_minus
 from recsearch.tuning.leaderboard import format_params
 from recsearch.tuning.plan import SweepPlan
 from recsearch.tuning.results import Trial
@@ -22,6 +23,7 @@ def write_report(plan: SweepPlan, trials: list[Trial], board: list[dict[str, Any
     task = plan.first["task"]
     parts = [_header(plan, board, summary),
              "<h2>Leaderboard</h2>", _leaderboard_table(board, task["metric"]),
+             *_reevaluation(board, task["metric"]),
              "<h2>Best trial per family</h2>", _per_family(plan, board, task),
              "<h2>Learning curves</h2>",
              "<p>Validation metric per epoch. &times; marks a trial ASHA stopped, &#9675; one stopped by "
@@ -53,15 +55,34 @@ def _header(plan: SweepPlan, board: list[dict[str, Any]], summary: dict[str, Any
         lines.append("<p><b>The sweep has not finished:</b> no model was selected or tested yet.</p>")
     elif summary.get("best"):
         best, metric = summary["best"], first["task"]["metric"]
+        seeds = best.get("seeds")
+        tested = ("its configuration was also tested on each fresh seed of the re-evaluation, "
+                  f"{plus_minus(seeds['test'].get(metric))}" if seeds else "the test split was evaluated for this "
+                  "model only")
+        chosen = (f" Chosen by the validation mean over {seeds['runs']} fresh seeds, "
+                  f"{plus_minus(seeds['valid'].get(metric))}." if seeds else "")
         lines.append(f"<p>Best: <b>{_e(best['trial'])}</b> ({_e(format_params(best['hparams']))}), epoch {best['epoch']}: "
                      f"validation {_e(metric)} {best['valid'][metric]:.4f}, "
-                     f"test {_e(metric)} {best['test'][metric]:.4f} (the test split was evaluated for this "
-                     f"model only). Wall time {summary['wall_seconds']:.0f} s.</p>")
+                     f"test {_e(metric)} {best['test'][metric]:.4f} ({_e(tested)}).{_e(chosen)} "
+                     f"Wall time {summary['wall_seconds']:.0f} s.</p>")
         rows = [{"metric": name, "valid": value, "test": best["test"].get(name)} for name, value in best["valid"].items()]
         lines.append(_table(rows, ["metric", "valid", "test"]))
     else:
         lines.append("<p class='err'><b>Every trial failed.</b></p>")
     return "\n".join(lines)
+
+
+def _reevaluation(board: list[dict[str, Any]], metric: str) -> list[str]:
+    rows = [{**row, "chosen": "chosen" if row.get("chosen") else "", "hyperparameters": format_params(row["hparams"])}
+            for row in board if "seeds" in row]
+    if not rows:
+        return []
+    return ["<h2>Re-evaluation on fresh seeds</h2>",
+            f"<p>The best configurations retrained on fresh seeds: mean &plusmn; 95% confidence interval "
+            f"(Student's t) of {_e(metric)} over those seeds. The best is chosen by its validation mean; "
+            "the test means are shown, never used to choose.</p>",
+            _table(rows, ["rank", "trial", "family", metric, "seeds", "valid_seeds", "test_seeds", "chosen",
+                          "hyperparameters"])]
 
 
 def _leaderboard_table(board: list[dict[str, Any]], metric: str) -> str:

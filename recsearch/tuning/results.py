@@ -14,17 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from recsearch.errors import RecsearchError
-from recsearch.evaluation.metrics import VALID_PREFIX, metric_mode, valid_key
+from recsearch.evaluation.metrics import TEST_PREFIX, VALID_PREFIX, metric_mode, valid_key
 from recsearch.tuning.plan import SweepPlan
 from recsearch.tuning.storage import children, filesystem, read_text
 
 # Tune's bookkeeping keys that are not worth keeping per epoch
-_KEPT = ("epoch", "loss", "epoch_seconds", "eval_seconds", "stale_epochs")
+_KEPT = ("epoch", "loss", "epoch_seconds", "eval_seconds", "stale_epochs", "stopped", "best_epoch")
+_PREFIXES = (VALID_PREFIX, TEST_PREFIX)
 
 
 @dataclass
 class Trial:
-    family: str
+    family: str  # the experiment it ran in: its model family, or the re-evaluation's
     trial_id: str
     status: str  # Tune's: TERMINATED, ERROR, RUNNING, PENDING, PAUSED
     hparams: dict[str, Any]
@@ -47,13 +48,13 @@ class Trial:
 
 
 def collect_trials(plan: SweepPlan, families: list[str] | None = None) -> list[Trial]:
-    trials = []
-    for family in families or plan.families:
-        trials.extend(_experiment_trials(family, plan.experiment_path(family)))
-    return trials
+    return [trial for family in families or plan.families for trial in experiment_trials(plan, family)]
 
 
-def _experiment_trials(family: str, experiment: str) -> list[Trial]:
+def experiment_trials(plan: SweepPlan, name: str) -> list[Trial]:
+    """The trials of one Tune experiment of the sweep: a family's (``family`` is its name) or
+    the re-evaluation's."""
+    experiment = plan.experiment_path(name)
     fs_, root = filesystem(experiment)
     states = [info for info in children(fs_, root)
               if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json")]
@@ -68,7 +69,7 @@ def _experiment_trials(family: str, experiment: str) -> list[Trial]:
         meta, runtime = json.loads(trial_json), json.loads(runtime_json)
         folder = f"{root}/{meta['relative_logdir']}"
         trials.append(Trial(
-            family=family,
+            family=name,
             trial_id=meta["trial_id"],
             status=meta["status"],
             hparams=meta["config"],
@@ -97,8 +98,9 @@ def _history(text: str) -> list[dict[str, Any]]:
             result = json.loads(line)
         except json.JSONDecodeError:  # blank, or the line a running trial is writing right now
             continue
-        if "epoch" in result:  # a resumed trial may repeat an epoch: the last report wins
-            by_epoch[result["epoch"]] = {k: v for k, v in result.items() if k in _KEPT or k.startswith(VALID_PREFIX)}
+        if "epoch" in result:  # a resumed trial may repeat an epoch: the last report of a key wins
+            by_epoch.setdefault(result["epoch"], {}).update(
+                {k: v for k, v in result.items() if k in _KEPT or k.startswith(_PREFIXES)})
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 

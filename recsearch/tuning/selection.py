@@ -1,5 +1,6 @@
-"""After the trials: rank them on the validation metric, evaluate the winner once on the test
-split, export it as ``best/`` and write ``summary.json`` with the sweep's outputs."""
+"""After the trials: rank them on the validation metric, choose the winner (by its mean over
+fresh seeds when the best configurations were re-evaluated), evaluate it on the test split,
+export it as ``best/`` and write ``summary.json`` with the sweep's outputs."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from recsearch.data.dataset import Split
 from recsearch.errors import RecsearchError
 from recsearch.evaluation.metrics import metric_mode, valid_key, valid_metrics
 from recsearch.output import write_json
-from recsearch.tuning import checkpoint
-from recsearch.tuning.leaderboard import leaderboard
+from recsearch.stats import plus_minus
+from recsearch.tuning import checkpoint, reevaluation
+from recsearch.tuning.leaderboard import add_reevaluation, leaderboard
 from recsearch.tuning.outputs import SUMMARY_FILE, write_outputs
 from recsearch.tuning.plan import SweepPlan
 from recsearch.tuning.results import Trial, collect_trials
@@ -25,11 +27,13 @@ class SweepFailed(RecsearchError):
 
 
 def finish(plan: SweepPlan, split: Split, wall_seconds: float) -> dict[str, Any]:
-    """Rank the trials, test the winner once, export it, write the summary and the report."""
+    """Rank the trials, choose and test the winner, export it, write the summary and the report."""
     out = Path(plan.out)
     metric = plan.first["task"]["metric"]
     trials = collect_trials(plan)
     board = leaderboard(plan, trials)
+    reevaluated = reevaluation.outcome(plan, board)
+    add_reevaluation(board, reevaluated, metric)
     summary = {
         "sweep": plan.name,
         "directory": str(out),
@@ -43,12 +47,14 @@ def finish(plan: SweepPlan, split: Split, wall_seconds: float) -> dict[str, Any]
         "trials": _counts(board),
         "trials_per_family": {f: _counts([r for r in board if r["family"] == f]) for f in plan.families},
         "errors": [{"trial": r["trial"], "error": r["error"]} for r in board if r["error"]],
+        "reevaluation": reevaluated,
         "best": None,
     }
     ranked = [row for row in board if row["rank"] is not None]
     if ranked:
-        winner = next(t for t in trials if t.name == ranked[0]["trial"])
-        summary["best"] = export_best(plan, winner, split)
+        chosen = (reevaluated or {}).get("chosen") or ranked[0]["trial"]
+        winner = next(t for t in trials if t.name == chosen)
+        summary["best"] = export_best(plan, winner, split, reevaluation.for_trial(reevaluated, chosen))
     write_json(out / SUMMARY_FILE, summary)
     write_outputs(plan, trials, board, summary)
     if not ranked:
@@ -56,18 +62,23 @@ def finish(plan: SweepPlan, split: Split, wall_seconds: float) -> dict[str, Any]
         why = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common())
         raise SweepFailed(f"all {len(board)} trials failed: {why or 'no trial ran'}. Details: {out / SUMMARY_FILE}")
     best = summary["best"]
+    seeds = best.get("seeds")
     print(f"\nbest: {best['trial']} ({best['family']}) {_fmt(best['hparams'])}\n"
           f"  valid {metric} {best['valid'][metric]:.4f} at epoch {best['epoch']}, "
           f"test {metric} {best['test'][metric]:.4f}\n"
+          + (f"  over {seeds['runs']} fresh seed(s): valid {plus_minus(seeds['valid'].get(metric))}, "
+             f"test {plus_minus(seeds['test'].get(metric))} (mean ± 95% CI where there are several)\n"
+             if seeds else "") +
           f"trials: {_fmt(summary['trials'])}; {summary['wall_seconds']:.0f}s\n"
           f"wrote {out}/leaderboard.csv, summary.json, report.html and best/\n"
           f"TensorBoard: tensorboard --logdir {plan.storage}", flush=True)
     return summary
 
 
-def export_best(plan: SweepPlan, trial: Trial, split: Split) -> dict[str, Any]:
-    """Rebuild the winner from its best epoch's state, evaluate it on the test split (the only
-    time the sweep touches it) and save it as ``best/``."""
+def export_best(plan: SweepPlan, trial: Trial, split: Split, seeds: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rebuild the winner from its best epoch's state, evaluate it on the test split and save it
+    as ``best/``; ``seeds``: its configuration's re-evaluation, recorded beside. Without a
+    re-evaluation this is the only time the sweep touches the test split."""
     from recsearch.evaluation import Evaluator
     from recsearch.models.factory import build_model
     from recsearch.training import load_serialized
@@ -95,11 +106,15 @@ def export_best(plan: SweepPlan, trial: Trial, split: Split) -> dict[str, Any]:
         "test": test,
         "model_dir": "best",
     }
+    metadata = {"sweep": plan.name, "trial": trial.name, "data": config["data"]["name"],
+                "selected_by": selection(config), "epoch": saved.best_epoch, "valid": valid, "test": test,
+                "selected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if seeds is not None:  # the model is the sweep trial's; the means are over its configuration's fresh seeds
+        best["seeds"] = metadata["seeds"] = {key: seeds[key] for key in ("seeds", "runs", "valid", "test")}
+        metadata["selected_by"] = f"mean {selection(config)} over {seeds['runs']} fresh seeds"
     target = Path(plan.out) / "best"
     shutil.rmtree(target, ignore_errors=True)
-    model.save(target, metadata={"sweep": plan.name, "trial": trial.name, "data": config["data"]["name"],
-                                 "selected_by": selection(config), "epoch": saved.best_epoch, "valid": valid,
-                                 "test": test, "selected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    model.save(target, metadata=metadata)
     return best
 
 

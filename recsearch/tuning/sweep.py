@@ -21,6 +21,8 @@ from recsearch.data.dataset import Split
 from recsearch.errors import ConfigError, RecsearchError
 from recsearch.evaluation.metrics import metric_mode, valid_key
 from recsearch.output import check_writable
+from recsearch.tuning import reevaluation
+from recsearch.tuning.leaderboard import leaderboard
 from recsearch.tuning.plan import PLAN_FILE, SweepPlan, plan_sweep, trial_setup
 from recsearch.tuning.results import collect_trials
 from recsearch.tuning.selection import finish, selection
@@ -73,6 +75,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False, split: Split | None = None)
             split_ref = ray.put(split)
             for family in plan.families:
                 _fit_family(plan, family, split_ref, resume)
+            _reevaluate(plan, split_ref, resume)
     except KeyboardInterrupt:
         raise SweepInterrupted(f"interrupted; continue with `recsearch resume {out}`") from None
     return finish(plan, split, time.time() - started)
@@ -137,17 +140,17 @@ def _driver_note(plan: SweepPlan, dashboard: str) -> str:
 def _fit_family(plan: SweepPlan, family: str, split_ref, resume: bool) -> None:
     from ray import tune
 
+    from recsearch.tuning.monitor import SweepMonitor
     from recsearch.tuning.trainable import run_trial
 
     config = plan.configs[family]
     ray_cfg = config["ray"]
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, split=split_ref,
-                             setup={**trial_setup(config), "sweep": plan.name, "family": family}),
+                             setup=trial_setup(plan, family)),
         {"cpu": ray_cfg["cpus_per_trial"], "gpu": ray_cfg["gpus_per_trial"]},
     )
-    # what Tune's progress output shows of each result (instead of every metric at every cutoff)
-    trainable._progress_metrics = ["epoch", "loss", valid_key(config["task"]["metric"])]
+    trainable._progress_metrics = progress_metrics(config["task"]["metric"])
     # Save Tune's experiment state every second (default: at most every 10 s), so that a killed
     # driver does not re-run finished trials or point at checkpoints already deleted.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -161,7 +164,9 @@ def _fit_family(plan: SweepPlan, family: str, split_ref, resume: bool) -> None:
         print(f"\n== {family}: {config['search']['num_samples']} samples, {config['search']['algorithm']} search, "
               f"{config['scheduler']['name']} scheduler", flush=True)
         tuner = tune.Tuner(trainable, param_space=_param_space(plan, family),
-                           tune_config=_tune_config(plan, family), run_config=_run_config(plan, family))
+                           tune_config=_tune_config(plan, family),
+                           # the sweep's metrics for Prometheus
+                           run_config=run_config(plan, family, ray_cfg, SweepMonitor(plan.name, family, config)))
     tuner.fit()
     # Tune returns normally on Ctrl-C: what it saved tells whether every trial ran
     trials = collect_trials(plan, [family])
@@ -170,6 +175,24 @@ def _fit_family(plan: SweepPlan, family: str, split_ref, resume: bool) -> None:
     left += max(0, config["search"]["num_samples"] * grid_points - len(trials))
     if left:
         raise SweepInterrupted(f"{family}: {left} trials left to run; continue with `recsearch resume {plan.out}`")
+
+
+def _reevaluate(plan: SweepPlan, split_ref, resume: bool) -> None:
+    """Retrain the best configurations on fresh seeds (``recsearch.tuning.reevaluation``)."""
+    board = leaderboard(plan, collect_trials(plan))
+    points = reevaluation.grid(plan, board)
+    if not points:
+        return
+    reevaluation.run(plan, points, split_ref, resume)
+    left = reevaluation.outcome(plan, board)["trials_left"]
+    if left:
+        raise SweepInterrupted(f"re-evaluation: {left} trials left to run; continue with "
+                               f"`recsearch resume {plan.out}`")
+
+
+def progress_metrics(metric: str) -> list[str]:
+    """What Tune's progress output shows of each result (instead of every metric at every cutoff)."""
+    return ["epoch", "loss", valid_key(metric)]
 
 
 def _param_space(plan: SweepPlan, family: str) -> dict[str, Any]:
@@ -221,25 +244,23 @@ def _tune_config(plan: SweepPlan, family: str):
                            trial_dirname_creator=partial(_trial_name, family))
 
 
-def _run_config(plan: SweepPlan, family: str):
+def run_config(plan: SweepPlan, name: str, ray_cfg: dict[str, Any], *callbacks):
+    """Tune's run settings of the sweep's experiment ``name`` (a family, or the re-evaluation),
+    with Tune ``callbacks`` besides TensorBoard's."""
     from ray import tune
     from ray.tune.logger import TBXLoggerCallback
 
-    from recsearch.tuning.monitor import SweepMonitor
-
-    config = plan.configs[family]
     return tune.RunConfig(
-        name=family,
+        name=name,
         storage_path=plan.storage,
-        failure_config=tune.FailureConfig(max_failures=config["ray"]["max_failures"]),
+        failure_config=tune.FailureConfig(max_failures=ray_cfg["max_failures"]),
         # The newest checkpoints only: each carries the best epoch's state too. Tune snapshots its
         # experiment state every num_to_keep checkpoints, assuming newest-first retention; a
         # best-first policy deleted the checkpoint that snapshot named as the latest up to a
         # second before the next one, and a driver killed then left a state pointing at nothing.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        # TensorBoard (tensorboard --logdir <storage>); the sweep's metrics for Prometheus
-        callbacks=[TBXLoggerCallback(), SweepMonitor(plan.name, family, config)],
-        verbose=config["ray"]["verbose"],
+        callbacks=[TBXLoggerCallback(), *callbacks],  # TensorBoard: tensorboard --logdir <storage>
+        verbose=ray_cfg["verbose"],
     )
 
 

@@ -1,11 +1,15 @@
-"""The Tune trainable: one trial = one model family with one sampled set of hyperparameters.
+"""The Tune trainables: one trial = one model family with one set of hyperparameters.
 
-The trial is ``recsearch.training.train`` with two additions: every epoch is reported to Tune
+A trial is ``recsearch.training.train`` with two additions: every epoch is reported to Tune
 with a checkpoint (``recsearch.tuning.checkpoint``), so that ASHA can stop the trial between
 epochs, and a killed or preempted trial resumes from its last checkpoint. Besides ASHA, the
-loop's own early stopping ends the trial after ``train.patience`` epochs without improvement.
+loop's own early stopping (``train.patience`` and the settings beside it) ends the trial.
 Every epoch is also recorded as Ray metrics, tagged with the sweep, family and trial
 (``recsearch.telemetry``).
+
+``run_trial`` is a sweep's trial; ``run_reevaluation`` retrains one of the sweep's best
+configurations on another seed (``recsearch.tuning.reevaluation``) and, once trained, also
+reports its test metrics, under ``test/<metric>``.
 """
 
 from __future__ import annotations
@@ -23,28 +27,40 @@ from recsearch.tuning import checkpoint
 def run_trial(config: dict[str, Any], split: Split, setup: dict[str, Any]) -> None:
     """Train one configuration under Tune. ``config``: the sampled hyperparameters; ``split``:
     the shared training data (a Ray object reference resolved here); ``setup``: the family's
-    plain-dict settings (see ``recsearch.tuning.plan.trial_setup``) plus the sweep's name and the
-    family, which tag the trial's metrics."""
+    plain-dict settings (see ``recsearch.tuning.plan.trial_setup``)."""
+    _train_reporting(config, split, setup, setup["seed"], test=False)
+
+
+def run_reevaluation(config: dict[str, Any], split: Split, setups: dict[str, dict[str, Any]]) -> None:
+    """Retrain a sweep trial's configuration (``config["run"]``: ``trial``, ``family``, ``hparams``,
+    ``seed``) with its family's setup on that seed, then report its test metrics."""
+    point = config["run"]
+    _train_reporting(point["hparams"], split, setups[point["family"]], point["seed"], test=True)
+
+
+def _train_reporting(hparams: dict[str, Any], split: Split, setup: dict[str, Any], seed: int, test: bool) -> None:
     import ray
     from ray import tune
 
     from recsearch.evaluation import Evaluator
+    from recsearch.evaluation.metrics import TEST_PREFIX
     from recsearch.models.factory import build_model
     from recsearch.runtime import configure_threads, seed_everything
-    from recsearch.training import EpochEnd, train
+    from recsearch.training import EpochEnd, Stopping, train
 
     # one "Checkpoint successfully created" line per epoch and trial drowns the progress output
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     if isinstance(split, ray.ObjectRef):
         split = ray.get(split)
     configure_threads()  # Ray sets OMP_NUM_THREADS to the trial's CPUs
-    seed_everything(setup["seed"])
+    seed_everything(seed)
     task, loop = setup["task"], setup["train"]
-    model = build_model(setup["model"], seed=setup["seed"], device=setup["device"], task=task["name"], **config)
+    model = build_model(setup["model"], seed=seed, device=setup["device"], task=task["name"], **hparams)
     resume = None
     if (saved := tune.get_checkpoint()) is not None:
         with saved.as_directory() as directory:
             resume = checkpoint.read(Path(directory))
+    last: dict[str, Any] = {}
 
     # the leaderboard's trial name (family_id): what Prometheus series and leaderboard rows share
     tags = {"sweep": setup["sweep"], "family": setup["family"], "trial": tune.get_context().get_trial_name()}
@@ -55,9 +71,16 @@ def run_trial(config: dict[str, Any], split: Split, setup: dict[str, Any]) -> No
 
     def report(end: EpochEnd) -> None:
         telemetry.record_epoch(end.row, tags)
+        last.update(end.row)
         with tempfile.TemporaryDirectory(prefix="recsearch-ckpt-") as directory:
             checkpoint.write(Path(directory), end)
             tune.report({**end.row, **placement}, checkpoint=tune.Checkpoint.from_directory(directory))
 
-    train(model, split, Evaluator.for_task(task, batch_size=loop["eval_batch_size"]), task["metric"],
-          loop["max_epochs"], loop["patience"], on_epoch=report, resume=resume)
+    evaluator = Evaluator.for_task(task, batch_size=loop["eval_batch_size"])
+    result = train(model, split, evaluator, task["metric"], loop["max_epochs"], Stopping.of(loop), on_epoch=report,
+                   resume=resume)
+    if test:  # the best epoch's state is restored: the last epoch's row again, with its test metrics
+        tested = evaluator.evaluate(model, split, "test")
+        row = last or {"epoch": resume.epoch}  # resumed after its last epoch: nothing re-ran, only this merges in
+        tune.report({**row, "best_epoch": result.best_epoch,
+                     **{f"{TEST_PREFIX}{name}": value for name, value in tested.items()}})

@@ -1,0 +1,121 @@
+"""Multi-seed re-evaluation: a sweep's winner on one seed is partly luck, so the top
+``search.reevaluate.top`` configurations are retrained on ``search.reevaluate.seeds`` fresh
+seeds (``seed + 1``, ``seed + 2``, ...) and the best is chosen by its mean validation metric.
+
+The retraining runs as one more Tune experiment (``<storage>/reevaluate``): a grid of
+(configuration x seed) points, each a real trial with the loop's own early stopping and no
+scheduler, so it runs on the cluster, checkpoints and resumes like any other. Fresh seeds keep
+the sweep's selection out of the estimate: the seed a configuration won on would flatter it.
+Closed-form fits do not depend on the seed: they are refitted once.
+
+Each re-evaluation trial also evaluates its best epoch on the test split, so that the report can
+show the test metric's mean and interval beside the validation one. Those test figures are
+reported, never used: the choice is made on validation means alone, and only the chosen
+configuration's model is exported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recsearch.evaluation.metrics import metric_mode, reported_test, valid_key, valid_metrics
+from recsearch.stats import summarize
+from recsearch.tuning.plan import SweepPlan, trial_setup
+from recsearch.tuning.results import Trial, experiment_trials
+
+EXPERIMENT = "reevaluate"  # the Tune experiment's name under the sweep's storage
+
+
+def settings(plan: SweepPlan) -> dict[str, Any] | None:
+    """``search.reevaluate`` when it is on (plans saved before it existed: off)."""
+    chosen = plan.first["search"].get("reevaluate")
+    return chosen if chosen and chosen["enabled"] else None
+
+
+def grid(plan: SweepPlan, board: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The (configuration x seed) points: the sweep's ``top`` ranked trials, each on ``seeds``
+    fresh seeds (closed-form ones on one)."""
+    chosen = settings(plan)
+    if chosen is None:
+        return []
+    seed = plan.first["seed"]
+    points = []
+    for row in [r for r in board if r["rank"] is not None][: chosen["top"]]:
+        n_seeds = chosen["seeds"] if plan.configs[row["family"]]["iterative"] else 1
+        points += [{"trial": row["trial"], "family": row["family"], "hparams": row["hparams"], "seed": seed + s}
+                   for s in range(1, n_seeds + 1)]
+    return points
+
+
+def run(plan: SweepPlan, points: list[dict[str, Any]], split_ref, resume: bool) -> list[Trial]:
+    """Run (or continue) the re-evaluation trials; returns them as read back from the storage."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from recsearch.tuning.sweep import progress_metrics, run_config
+    from recsearch.tuning.trainable import run_reevaluation
+
+    ray_cfg, metric = plan.first["ray"], plan.first["task"]["metric"]
+    setups = {family: trial_setup(plan, family) for family in plan.configs}
+    trainable = tune.with_resources(tune.with_parameters(run_reevaluation, split=split_ref, setups=setups),
+                                    {"cpu": ray_cfg["cpus_per_trial"], "gpu": ray_cfg["gpus_per_trial"]})
+    trainable._progress_metrics = progress_metrics(metric)
+    path = plan.experiment_path(EXPERIMENT)
+    if resume and tune.Tuner.can_restore(path):
+        print(f"\n== re-evaluation: resuming {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        chosen = settings(plan)
+        print(f"\n== re-evaluation: the top {chosen['top']} configurations on {chosen['seeds']} fresh seeds "
+              f"({len(points)} trials)", flush=True)
+        # no metric: nothing here ranks or stops trials, and a trial resumed after its last epoch
+        # reports only its test metrics
+        tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), reuse_actors=True,
+                                      max_concurrent_trials=ray_cfg["max_concurrent_trials"],
+                                      trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
+        tuner = tune.Tuner(trainable, param_space={"run": tune.grid_search(points)}, tune_config=tune_config,
+                           run_config=run_config(plan, EXPERIMENT, ray_cfg))
+    tuner.fit()
+    return experiment_trials(plan, EXPERIMENT)
+
+
+def _trial_name(trial) -> str:
+    point = trial.config["run"]
+    return f"{point['trial']}_seed{point['seed']}"
+
+
+def outcome(plan: SweepPlan, board: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The re-evaluation as the summary records it (None when it is off): per configuration the
+    mean, standard deviation and 95% interval of every validation and test metric over its
+    seeds, and the one chosen by mean validation. Works on a finished or a partial run."""
+    chosen = settings(plan)
+    if chosen is None:
+        return None
+    metric = plan.first["task"]["metric"]
+    trials = experiment_trials(plan, EXPERIMENT)
+    points = grid(plan, board)
+    candidates = []
+    for row in (r for r in board if r["trial"] in {p["trial"] for p in points}):
+        runs = [t for t in trials if t.hparams["run"]["trial"] == row["trial"]]
+        valid, test = [], []
+        for trial in runs:
+            tested = next((r for r in trial.history if reported_test(r)), None)
+            if trial.status == "TERMINATED" and tested is not None:
+                valid.append(valid_metrics(trial.best(metric)))
+                test.append(reported_test(tested))
+        candidates.append({"trial": row["trial"], "family": row["family"], "sweep_rank": row["rank"],
+                           "hparams": row["hparams"], "seeds": [p["seed"] for p in points if p["trial"] == row["trial"]],
+                           "runs": len(valid), "valid": summarize(valid), "test": summarize(test),
+                           "errors": [t.error for t in runs if t.error]})
+    done = [c for c in candidates if c["runs"]]
+    pick = max if metric_mode(metric) == "max" else min
+    best = pick(done, key=lambda c: c["valid"][metric]["mean"]) if done else None
+    return {"top": chosen["top"], "seeds": chosen["seeds"],
+            "selected_by": f"mean {valid_key(metric)} ({metric_mode(metric)}) over fresh seeds",
+            "candidates": candidates, "chosen": best["trial"] if best else None,
+            "trials_left": len(points) - sum(t.status in ("TERMINATED", "ERROR") for t in trials)}
+
+
+def for_trial(reevaluation: dict[str, Any] | None, trial: str) -> dict[str, Any] | None:
+    """The re-evaluated configuration of sweep trial ``trial``, when it was one."""
+    return next((c for c in (reevaluation or {}).get("candidates", []) if c["trial"] == trial), None)
