@@ -34,11 +34,10 @@ a d x d system per history. A squared loss where training had BPR's logistic one
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-import numpy as np
 
 from recsearch.data.dataset import Dataset, ServingData
 from recsearch.models.base import register

@@ -10,6 +10,10 @@ With a token (``RECSEARCH_SERVE_TOKEN`` where the replicas start), ``BearerToken
 every request but ``/health`` before routing: before the body is read or validated, and before
 the docs (``/docs``, ``/redoc``, ``/openapi.json``). ``/health`` shows no file paths.
 
+Users' recent events (``POST /events``) live in the application's one ``EventStore`` replica
+(events.py), which every replica asks, once per batch of ``/recommend/user``, for the events of
+the batch's users: an event sent to any replica shows in the next answer of every replica.
+
 ``serve run serve/config.yaml`` and ``serve deploy`` import ``app`` from here;
 ``recsearch serve`` builds one with ``build_app``.
 """
@@ -17,27 +21,32 @@ the docs (``/docs``, ``/redoc``, ``/openapi.json``). ``/health`` shows no file p
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Security
+from fastapi import FastAPI, Path, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from recsearch import __version__, telemetry
 from recsearch.runtime import configure_threads
 from recsearch.serving import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, TOKEN_ENV
+from recsearch.serving.events import EventLimits, EventStore
 from recsearch.serving.schemas import (
     BatchingStats,
     ErrorBody,
+    EventsRequest,
+    EventsStored,
     Health,
     HistoryRecommendationRequest,
     ModelInfo,
     RatingPrediction,
     RatingRequest,
+    RecentHistory,
     Recommendations,
     ServeSettings,
     SimilarItems,
@@ -163,8 +172,9 @@ def _answer(result):
                   ray_actor_options={"num_cpus": 1})
 @serve.ingress(api)
 class RecommenderServer:
-    def __init__(self):
+    def __init__(self, events: DeploymentHandle):
         configure_threads()
+        self.events = events
         self.service: ModelService | None = None
         self.settings: ServeSettings | None = None
         self.reload_error: str | None = None
@@ -244,11 +254,26 @@ class RecommenderServer:
         """Predicted rating of (user, item); only for models trained with task=rating (else 409)."""
         return self._loaded().predict_rating(body)
 
+    @api.post("/events", response_model=EventsStored, responses=ERRORS, dependencies=GUARDED)
+    async def add_events(self, body: EventsRequest):
+        """Append items a user just interacted with to the user's recent events (bounded: the
+        oldest are dropped); ``/recommend/user`` reflects them at once, on every replica."""
+        items, timestamps = self._loaded().check_events(body, time.time())
+        stored = await self.events.append.remote(body.user, items, timestamps)
+        return EventsStored(user=body.user, accepted=len(items), held=stored.held, dropped=stored.dropped)
+
+    @api.get("/events/{user}", response_model=RecentHistory, responses=ERRORS, dependencies=GUARDED)
+    async def recent_events(self, user: Annotated[str, Path(min_length=1, max_length=256)]):
+        """A user's held events, oldest first (none: empty lists)."""
+        items, timestamps = await self.events.history.remote(user)
+        return RecentHistory(user=user, items=items, timestamps=timestamps)
+
     # -- batches: one forward pass for all concurrent requests of a kind ----------------------
     @_batched
     async def _user_batch(self, requests: list[UserRecommendationRequest]) -> list[UserRecommendations]:
         self._count(requests)
-        return self._recorded("/recommend/user", await asyncio.to_thread(self.service.recommend_users, requests))
+        recent = await self.events.recent.remote([r.user for r in requests])
+        return self._recorded("/recommend/user", await asyncio.to_thread(self.service.recommend_users, requests, recent))
 
     @_batched
     async def _history_batch(self, requests: list[HistoryRecommendationRequest]) -> list:
@@ -271,13 +296,14 @@ class RecommenderServer:
         return answers
 
 
-app = RecommenderServer.bind()
+app = RecommenderServer.bind(EventStore.bind())
 
 
 def build_app(settings: ServeSettings, *, replicas: int = 1, max_replicas: int | None = None,
-              num_cpus: float = 1.0, num_gpus: float = 0.0, env_vars: dict[str, str] | None = None):
+              num_cpus: float = 1.0, num_gpus: float = 0.0, env_vars: dict[str, str] | None = None,
+              event_limits: EventLimits | None = None):
     """The application for ``serve.run``: fixed ``replicas``, or autoscaling between ``replicas``
-    and ``max_replicas`` aiming at one full batch in flight per replica."""
+    and ``max_replicas`` aiming at one full batch in flight per replica, with its event store."""
     actor_options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
     if env_vars:
         actor_options["runtime_env"] = {"env_vars": dict(env_vars)}
@@ -290,4 +316,4 @@ def build_app(settings: ServeSettings, *, replicas: int = 1, max_replicas: int |
     return RecommenderServer.options(
         user_config=settings.model_dump(), ray_actor_options=actor_options,
         max_ongoing_requests=max(2 * settings.max_batch_size, 8), **scaling,
-    ).bind()
+    ).bind(EventStore.options(user_config=(event_limits or EventLimits()).model_dump()).bind())
