@@ -132,9 +132,10 @@ def test_fold_in_solves_the_pairwise_least_squares_problem(bpr):
     history = [4, 9, 9, 17]  # a repeat counts once
     distinct = sorted(set(history))
     n_items, n = len(q), len(distinct)
-    # rows sqrt(1/N) (q_i - q_j) · p = sqrt(1/N) (m - b_i + b_j) for every (i, j); sqrt(l2 n) p = 0
+    # rows sqrt(1/N) (q_i - q_j) · p = sqrt(1/N) (m - b_i + b_j) for every (i, j); sqrt(λ n) p = 0
     pairs = [(i, j) for i in distinct for j in range(n_items)]
-    design = np.vstack([np.array([q[i] - q[j] for i, j in pairs]) / np.sqrt(n_items), np.sqrt(bpr.l2 * n) * np.eye(d)])
+    penalty = 2 * bpr.l2 * (1 + np.exp(-margin)) * (1 + np.exp(margin))  # 2 l2 / (σ(m) σ(-m))
+    design = np.vstack([np.array([q[i] - q[j] for i, j in pairs]) / np.sqrt(n_items), np.sqrt(penalty * n) * np.eye(d)])
     target = np.concatenate([np.array([margin - b[i] + b[j] for i, j in pairs]) / np.sqrt(n_items), np.zeros(d)])
     expected = np.linalg.lstsq(design, target, rcond=None)[0]
     np.testing.assert_allclose(bpr.fold_in([np.array(history)])[0].numpy(), expected, rtol=1e-6, atol=1e-9)
