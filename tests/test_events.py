@@ -1,6 +1,7 @@
 """Users' recent events without Ray or HTTP: the bounded store, validation of POST /events, and
 how /recommend/user answers a user with events, family by family (test_serve sends them over HTTP)."""
 
+import argparse
 import math
 
 import numpy as np
@@ -8,10 +9,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from recsearch.errors import ConfigError
 from recsearch.models.knn import ItemKNN
 from recsearch.models.mf import MatrixFactorization
 from recsearch.models.pop import Popularity
 from recsearch.serving import MAX_CLOCK_SKEW_S, MAX_EVENTS_PER_REQUEST
+from recsearch.serving.cli import add_arguments, plan
 from recsearch.serving.events import EventLimits, RecentEvents
 from recsearch.serving.schemas import (
     EventsRequest,
@@ -140,3 +143,19 @@ def test_other_families_answer_events_by_item_similarity_and_skip_unknown_items(
     assert answer[1].fallback is None and answer[1].recent_events == 0  # no events: the model as before
     only_unknown = pop_service.recommend_users([UserRecommendationRequest(user="u3")], {"u3": ["gone"]})[0]
     assert only_unknown.recent_events == 0 and only_unknown.fallback is None
+
+
+def test_cli_sets_or_turns_off_the_event_store(tmp_path, planted_split):
+    directory = Popularity().fit(planted_split.train).save(tmp_path / "pop")
+
+    def plan_of(*argv):
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        return plan(parser.parse_args([str(directory), *argv]))
+
+    assert plan_of().event_limits == EventLimits()
+    assert plan_of("--events-max-users", "50", "--events-max-per-user", "7").event_limits == EventLimits(
+        max_users=50, max_events_per_user=7)
+    assert plan_of("--no-events").event_limits is None
+    with pytest.raises(ConfigError, match="max_events_per_user"):
+        plan_of("--events-max-per-user", "0")

@@ -13,6 +13,8 @@ the docs (``/docs``, ``/redoc``, ``/openapi.json``). ``/health`` shows no file p
 Users' recent events (``POST /events``) live in the application's one ``EventStore`` replica
 (events.py), which every replica asks, once per batch of ``/recommend/user``, for the events of
 the batch's users: an event sent to any replica shows in the next answer of every replica.
+Without the store (``build_app(events=False)``, ``recsearch serve --no-events``) ``/events`` answers
+409 and ``/recommend/user`` skips that call.
 
 ``serve run serve/config.yaml`` and ``serve deploy`` import ``app`` from here;
 ``recsearch serve`` builds one with ``build_app``.
@@ -172,7 +174,7 @@ def _answer(result):
                   ray_actor_options={"num_cpus": 1})
 @serve.ingress(api)
 class RecommenderServer:
-    def __init__(self, events: DeploymentHandle):
+    def __init__(self, events: DeploymentHandle | None = None):
         configure_threads()
         self.events = events
         self.service: ModelService | None = None
@@ -208,6 +210,11 @@ class RecommenderServer:
             return True
         directory = resolve_model_dir(settings.model_dir)
         return directory != self.service.directory or read_description(directory) != self.service.description
+
+    def _event_store(self) -> DeploymentHandle:
+        if self.events is None:
+            raise ServingError(409, "real-time events are off on this server (started with --no-events)")
+        return self.events
 
     def _loaded(self) -> ModelService:
         service = self.service
@@ -259,20 +266,20 @@ class RecommenderServer:
         """Append items a user just interacted with to the user's recent events (bounded: the
         oldest are dropped); ``/recommend/user`` reflects them at once, on every replica."""
         items, timestamps = self._loaded().check_events(body, time.time())
-        stored = await self.events.append.remote(body.user, items, timestamps)
+        stored = await self._event_store().append.remote(body.user, items, timestamps)
         return EventsStored(user=body.user, accepted=len(items), held=stored.held, dropped=stored.dropped)
 
     @api.get("/events/{user}", response_model=RecentHistory, responses=ERRORS, dependencies=GUARDED)
     async def recent_events(self, user: Annotated[str, Path(min_length=1, max_length=256)]):
         """A user's held events, oldest first (none: empty lists)."""
-        items, timestamps = await self.events.history.remote(user)
+        items, timestamps = await self._event_store().history.remote(user)
         return RecentHistory(user=user, items=items, timestamps=timestamps)
 
     # -- batches: one forward pass for all concurrent requests of a kind ----------------------
     @_batched
     async def _user_batch(self, requests: list[UserRecommendationRequest]) -> list[UserRecommendations]:
         self._count(requests)
-        recent = await self.events.recent.remote([r.user for r in requests])
+        recent = await self.events.recent.remote([r.user for r in requests]) if self.events else None
         return self._recorded("/recommend/user", await asyncio.to_thread(self.service.recommend_users, requests, recent))
 
     @_batched
@@ -301,9 +308,10 @@ app = RecommenderServer.bind(EventStore.bind())
 
 def build_app(settings: ServeSettings, *, replicas: int = 1, max_replicas: int | None = None,
               num_cpus: float = 1.0, num_gpus: float = 0.0, env_vars: dict[str, str] | None = None,
-              event_limits: EventLimits | None = None):
+              events: bool = True, event_limits: EventLimits | None = None):
     """The application for ``serve.run``: fixed ``replicas``, or autoscaling between ``replicas``
-    and ``max_replicas`` aiming at one full batch in flight per replica, with its event store."""
+    and ``max_replicas`` aiming at one full batch in flight per replica, and unless ``events`` is
+    false its event store, holding at most ``event_limits`` (default: ``EventLimits()``)."""
     actor_options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
     if env_vars:
         actor_options["runtime_env"] = {"env_vars": dict(env_vars)}
@@ -316,4 +324,4 @@ def build_app(settings: ServeSettings, *, replicas: int = 1, max_replicas: int |
     return RecommenderServer.options(
         user_config=settings.model_dump(), ray_actor_options=actor_options,
         max_ongoing_requests=max(2 * settings.max_batch_size, 8), **scaling,
-    ).bind(EventStore.options(user_config=(event_limits or EventLimits()).model_dump()).bind())
+    ).bind(EventStore.options(user_config=(event_limits or EventLimits()).model_dump()).bind() if events else None)

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "are forgotten first (default: %(default)s)")
     parser.add_argument("--events-max-per-user", type=int, default=DEFAULT_MAX_EVENTS_PER_USER,
                         help="newest events held per user (default: %(default)s)")
+    parser.add_argument("--no-events", dest="events", action="store_false",
+                        help="no real-time events: no event store, POST /events answers 409, and /recommend/user "
+                             "saves its call to the store")
     parser.add_argument("--address", default="local",
                         help="Ray cluster: 'local' starts a private one (default), 'auto' or HOST:PORT joins one")
     parser.add_argument("--name", default="recsearch", help="Serve application name (default: recsearch)")
@@ -68,7 +71,7 @@ class ServePlan:
     max_replicas: int | None
     num_cpus: float
     num_gpus: float
-    event_limits: EventLimits
+    event_limits: EventLimits | None  # None: no real-time events
 
 
 def plan(args: argparse.Namespace) -> ServePlan:
@@ -99,7 +102,8 @@ def plan(args: argparse.Namespace) -> ServePlan:
     if not args.haproxy and args.address != "local":
         raise ConfigError("--no-haproxy applies to the private local Ray: a cluster's ingress is chosen when "
                           "its nodes start (RAY_SERVE_ENABLE_HA_PROXY for `ray start`, see cluster.yaml)")
-    return ServePlan(settings, args.replicas, args.max_replicas, args.num_cpus, args.num_gpus, event_limits)
+    return ServePlan(settings, args.replicas, args.max_replicas, args.num_cpus, args.num_gpus,
+                     event_limits if args.events else None)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -200,7 +204,7 @@ def _start(args: argparse.Namespace, target: ServePlan, token: str | None,
     try:
         serve.run(build_app(target.settings, replicas=target.replicas, max_replicas=target.max_replicas,
                             num_cpus=target.num_cpus, num_gpus=target.num_gpus, env_vars=env_vars,
-                            event_limits=target.event_limits),
+                            events=target.event_limits is not None, event_limits=target.event_limits),
                   name=args.name, route_prefix="/")
     except Exception as err:
         if environment is not None:
