@@ -279,15 +279,8 @@ class RecommenderServer:
     @_batched
     async def _user_batch(self, requests: list[UserRecommendationRequest]) -> list[UserRecommendations]:
         self._count(requests)
-        service = self.service  # one model for the whole batch, even if a hot swap lands meanwhile
-        # the event store's round trip runs while the model scores the batch; users with events
-        # are then answered again from their histories
-        pending = self.events.recent.remote([r.user for r in requests]) if self.events else None
-        answers = await asyncio.to_thread(service.recommend_users, requests)
-        if pending is not None and (recent := await pending):
-            with_events = await asyncio.to_thread(service.with_events, requests, recent)
-            answers = [updated or plain for updated, plain in zip(with_events, answers, strict=True)]
-        return self._recorded("/recommend/user", answers)
+        recent = await self.events.recent.remote([r.user for r in requests]) if self.events else None
+        return self._recorded("/recommend/user", await asyncio.to_thread(self.service.recommend_users, requests, recent))
 
     @_batched
     async def _history_batch(self, requests: list[HistoryRecommendationRequest]) -> list:

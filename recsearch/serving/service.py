@@ -171,8 +171,8 @@ class ModelService:
         """Model scores for known users, one forward pass for the whole batch; unknown users
         get the most popular items, marked ``fallback="popularity"``. Users with ``recent``
         events (raw user id -> raw item ids, oldest first: ``POST /events``) are answered from
-        their training history and those events instead (``with_events``)."""
-        answers = self.with_events(requests, recent or {})
+        their training history and those events instead (``_with_events``)."""
+        answers = self._with_events(requests, recent or {})
         ids = [self.user_index.get(r.user) for r in requests]
         known = [i for i, u in enumerate(ids) if u is not None and answers[i] is None]
         if known:
@@ -272,7 +272,7 @@ class ModelService:
             raise ServingError(422, f"unknown item id{'s' if len(unknown) > 1 else ''} {shown}", field)
         return np.asarray(ids, dtype=np.int64)
 
-    def with_events(self, requests: list[UserRecommendationRequest],
+    def _with_events(self, requests: list[UserRecommendationRequest],
                      recent: dict[str, list[str]]) -> list[UserRecommendations | None]:
         """Answers for the requests whose user has recent events (None for the others): the
         user's training history (``Recommender.user_history``; none for a user unknown to the
