@@ -159,8 +159,12 @@ async def _record_metrics(request: Request, call_next):
     return response
 
 
-def _batched(method):
-    return serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)(method)
+def _batched(method=None, *, concurrent: int = 1):
+    def wrap(method):
+        return serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S,
+                           max_concurrent_batches=concurrent)(method)
+
+    return wrap(method) if method else wrap
 
 
 def _answer(result):
@@ -276,7 +280,7 @@ class RecommenderServer:
         return RecentHistory(user=user, items=items, timestamps=timestamps)
 
     # -- batches: one forward pass for all concurrent requests of a kind ----------------------
-    @_batched
+    @_batched(concurrent=2)  # while one batch waits for the event store, the next one can score
     async def _user_batch(self, requests: list[UserRecommendationRequest]) -> list[UserRecommendations]:
         self._count(requests)
         recent = await self.events.recent.remote([r.user for r in requests]) if self.events else None
