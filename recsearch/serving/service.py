@@ -197,8 +197,8 @@ class ModelService:
 
     def recommend_histories(self, requests: list[HistoryRecommendationRequest]) -> list[Recommendations | ServingError]:
         """Recommendations from recent items: the model's own history scoring where it has one
-        (sequential models, EASE, ItemKNN, RP3beta, Mult-VAE; MF by fold-in), else summed item-item cosine similarity; popularity
-        when the history says nothing."""
+        (sequential models, EASE, ItemKNN, RP3beta, Mult-VAE; MF by fold-in), else summed
+        item-item cosine similarity; popularity when the history says nothing."""
         answers: list[Recommendations | ServingError | None] = [None] * len(requests)
         histories: dict[int, np.ndarray] = {}
         for i, request in enumerate(requests):
