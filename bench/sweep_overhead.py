@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import write_results  # noqa: E402
 
+from recsearch.evaluation.metrics import TEST_PREFIX  # noqa: E402
 from recsearch.tuning.plan import SweepPlan  # noqa: E402
 from recsearch.tuning.reevaluation import EXPERIMENT  # noqa: E402
 from recsearch.tuning.results import experiment_trials  # noqa: E402
@@ -37,17 +38,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def trial_times(path: str) -> dict[str, float]:
-    """One trial's seconds from its result.json: inside the trial, training, evaluation, and its
-    set-up (the first report's interval less its epoch's work)."""
-    rows = [json.loads(line) for line in (Path(path) / "result.json").read_text().splitlines() if line.strip()]
-    work = [row.get("epoch_seconds", 0.0) + row.get("eval_seconds", 0.0) for row in rows]
-    return {
-        "inside": rows[-1]["time_total_s"] if rows else 0.0,
-        "train": sum(row.get("epoch_seconds", 0.0) for row in rows),
-        "eval": sum(row.get("eval_seconds", 0.0) for row in rows),
-        "setup": rows[0]["time_this_iter_s"] - work[0] if rows else 0.0,
-        "epochs": sum("epoch" in row for row in rows),
-    }
+    """One trial's seconds from its result.json: inside the trial (up to its last report, a
+    re-evaluation's test report included), training, evaluation, and its set-up (the first
+    report's interval less its epoch's work)."""
+    reports = [json.loads(line) for line in (Path(path) / "result.json").read_text().splitlines() if line.strip()]
+    # a re-evaluation's test report repeats its last epoch's row: the epochs are the others
+    epochs = [row for row in reports if not any(key.startswith(TEST_PREFIX) for key in row)]
+    if not epochs:
+        return {"inside": 0.0, "train": 0.0, "eval": 0.0, "setup": 0.0, "epochs": 0}
+    train = sum(row.get("epoch_seconds", 0.0) for row in epochs)
+    evaluation = sum(row.get("eval_seconds", 0.0) for row in epochs)
+    first_work = epochs[0].get("epoch_seconds", 0.0) + epochs[0].get("eval_seconds", 0.0)
+    return {"inside": reports[-1]["time_total_s"], "train": train, "eval": evaluation,
+            "setup": epochs[0]["time_this_iter_s"] - first_work, "epochs": len(epochs)}
 
 
 def family_row(plan: SweepPlan, name: str, wall: float, slots: int) -> dict:
