@@ -1,10 +1,12 @@
 """What `/recommend/history` gains from a model that scores histories itself. Every validation
 user of MovieLens 100K is served as an anonymous history (its training items, oldest first)
-and ranked three ways: by the model as a known user, by the model's own history scoring, and by
-the summed item-item cosine similarity that families without history scoring fall back to.
-Default configs, seed 42; the LSTM on leave-one-out. Writes ``bench/results/history_scoring.{json,md}``.
+and ranked three ways: by the model as a known user, by the model's own history scoring (MF:
+its fold-in), and by the summed item-item cosine similarity that families without history
+scoring fall back to. Default configs, seed 42; the LSTM on leave-one-out. Writes
+``bench/results/history_scoring.{json,md}`` (``--out``).
 
     .venv/bin/python bench/history_scoring.py
+    .venv/bin/python bench/history_scoring.py --families mf --out bench/results/history_scoring_mf
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from recsearch.serving.fallback import ItemSimilarity
 from recsearch.training import train_command
 
 HERE = Path(__file__).resolve().parent
-RUNS = [("ease", []), ("itemknn", []), ("lstm", ["data.split.scheme=loo"])]
+RUNS = {"ease": [], "itemknn": [], "lstm": ["data.split.scheme=loo"], "mf": []}  # family -> overrides
 
 
 class ScoredAsHistories:
@@ -48,9 +50,13 @@ def time_ordered_histories(split) -> list[np.ndarray]:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", choices=list(RUNS), default=list(RUNS), help="default: all")
+    parser.add_argument("--out", default=str(HERE / "results" / "history_scoring"), help="results stem")
+    args = parser.parse_args()
     rows = []
-    for family, overrides in RUNS:
+    for family in args.families:
+        overrides = RUNS[family]
         cfg = load_config([f"model={family}", "data=ml-100k", *overrides, f"out={HERE}/results/tmp/history/{family}"])
         trained = train_command(cfg)
         model = Recommender.load(Path(cfg.out) / "model", device="cpu")
@@ -68,7 +74,7 @@ def main() -> None:
         row.update({way: round(evaluator.evaluate(scorer, split, "valid")["ndcg@10"], 4) for way, scorer in ways.items()})
         rows.append(row)
     print(format_table(rows, list(rows[0])))
-    write_results(HERE / "results" / "history_scoring", rows, list(rows[0]),
+    write_results(args.out, rows, list(rows[0]),
                   "ml-100k, seed 42, valid NDCG@10 of every validation user served three ways", metric="valid ndcg@10")
 
 

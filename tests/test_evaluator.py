@@ -19,7 +19,7 @@ from recsearch.evaluation import Evaluator, ranking_metrics
 from recsearch.models.base import Recommender
 from recsearch.models.pop import Popularity
 
-ALL = ["ndcg", "recall", "precision", "hit", "mrr", "map", "coverage"]
+ALL = ["ndcg", "recall", "precision", "f1", "hit", "mrr", "map", "coverage"]
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -150,7 +150,8 @@ def test_rating_by_hand(make_split):
     evaluator = Evaluator.for_task(dict(OmegaConf.load(CONF / "task" / "rating.yaml")), batch_size=1)
     # predictions 3.5, 3.0, 4.0 against 4, 2, 5: errors -0.5, 1, -1
     got = evaluator.evaluate(model, split, "valid")
-    assert got == pytest.approx({"rmse": math.sqrt((0.25 + 1 + 1) / 3), "mae": (0.5 + 1 + 1) / 3})
+    assert got == pytest.approx({"rmse": math.sqrt((0.25 + 1 + 1) / 3), "mse": (0.25 + 1 + 1) / 3,
+                                 "mae": (0.5 + 1 + 1) / 3})
     assert evaluator.last_counts == {"pairs": 3}
     with pytest.raises(ValueError, match="test part is empty"):
         evaluator.evaluate(model, split, "test")

@@ -65,11 +65,21 @@ PEARSON = np.array([
     [0, 0, 0, 1 / 2],
     [0, 0, 1 / 2, 0],
 ])
+# Euclidean: 1 / (1 + ‖a − b‖), on binary rows ‖a − b‖² = n_a + n_b − 2 n_ab, e.g. i0, i1: 2 + 3 − 4 = 1
+# -> 1/2; i0, i3: 2 + 1 − 0 = 3 -> 1 / (1 + √3), positive though they share no user.
+E1, E2, E3 = 1 / 2, 1 / (1 + R2), 1 / (1 + math.sqrt(3))
+EUCLIDEAN = np.array([
+    [0, E1, E2, E3],
+    [E1, 0, E1, E2],
+    [E2, E1, 0, E1],
+    [E3, E2, E1, 0],
+])
 # Shared users n_ab, for shrinkage sim * n_ab / (n_ab + λ).
 COMMON = np.array([[2, 2, 1, 0], [2, 3, 2, 1], [1, 2, 2, 1], [0, 1, 1, 1]])
 
 
-@pytest.mark.parametrize("similarity, expected", [("cosine", COSINE), ("jaccard", JACCARD), ("pearson", PEARSON)])
+@pytest.mark.parametrize("similarity, expected", [("cosine", COSINE), ("jaccard", JACCARD), ("pearson", PEARSON),
+                                                   ("euclidean", EUCLIDEAN)])
 @pytest.mark.parametrize("shrinkage", [0.0, 2.0])
 def test_similarities_match_hand_computation(similarity, expected, shrinkage):
     shrunk = expected * COMMON / (COMMON + shrinkage) if shrinkage else expected
@@ -82,6 +92,9 @@ def test_rating_similarities_use_values_and_jaccard_ignores_them():
     cosine = similarity_matrix(rows, "cosine", shrinkage=1.0)
     assert cosine[0, 1] == pytest.approx(23 / math.sqrt(41 * 14) * 2 / 3, abs=1e-6)  # n_01 = 2
     np.testing.assert_allclose(similarity_matrix(rows, "jaccard"), JACCARD, atol=1e-6)
+    # i0 − i1 = (2, 2, −1): distance 3; i0 − i3 = (5, 4, −2): distance √45
+    euclidean = similarity_matrix(rows, "euclidean")
+    assert euclidean[0, 1] == pytest.approx(1 / 4) and euclidean[0, 3] == pytest.approx(1 / (1 + math.sqrt(45)))
 
 
 def test_top_k_keeps_the_k_largest_similarities_per_row():
@@ -158,7 +171,7 @@ def test_rating_model_round_trips_and_a_corrupt_state_is_refused(tiny_dataset, t
 
 
 @pytest.mark.parametrize("cls", [ItemKNN, UserKNN])
-@pytest.mark.parametrize("similarity", ["cosine", "pearson", "jaccard"])
+@pytest.mark.parametrize("similarity", ["cosine", "pearson", "jaccard", "euclidean"])
 def test_learns_the_planted_split(cls, similarity, planted_split):
     model = cls(k=20, similarity=similarity, device="cpu").fit(planted_split.train)
     test = planted_split.test

@@ -14,7 +14,7 @@ from recsearch.errors import ConfigError
 from recsearch.evaluation import METRICS, ranked_items, ranking_metrics, rating_metrics
 from recsearch.evaluation.metrics import check_request
 
-ALL = ["ndcg", "recall", "precision", "hit", "mrr", "map", "coverage"]
+ALL = ["ndcg", "recall", "precision", "f1", "hit", "mrr", "map", "coverage"]
 
 
 def dense(rows: list[list[int]], n_items: int) -> torch.Tensor:
@@ -26,7 +26,7 @@ def dense(rows: list[list[int]], n_items: int) -> torch.Tensor:
 
 
 def test_registry_holds_one_unit_per_metric_with_its_formula():
-    assert sorted(METRICS) == sorted(ALL + ["rmse", "mae"])
+    assert sorted(METRICS) == sorted(ALL + ["rmse", "mse", "mae"])
     for metric in METRICS.values():
         assert "=" in metric.compute.__doc__, metric.name
 
@@ -43,6 +43,7 @@ def test_two_users_by_hand():
         "hit@4": (1 + 0) / 2,
         "precision@4": (2 / 4 + 0) / 2,
         "recall@4": (2 / 3 + 0) / 2,
+        "f1@4": (4 / 7 + 0) / 2,  # 2 (1/2)(2/3) / (1/2 + 2/3)
         "ndcg@4": (dcg / idcg + 0) / 2,
         "mrr@4": (1 / 2 + 0) / 2,  # first hit at rank 2
         "map@4": ((1 / 3) * (1 / 2 + 2 / 4) + 0) / 2,  # AP = (P@2 + P@4) / min(3, 4)
@@ -52,6 +53,16 @@ def test_two_users_by_hand():
     expected.update({f"{name}@1": 0.0 for name in ALL if name != "coverage"})  # items 0 and 5 miss
     assert got == pytest.approx(expected, abs=1e-12)
     assert list(got) == [f"{name}@{k}" for name in ALL for k in (1, 4)]
+
+
+def test_f1_is_the_mean_of_each_users_f1():
+    """Two users with different precision and recall: F1@K averages the per-user harmonic
+    means, which differs from the harmonic mean of the averaged P and R."""
+    scores = torch.tensor([[4.0, 3, 2, 1]] * 2)  # both rank 0, 1, 2, 3
+    targets = dense([[0], [0, 1, 2, 3]], 4)
+    got = ranking_metrics(scores, targets, ks=[2], metrics=["precision", "recall", "f1"])
+    # K=2: user 0 P = 1/2, R = 1, F1 = 2/3; user 1 P = 1, R = 2/4, F1 = 2/3
+    assert got == pytest.approx({"precision@2": 3 / 4, "recall@2": 3 / 4, "f1@2": 2 / 3}, abs=1e-12)
 
 
 def test_more_targets_than_k_and_a_late_first_hit():
@@ -104,7 +115,7 @@ def test_masked_items_are_never_recommended_nor_targets():
     got = ranking_metrics(scores, targets, ks=[1], mask=mask)
     # User 0: item 0 (score 9) is masked, so it is neither ranked nor a target: T = 1 (item 2),
     # the list is 2, 3, 1 and item 2 hits at rank 1.  User 1's only target is masked: skipped.
-    assert got == {"ndcg@1": 1.0, "recall@1": 1.0, "precision@1": 1.0, "hit@1": 1.0,
+    assert got == {"ndcg@1": 1.0, "recall@1": 1.0, "precision@1": 1.0, "f1@1": 1.0, "hit@1": 1.0,
                    "mrr@1": 1.0, "map@1": 1.0, "coverage@1": 1 / 4}
     assert ranked_items(scores.masked_fill(mask, float("-inf")), 4).tolist() == [[2, 3, 1, -1], [0, 2, 3, -1]]
 
@@ -122,8 +133,9 @@ def test_k_larger_than_the_catalogue():
     # 3 items, item 0 masked, item 1 the target: the list is 1, 2 and three empty slots.
     got = ranking_metrics(torch.tensor([[3.0, 2, 1]]), dense([[1]], 3), ks=[5], mask=dense([[0]], 3))
     assert ranked_items(torch.tensor([[float("-inf"), 2, 1]]), 5).tolist() == [[1, 2, -1, -1, -1]]
-    assert got == {"ndcg@5": 1.0, "recall@5": 1.0, "precision@5": 1 / 5, "hit@5": 1.0,
-                   "mrr@5": 1.0, "map@5": 1.0, "coverage@5": 2 / 3}  # precision divides by K
+    assert got == pytest.approx({"ndcg@5": 1.0, "recall@5": 1.0, "precision@5": 1 / 5, "hit@5": 1.0, "mrr@5": 1.0,
+                                 "map@5": 1.0, "coverage@5": 2 / 3,  # precision divides by K
+                                 "f1@5": 2 * (1 / 5) / (1 / 5 + 1)}, abs=1e-12)
 
 
 def test_nan_scores_raise():
@@ -174,6 +186,7 @@ def reference(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, k
         per_user["hit"].append(1.0 if hits else 0.0)
         per_user["precision"].append(hits / k)
         per_user["recall"].append(hits / t)
+        per_user["f1"].append(2 * (hits / k) * (hits / t) / (hits / k + hits / t) if hits else 0.0)
         dcg = sum(r / math.log2(rank + 2) for rank, r in enumerate(rel))
         per_user["ndcg"].append(dcg / sum(1 / math.log2(rank + 2) for rank in range(min(t, k))))
         per_user["mrr"].append(next((1 / (rank + 1) for rank, r in enumerate(rel) if r), 0.0))
@@ -197,8 +210,8 @@ def test_every_metric_matches_a_plain_python_reference(seed, tied):
 
 def test_rating_metrics_by_hand():
     predicted, truth = torch.tensor([3.0, 4.0, 5.0]), torch.tensor([4.0, 4.0, 3.0])
-    # errors -1, 0, 2: RMSE = sqrt((1 + 0 + 4) / 3), MAE = (1 + 0 + 2) / 3
-    assert rating_metrics(predicted, truth) == pytest.approx({"rmse": math.sqrt(5 / 3), "mae": 1.0})
+    # errors -1, 0, 2: RMSE = sqrt((1 + 0 + 4) / 3), MSE = (1 + 0 + 4) / 3, MAE = (1 + 0 + 2) / 3
+    assert rating_metrics(predicted, truth) == pytest.approx({"rmse": math.sqrt(5 / 3), "mse": 5 / 3, "mae": 1.0})
     assert list(rating_metrics(predicted, truth, ["mae"])) == ["mae"]
     with pytest.raises(ValueError, match="equal, non-empty"):
         rating_metrics(predicted, truth[:2])

@@ -113,3 +113,44 @@ def test_the_fused_pairwise_loss_matches_autograd_of_the_formula(negatives):
     s = (u[:, None, :4] * v[..., :4]).sum(-1) + v[..., 4]  # b_i + p_u . q_i
     formula = F.softplus(s[:, 1:] - s[:, :1]).mean() + 0.3 * (u.square().sum() + v.square().sum()) / 6
     torch.testing.assert_close(PairwiseLoss.apply(u, v, 0.3), formula)
+
+
+@pytest.fixture(scope="module")
+def bpr(planted_split) -> MatrixFactorization:
+    return MatrixFactorization(seed=0, device="cpu", **FAST).fit(planted_split.train, 8)
+
+
+def test_fold_in_solves_the_pairwise_least_squares_problem(bpr):
+    """The fold-in vector against numpy's least squares over the explicit (history item, any
+    item) pairs and the penalty rows: the objective of the module's docstring, built directly."""
+    d = bpr.dim
+    items = bpr.net.item.weight.detach().double().numpy()
+    q, b = items[:, :d], items[:, d]
+    users = bpr.net.user.weight.detach().double().numpy()[:, :d]
+    seen = bpr.serving_data.seen.tocoo()
+    margin = np.mean([users[u] @ (q[i] - q.mean(0)) + b[i] - b.mean() for u, i in zip(seen.row, seen.col, strict=True)])
+    history = [4, 9, 9, 17]  # a repeat counts once
+    distinct = sorted(set(history))
+    n_items, n = len(q), len(distinct)
+    # rows sqrt(1/N) (q_i - q_j) · p = sqrt(1/N) (m - b_i + b_j) for every (i, j); sqrt(λ n) p = 0
+    pairs = [(i, j) for i in distinct for j in range(n_items)]
+    penalty = 2 * bpr.l2 * (1 + np.exp(-margin)) * (1 + np.exp(margin))  # 2 l2 / (σ(m) σ(-m))
+    design = np.vstack([np.array([q[i] - q[j] for i, j in pairs]) / np.sqrt(n_items), np.sqrt(penalty * n) * np.eye(d)])
+    target = np.concatenate([np.array([margin - b[i] + b[j] for i, j in pairs]) / np.sqrt(n_items), np.zeros(d)])
+    expected = np.linalg.lstsq(design, target, rcond=None)[0]
+    np.testing.assert_allclose(bpr.fold_in([np.array(history)])[0].numpy(), expected, rtol=1e-6, atol=1e-9)
+    scores = bpr.score_history([history, []])
+    np.testing.assert_allclose(scores[0].numpy(), q @ expected + b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scores[1].numpy(), b, rtol=1e-6)  # no history: the item biases
+
+
+def test_fold_in_ranks_a_users_own_history_like_the_user(bpr, planted_split):
+    """Folding a known user in from its training items recovers most of its trained top items;
+    a rating model has no fold-in (events carry no ratings)."""
+    users = list(range(20))
+    folded = bpr.score_history([bpr.user_history(u) for u in users])
+    trained = bpr.score(users)
+    agree = [len(set(folded[n].topk(10).indices.tolist()) & set(trained[n].topk(10).indices.tolist())) for n in range(20)]
+    assert np.mean(agree) >= 6, agree
+    rating = MatrixFactorization(seed=0, device="cpu", task="rating", **FAST)
+    assert bpr.folds_in and not rating.folds_in

@@ -120,18 +120,24 @@ def test_bad_arguments_raise_clear_errors(family, fitted):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_users_own_history_scores_as_the_user(family, fitted, planted_split):
-    """A family that scores raw histories (for users unknown at training time) gives a known
-    user's training items, oldest first, the scores it gives that user; the others refuse."""
+    """A family that scores raw histories (for users unknown at training time) natively gives a
+    known user's training items, oldest first, and the user's own ``user_history``, the scores it
+    gives that user; fold-in families score them (test_mf checks how well); the others refuse."""
     model = fitted(family)
+    users = [3, 7, 11]
+    if model.folds_in:
+        assert model.score_history([model.user_history(u) for u in users]).shape == (3, model.n_items)
+        return
     if not model.scores_history:
         with pytest.raises(UnsupportedOperation, match="cannot score a list"):
             model.score_history([[0]])
         return
     train = planted_split.train.interactions
     order = np.lexsort((np.arange(len(train.user)), train.timestamp, train.user))
-    users = [3, 7, 11]
     histories = [train.item[order][train.user[order] == u].tolist() for u in users]
     torch.testing.assert_close(model.score_history(histories), model.score(users), rtol=1e-5, atol=1e-5)
+    own = model.score_history([model.user_history(u) for u in users])
+    torch.testing.assert_close(own, model.score(users), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -476,14 +476,17 @@ class ServedTraffic:
     after: dict
 
 
-REQUESTS = [  # (endpoint, body, times): known and unknown users, a refused k, items, a history
+REQUESTS = [  # (endpoint, body, times): known and unknown users, a refused k, items, a history, events
     ("/recommend/user", {"user": "u1", "k": 5}, 5),
     ("/recommend/user", {"user": "stranger", "k": 5}, 3),
     ("/recommend/user", {"user": "u1", "k": 0}, 2),
     ("/similar-items", {"item": "i1", "k": 3}, 2),
     ("/recommend/history", {"items": ["i1", "i5"], "k": 3}, 2),
     ("/recommend/history", {"items": [], "k": 3}, 1),
+    ("/events", {"user": "u2", "items": ["i3"]}, 1),
+    ("/recommend/user", {"user": "u2", "k": 5}, 4),  # whichever of the two replicas answers sees the event
 ]
+UNBATCHED = {"/health", "/events"}  # answered without a forward pass
 
 
 def serving_counts(samples: dict) -> dict:
@@ -523,7 +526,7 @@ def expected_counts(answers: list[tuple[str, int, dict]]) -> dict:
     """The serving metrics' increase the answers call for. Requests one at a time: every
     forward pass answers one request (a refused k never reaches one)."""
     requests = collections.Counter((e, str(status)) for e, status, _ in answers)
-    batched = collections.Counter(e for e, status, _ in answers if status == 200 and e != "/health")
+    batched = collections.Counter(e for e, status, _ in answers if status == 200 and e not in UNBATCHED)
     fallbacks = collections.Counter((e, body["fallback"]) for e, _, body in answers if body.get("fallback"))
     return {"requests_total": dict(requests),
             "request_duration_seconds_count": dict(collections.Counter(e for e, _, _ in answers)),
@@ -533,7 +536,9 @@ def expected_counts(answers: list[tuple[str, int, dict]]) -> dict:
 @pytest.mark.timeout(300)
 def test_serving_metrics_count_the_requests_sent(served_traffic):
     statuses = collections.Counter(status for _, status, _ in served_traffic.answers)
-    assert statuses == {200: 14, 422: 2}, "the requests exercise answers, a fallback and a refusal"
+    assert statuses == {200: 19, 422: 2}, "the requests exercise answers, a fallback, a refusal and events"
+    after_events = [body for e, _, body in served_traffic.answers if e == "/recommend/user" and body.get("user") == "u2"]
+    assert len(after_events) == 4 and all(b["recent_events"] == 1 and b["fallback"] == "item_similarity" for b in after_events)
     assert any(body.get("fallback") == "popularity" for _, _, body in served_traffic.answers)
     before, after = serving_counts(served_traffic.before), serving_counts(served_traffic.after)
     expected = expected_counts(served_traffic.answers)

@@ -24,6 +24,7 @@ from helpers.serve_process import ServeProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
+from recsearch.models.knn import ItemKNN
 from recsearch.models.mf import MatrixFactorization
 from recsearch.models.pop import Popularity
 from recsearch.serving import TOKEN_ENV, ingress
@@ -114,7 +115,8 @@ def models(planted_split, tmp_path_factory) -> dict[str, Path]:
     Popularity(task="rating", shrinkage=1.0).fit(planted_split.train).save(root / "sweep" / "best")
     mf = MatrixFactorization(seed=0, device="cpu", dim=8).fit(planted_split.train, 2).save(root / "mf")
     export_model(mf, root / "mf-int8", precision="int8")
-    return {"ranking": ranking, "rating_sweep": root / "sweep", "int8": root / "mf-int8"}
+    itemknn = ItemKNN(k=20).fit(planted_split.train).save(root / "itemknn")
+    return {"ranking": ranking, "rating_sweep": root / "sweep", "int8": root / "mf-int8", "itemknn": itemknn}
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +173,7 @@ def test_health_model_and_docs(server):
     assert info["hparams"] == {"shrinkage": 10.0} and info["saved_at"]
     assert httpx.get(f"{server.url}/docs", timeout=30).status_code == 200
     paths = httpx.get(f"{server.url}/openapi.json", timeout=30).json()["paths"]
-    assert {"/recommend/user", "/recommend/history", "/similar-items", "/predict-rating", "/model"} <= set(paths)
+    assert {"/recommend/user", "/recommend/history", "/similar-items", "/predict-rating", "/model", "/events"} <= set(paths)
 
 
 def test_endpoints(server):
@@ -214,6 +216,53 @@ def test_bad_requests_get_a_4xx_naming_the_field(server, path, body, status, fie
         response = server.post(path, body)
     assert response.status_code == status
     assert response.json()["field"] == field and field in response.json()["error"]
+
+
+BAD_EVENTS = [  # (body, the field named)
+    ({"user": "u100", "items": ["i1", "nope"]}, "items"),
+    ({"user": "u100", "items": ["i1"] * 101}, "items"),
+    ({"user": "u100", "items": []}, "items"),
+    ({"user": "u100", "items": ["i1", "i2"], "timestamps": [1.0]}, "timestamps"),
+    ({"user": "u100", "items": ["i1", "i2"], "timestamps": [1.0, -5.0]}, "timestamps.1"),
+    ({"user": "u100", "items": ["i1"], "timestamps": [4.0e10]}, "timestamps.0"),  # year 3237
+    ({"items": ["i1"]}, "user"),
+    ('{"user": "u100", "items": [', "body"),
+]
+
+
+def test_events_over_http_are_validated_whole_and_reflected_at_once(server):
+    """Good events show in the user's next answer; a bad request gets a 422 naming the field
+    and leaves the stored events as they were (nothing of it is stored)."""
+    plain = server.post("/recommend/user", {"user": "u100", "k": 5}).json()
+    stored = server.post("/events", {"user": "u100", "items": ["i2", "i6"], "timestamps": [1.0e9, 1.0e9 + 60]})
+    assert stored.status_code == 200 and stored.json() == {"user": "u100", "accepted": 2, "held": 2, "dropped": 0}
+    held = httpx.get(f"{server.url}/events/u100", timeout=30).json()
+    assert held == {"user": "u100", "items": ["i2", "i6"], "timestamps": [1.0e9, 1.0e9 + 60]}
+    after = server.post("/recommend/user", {"user": "u100", "k": 5}).json()
+    assert after["recent_events"] == 2 and after["fallback"] == "item_similarity"  # pop scores no history
+    assert after["items"] != plain["items"] and not {"i2", "i6"} & {s["item"] for s in after["items"]}
+    for body, field in BAD_EVENTS:
+        response = (httpx.post(f"{server.url}/events", content=body, headers={"content-type": "application/json"},
+                               timeout=30) if isinstance(body, str) else server.post("/events", body))
+        assert response.status_code == 422 and response.json()["field"] == field, (body, response.json())
+        assert httpx.get(f"{server.url}/events/u100", timeout=30).json() == held
+    assert server.post("/recommend/user", {"user": "u100", "k": 5}).json()["items"] == after["items"]
+
+
+def test_events_change_a_history_familys_answers(serve_instance, models):
+    """ItemKNN scores a user's training items and events together; a user the model never saw
+    gets a history from its events alone, answered as /recommend/history answers it."""
+    serve_instance.serving(models["itemknn"])
+    other_group = [f"i{i}" for i in range(1, 60, 4)]  # planted items of a group other than u101's
+    plain = serve_instance.post("/recommend/user", {"user": "u101", "k": 5}).json()
+    assert serve_instance.post("/events", {"user": "u101", "items": other_group}).status_code == 200
+    after = serve_instance.post("/recommend/user", {"user": "u101", "k": 5}).json()
+    assert plain["fallback"] is None and after["fallback"] is None and after["recent_events"] == len(other_group)
+    assert after["items"] != plain["items"]
+    assert serve_instance.post("/events", {"user": "newcomer", "items": ["i3", "i7"]}).json()["held"] == 2
+    new = serve_instance.post("/recommend/user", {"user": "newcomer", "k": 5}).json()
+    history = serve_instance.post("/recommend/history", {"items": ["i3", "i7"], "k": 5}).json()
+    assert new["fallback"] is None and new["items"] == history["items"]
 
 
 def test_unknown_routes_and_methods_are_json_errors(server):
@@ -342,11 +391,14 @@ def test_bearer_token_guards_all_but_health_before_any_parsing(server, secured):
         assert refused.status_code == 401 and "token" in refused.json()["error"]
         for path in ("/model", "/docs", "/redoc", "/openapi.json"):
             assert httpx.get(f"{secured}{path}", headers=headers, timeout=30).status_code == 401
+        events = httpx.post(f"{secured}/events", json={"user": "u1", "items": ["i1"]}, headers=headers, timeout=30)
+        assert events.status_code == 401 and httpx.get(f"{secured}/events/u1", headers=headers, timeout=30).status_code == 401
         malformed = httpx.post(f"{secured}/recommend/user", content="{not json", headers=headers, timeout=30)
         assert malformed.status_code == 401 and malformed.json()["field"] is None  # not a 422 naming a field
     granted = {"Authorization": f"Bearer {TOKEN}"}
     answer = httpx.post(f"{secured}/recommend/user", json=body, headers=granted, timeout=30)
     assert answer.status_code == 200 and len(answer.json()["items"]) == 2
+    assert httpx.post(f"{secured}/events", json={"user": "u1", "items": ["i1"]}, headers=granted, timeout=30).status_code == 200
     assert httpx.post(f"{secured}/recommend/user", json={"k": 0}, headers=granted, timeout=30).status_code == 422
     assert httpx.get(f"{secured}/openapi.json", headers=granted, timeout=30).json()["paths"]
     assert server.health()["auth"] == "none"  # the other app stays open

@@ -241,7 +241,7 @@ def test_every_registered_family_can_be_served(family, planted_split, tmp_path):
         assert len(service.recommend_users([user_request("u0", k=5)])[0].items) == 5
         from_history = service.recommend_histories([HistoryRecommendationRequest(items=["i0"], k=5)])[0]
         assert from_history.items
-        assert from_history.fallback == (None if cls.scores_history else "item_similarity")
+        assert from_history.fallback == (None if model.scores_history or model.folds_in else "item_similarity")
         if task == "rating":
             assert np.isfinite(service.predict_rating(RatingRequest(user="u0", item="i1")).rating)
 

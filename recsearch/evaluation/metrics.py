@@ -111,6 +111,15 @@ def recall(top: RankedLists, k: int) -> torch.Tensor:
     return (top.hits[:, :k].sum(1).double() / top.n_targets).mean()
 
 
+@_register("f1", "ranking")
+def f1(top: RankedLists, k: int) -> torch.Tensor:
+    """F1@K = 2 P R / (P + R) of the user's Precision@K P and Recall@K R (0 when both are 0),
+    averaged over users like every @K metric (not the F1 of the mean P and mean R)."""
+    hits = top.hits[:, :k].sum(1).double()
+    p, r = hits / k, hits / top.n_targets
+    return torch.where(hits > 0, 2 * p * r / (p + r).clamp(min=1e-300), 0.0).mean()
+
+
 @_register("ndcg", "ranking")
 def ndcg(top: RankedLists, k: int) -> torch.Tensor:
     """NDCG@K = DCG@K / IDCG@K with DCG@K = sum_{r<=K} rel_r / log2(r + 1) and
@@ -152,6 +161,12 @@ def coverage(top: RankedLists, k: int) -> torch.Tensor:
 def rmse(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """RMSE = sqrt((1 / N) * sum_i (ŷ_i - y_i)^2)."""
     return (predicted.double() - truth.double()).square().mean().sqrt()
+
+
+@_register("mse", "rating", higher_is_better=False)
+def mse(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """MSE = (1 / N) * sum_i (ŷ_i - y_i)^2, the loss rating models train on (RMSE squared)."""
+    return (predicted.double() - truth.double()).square().mean()
 
 
 @_register("mae", "rating", higher_is_better=False)
@@ -241,7 +256,7 @@ def ranking_metrics(
     scores: torch.Tensor,
     targets: torch.Tensor,
     ks: Iterable[int],
-    metrics: Iterable[str] = ("ndcg", "recall", "precision", "hit", "mrr", "map", "coverage"),
+    metrics: Iterable[str] = ("ndcg", "recall", "precision", "f1", "hit", "mrr", "map", "coverage"),
     mask: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Ranking metrics straight from a dense (users, items) score matrix, for hand-made cases.
@@ -264,8 +279,9 @@ def ranking_metrics(
     return compute_ranking(RankedLists(items, hits, targets.sum(1), scores.shape[1]), metrics, ks)
 
 
-def rating_metrics(predicted: torch.Tensor, truth: torch.Tensor, metrics: Iterable[str] = ("rmse", "mae")) -> dict[str, float]:
-    """``{"rmse": ..., "mae": ...}`` of predicted against true ratings (1-d, same length > 0)."""
+def rating_metrics(predicted: torch.Tensor, truth: torch.Tensor,
+                   metrics: Iterable[str] = ("rmse", "mse", "mae")) -> dict[str, float]:
+    """``{"rmse": ..., "mse": ..., "mae": ...}`` of predicted against true ratings (1-d, same length > 0)."""
     metrics, _ = check_request("rating", metrics, [])
     if predicted.shape != truth.shape or predicted.dim() != 1 or len(truth) == 0:
         raise ValueError(f"need two equal, non-empty 1-d tensors, got {tuple(predicted.shape)} and {tuple(truth.shape)}")

@@ -69,6 +69,9 @@ class Recommender(ABC):
     tasks: ClassVar[tuple[str, ...]] = ("ranking",)  # "ranking" and/or "rating"
     iterative: ClassVar[bool] = False  # trained by gradient, epoch by epoch
     scores_history: ClassVar[bool] = False  # can score a raw list of recent items natively
+    # scores a list of recent items by solving a new user's parameters from it (fold-in): a known
+    # user's own history then scores close to, not exactly as, the user
+    folds_in: ClassVar[bool] = False
 
     def __init__(self, *, seed: int = 0, device: str = "auto", task: str = "ranking", **hparams: Any):
         if task not in self.tasks:
@@ -175,9 +178,9 @@ class Recommender(ABC):
     def score_history(self, histories: list[list[int]]) -> torch.Tensor:
         """Scores ``(len(histories), n_items)`` for users known only by lists of contiguous item
         ids, oldest first: native for families with ``scores_history`` (sequential models read
-        the order, item-based ones the set); others raise and the caller falls back to item
-        similarity."""
-        if not self.scores_history:
+        the order, item-based ones the set), by fold-in for those that ``folds_in``; others
+        raise and the caller falls back to item similarity."""
+        if not (self.scores_history or self.folds_in):
             raise UnsupportedOperation(f"model family {self.family!r} cannot score a list of recent items")
         rows = [np.asarray(history) for history in histories]
         for n, row in enumerate(rows):
@@ -190,7 +193,13 @@ class Recommender(ABC):
             return self._score_history([row.astype(np.int64) for row in rows])
 
     def _score_history(self, histories: list[np.ndarray]) -> torch.Tensor:
-        raise NotImplementedError  # families with scores_history implement it
+        raise NotImplementedError  # families with scores_history or folds_in implement it
+
+    def user_history(self, user: int) -> np.ndarray:
+        """A known user's training items as ``score_history`` reads a history: here the set of
+        seen items (ascending ids); sequential models give their recent items in time order."""
+        data = self._require_data()
+        return data.seen.indices[data.seen.indptr[user]:data.seen.indptr[user + 1]].astype(np.int64)
 
     def _item_rows(self, users: torch.Tensor) -> torch.Tensor:
         """The binary training rows of ``users``: dense float ``(len(users), n_items)``."""

@@ -10,6 +10,10 @@ they share and N the number of columns:
 - pearson: the correlation of the full rows, an unobserved entry counting as 0:
   sim = (N a·b − Σa Σb) / sqrt((N Σa² − (Σa)²)(N Σb² − (Σb)²)). Centring only the observed
   entries (adjusted cosine) would turn implicit feedback, all ones, into all zeros.
+- euclidean: sim = 1 / (1 + ‖a − b‖), ‖a − b‖² = Σa² + Σb² − 2 a·b over the full rows (an
+  unobserved entry counting as 0, as for pearson); on binary rows ‖a − b‖² = n_a + n_b − 2 n_ab.
+  Always positive: two rows sharing nothing are still similar when both are short (two rare
+  items), which shrinkage > 0 corrects (it zeroes n_ab = 0).
 
 Shrinkage λ is significance weighting, sim · n_ab / (n_ab + λ): it pulls a similarity that rests
 on few shared users (items) towards 0, the same way for all three measures. (RecBole's
@@ -45,7 +49,7 @@ import torch
 from recsearch.models.base import Recommender, register
 from recsearch.ragged import gather_rows
 
-SIMILARITIES = ("cosine", "pearson", "jaccard")
+SIMILARITIES = ("cosine", "pearson", "jaccard", "euclidean")
 BLOCK_ELEMENTS = 2**24  # similarity block size: 64 MiB of float32 per block of rows
 PREDICT_ENTRIES = 2**22  # (pair, neighbour) entries per prediction chunk: about 200 MiB of temporaries
 
@@ -247,6 +251,9 @@ def top_k_neighbours(matrix: sp.csr_matrix, similarity: str, k: int, shrinkage: 
             sim = gram.mul_(inverse_norms[rows, None]).mul_(inverse_norms[None, :])
         elif similarity == "jaccard":
             sim = common / (counts[rows, None] + counts[None, :] - common).clamp_(min=1)
+        elif similarity == "euclidean":  # float64: Σa² + Σb² and 2 a·b nearly cancel for close rows
+            squared = (squares[rows, None] + squares[None, :] - 2 * gram.double()).clamp_(min=0)
+            sim = squared.sqrt_().add_(1).reciprocal_().float()
         else:  # float64: N a·b and Σa Σb are large and nearly cancel
             covariance = n_other * gram.double() - sums[rows, None] * sums[None, :]
             sim = covariance.mul_(inverse_spreads[rows, None]).mul_(inverse_spreads[None, :]).float()

@@ -153,6 +153,11 @@ class NextItemRecommender(TorchRecommender):
     def _score(self, users: torch.Tensor) -> torch.Tensor:
         return self._score_inputs(self.user_inputs[users], self.user_lengths[users])
 
+    def user_history(self, user: int) -> np.ndarray:
+        """The user's last training items in time order: all that scoring reads of the past."""
+        tokens = self.user_inputs[user, : int(self.user_lengths[user])].cpu().numpy()
+        return tokens[(tokens != PAD) & (tokens != self.bos)] - 1
+
     def _score_history(self, histories: list[np.ndarray]) -> torch.Tensor:
         """Next-item log-probabilities from the last ``max_len`` tokens of each history (BOS +
         items while they fit); an empty history scores as a sequence start (see class)."""

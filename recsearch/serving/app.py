@@ -10,6 +10,12 @@ With a token (``RECSEARCH_SERVE_TOKEN`` where the replicas start), ``BearerToken
 every request but ``/health`` before routing: before the body is read or validated, and before
 the docs (``/docs``, ``/redoc``, ``/openapi.json``). ``/health`` shows no file paths.
 
+Users' recent events (``POST /events``) live in the application's one ``EventStore`` replica
+(events.py), which every replica asks, once per batch of ``/recommend/user``, for the events of
+the batch's users: an event sent to any replica shows in the next answer of every replica.
+Without the store (``build_app(events=False)``, ``recsearch serve --no-events``) ``/events`` answers
+409 and ``/recommend/user`` skips that call.
+
 ``serve run serve/config.yaml`` and ``serve deploy`` import ``app`` from here;
 ``recsearch serve`` builds one with ``build_app``.
 """
@@ -17,27 +23,32 @@ the docs (``/docs``, ``/redoc``, ``/openapi.json``). ``/health`` shows no file p
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Security
+from fastapi import FastAPI, Path, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from recsearch import __version__, telemetry
 from recsearch.runtime import configure_threads
 from recsearch.serving import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, TOKEN_ENV
+from recsearch.serving.events import EventLimits, EventStore
 from recsearch.serving.schemas import (
     BatchingStats,
     ErrorBody,
+    EventsRequest,
+    EventsStored,
     Health,
     HistoryRecommendationRequest,
     ModelInfo,
     RatingPrediction,
     RatingRequest,
+    RecentHistory,
     Recommendations,
     ServeSettings,
     SimilarItems,
@@ -148,8 +159,12 @@ async def _record_metrics(request: Request, call_next):
     return response
 
 
-def _batched(method):
-    return serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)(method)
+def _batched(method=None, *, concurrent: int = 1):
+    def wrap(method):
+        return serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S,
+                           max_concurrent_batches=concurrent)(method)
+
+    return wrap(method) if method else wrap
 
 
 def _answer(result):
@@ -163,8 +178,9 @@ def _answer(result):
                   ray_actor_options={"num_cpus": 1})
 @serve.ingress(api)
 class RecommenderServer:
-    def __init__(self):
+    def __init__(self, events: DeploymentHandle | None = None):
         configure_threads()
+        self.events = events
         self.service: ModelService | None = None
         self.settings: ServeSettings | None = None
         self.reload_error: str | None = None
@@ -198,6 +214,11 @@ class RecommenderServer:
             return True
         directory = resolve_model_dir(settings.model_dir)
         return directory != self.service.directory or read_description(directory) != self.service.description
+
+    def _event_store(self) -> DeploymentHandle:
+        if self.events is None:
+            raise ServingError(409, "real-time events are off on this server (started with --no-events)")
+        return self.events
 
     def _loaded(self) -> ModelService:
         service = self.service
@@ -244,11 +265,26 @@ class RecommenderServer:
         """Predicted rating of (user, item); only for models trained with task=rating (else 409)."""
         return self._loaded().predict_rating(body)
 
+    @api.post("/events", response_model=EventsStored, responses=ERRORS, dependencies=GUARDED)
+    async def add_events(self, body: EventsRequest):
+        """Append items a user just interacted with to the user's recent events (bounded: the
+        oldest are dropped); ``/recommend/user`` reflects them at once, on every replica."""
+        items, timestamps = self._loaded().check_events(body, time.time())
+        stored = await self._event_store().append.remote(body.user, items, timestamps)
+        return EventsStored(user=body.user, accepted=len(items), held=stored.held, dropped=stored.dropped)
+
+    @api.get("/events/{user}", response_model=RecentHistory, responses=ERRORS, dependencies=GUARDED)
+    async def recent_events(self, user: Annotated[str, Path(min_length=1, max_length=256)]):
+        """A user's held events, oldest first (none: empty lists)."""
+        items, timestamps = await self._event_store().history.remote(user)
+        return RecentHistory(user=user, items=items, timestamps=timestamps)
+
     # -- batches: one forward pass for all concurrent requests of a kind ----------------------
-    @_batched
+    @_batched(concurrent=2)  # while one batch waits for the event store, the next one can score
     async def _user_batch(self, requests: list[UserRecommendationRequest]) -> list[UserRecommendations]:
         self._count(requests)
-        return self._recorded("/recommend/user", await asyncio.to_thread(self.service.recommend_users, requests))
+        recent = await self.events.recent.remote([r.user for r in requests]) if self.events else None
+        return self._recorded("/recommend/user", await asyncio.to_thread(self.service.recommend_users, requests, recent))
 
     @_batched
     async def _history_batch(self, requests: list[HistoryRecommendationRequest]) -> list:
@@ -271,13 +307,15 @@ class RecommenderServer:
         return answers
 
 
-app = RecommenderServer.bind()
+app = RecommenderServer.bind(EventStore.bind())
 
 
 def build_app(settings: ServeSettings, *, replicas: int = 1, max_replicas: int | None = None,
-              num_cpus: float = 1.0, num_gpus: float = 0.0, env_vars: dict[str, str] | None = None):
+              num_cpus: float = 1.0, num_gpus: float = 0.0, env_vars: dict[str, str] | None = None,
+              events: bool = True, event_limits: EventLimits | None = None):
     """The application for ``serve.run``: fixed ``replicas``, or autoscaling between ``replicas``
-    and ``max_replicas`` aiming at one full batch in flight per replica."""
+    and ``max_replicas`` aiming at one full batch in flight per replica, and unless ``events`` is
+    false its event store, holding at most ``event_limits`` (default: ``EventLimits()``)."""
     actor_options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
     if env_vars:
         actor_options["runtime_env"] = {"env_vars": dict(env_vars)}
@@ -290,4 +328,4 @@ def build_app(settings: ServeSettings, *, replicas: int = 1, max_replicas: int |
     return RecommenderServer.options(
         user_config=settings.model_dump(), ray_actor_options=actor_options,
         max_ongoing_requests=max(2 * settings.max_batch_size, 8), **scaling,
-    ).bind()
+    ).bind(EventStore.options(user_config=(event_limits or EventLimits()).model_dump()).bind() if events else None)

@@ -21,9 +21,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from recsearch.errors import ConfigError, RecsearchError
-from recsearch.serving import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, TOKEN_ENV, ingress
+from recsearch.serving import (
+    DEFAULT_BATCH_WAIT_S,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_EVENT_USERS,
+    DEFAULT_MAX_EVENTS_PER_USER,
+    TOKEN_ENV,
+    ingress,
+)
 
 if TYPE_CHECKING:  # imported lazily below: pydantic would slow down every recsearch command
+    from recsearch.serving.events import EventLimits
     from recsearch.serving.schemas import ServeSettings
 
 
@@ -40,6 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"requests answered by one forward pass; 1 disables batching (default: {DEFAULT_MAX_BATCH_SIZE})")
     parser.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_S * 1000,
                         help="how long a request waits for others to batch with (default: %(default)s)")
+    parser.add_argument("--events-max-users", type=int, default=DEFAULT_MAX_EVENT_USERS,
+                        help="users whose recent events (POST /events) are held; the least recently active "
+                             "are forgotten first (default: %(default)s)")
+    parser.add_argument("--events-max-per-user", type=int, default=DEFAULT_MAX_EVENTS_PER_USER,
+                        help="newest events held per user (default: %(default)s)")
+    parser.add_argument("--no-events", dest="events", action="store_false",
+                        help="no real-time events: no event store, POST /events answers 409, and /recommend/user "
+                             "saves its call to the store")
     parser.add_argument("--address", default="local",
                         help="Ray cluster: 'local' starts a private one (default), 'auto' or HOST:PORT joins one")
     parser.add_argument("--name", default="recsearch", help="Serve application name (default: recsearch)")
@@ -55,12 +71,14 @@ class ServePlan:
     max_replicas: int | None
     num_cpus: float
     num_gpus: float
+    event_limits: EventLimits | None  # None: no real-time events
 
 
 def plan(args: argparse.Namespace) -> ServePlan:
     """Validate the command line into what will be deployed; raises ConfigError."""
     from pydantic import ValidationError
 
+    from recsearch.serving.events import EventLimits
     from recsearch.serving.schemas import ServeSettings
     from recsearch.serving.service import read_description, resolve_model_dir
 
@@ -69,6 +87,7 @@ def plan(args: argparse.Namespace) -> ServePlan:
     try:
         settings = ServeSettings(model_dir=str(directory), max_batch_size=args.max_batch_size,
                                  batch_wait_timeout_s=args.batch_wait_ms / 1000)
+        event_limits = EventLimits(max_users=args.events_max_users, max_events_per_user=args.events_max_per_user)
     except ValidationError as err:
         problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"bad serving option: {problems}") from None
@@ -83,7 +102,8 @@ def plan(args: argparse.Namespace) -> ServePlan:
     if not args.haproxy and args.address != "local":
         raise ConfigError("--no-haproxy applies to the private local Ray: a cluster's ingress is chosen when "
                           "its nodes start (RAY_SERVE_ENABLE_HA_PROXY for `ray start`, see cluster.yaml)")
-    return ServePlan(settings, args.replicas, args.max_replicas, args.num_cpus, args.num_gpus)
+    return ServePlan(settings, args.replicas, args.max_replicas, args.num_cpus, args.num_gpus,
+                     event_limits if args.events else None)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -183,7 +203,8 @@ def _start(args: argparse.Namespace, target: ServePlan, token: str | None,
         raise RecsearchError(f"Serve did not start: {err}") from None
     try:
         serve.run(build_app(target.settings, replicas=target.replicas, max_replicas=target.max_replicas,
-                            num_cpus=target.num_cpus, num_gpus=target.num_gpus, env_vars=env_vars),
+                            num_cpus=target.num_cpus, num_gpus=target.num_gpus, env_vars=env_vars,
+                            events=target.event_limits is not None, event_limits=target.event_limits),
                   name=args.name, route_prefix="/")
     except Exception as err:
         if environment is not None:

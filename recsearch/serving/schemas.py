@@ -12,7 +12,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from recsearch.serving import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, MAX_HISTORY, MAX_K
+from recsearch.serving import (
+    DEFAULT_BATCH_WAIT_S,
+    DEFAULT_MAX_BATCH_SIZE,
+    MAX_EVENTS_PER_REQUEST,
+    MAX_HISTORY,
+    MAX_K,
+)
 
 RawId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 ItemCount = Annotated[int, Field(ge=1, le=MAX_K, description=f"number of items to return, 1..{MAX_K}")]
@@ -45,6 +51,30 @@ class RatingRequest(_Request):
     item: RawId
 
 
+Timestamp = Annotated[float, Field(ge=0, allow_inf_nan=False, description="Unix time in seconds")]
+
+
+class EventsRequest(_Request):
+    user: RawId = Field(description="raw user id; a user unknown to the model gets a history of its own")
+    items: list[RawId] = Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST,
+                               description="raw ids of the items the user just interacted with, oldest first")
+    timestamps: list[Timestamp] | None = Field(
+        None, description="when each happened (one per item); by default when the server receives them")
+
+
+class EventsStored(BaseModel):
+    user: str
+    accepted: int = Field(description="events of this request")
+    held: int = Field(description="events now held for the user")
+    dropped: int = Field(description="the user's oldest events dropped to stay within the per-user limit")
+
+
+class RecentHistory(BaseModel):
+    user: str
+    items: list[str] = Field(description="the user's held events, oldest first")
+    timestamps: list[float]
+
+
 class ScoredItem(BaseModel):
     item: str
     score: float
@@ -60,6 +90,7 @@ class Recommendations(BaseModel):
 
 class UserRecommendations(Recommendations):
     user: str
+    recent_events: int = Field(0, description="events of the user's (POST /events) the answer reflects")
 
 
 class SimilarItems(BaseModel):

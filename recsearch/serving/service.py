@@ -22,10 +22,11 @@ import torch
 from recsearch.errors import ConfigError
 from recsearch.evaluation.metrics import ranked_items
 from recsearch.models.base import READABLE_FORMATS, Recommender, model_class
-from recsearch.serving import TOKEN_ENV
+from recsearch.serving import MAX_CLOCK_SKEW_S, TOKEN_ENV
 from recsearch.serving.fallback import ItemSimilarity, PopularItems
 from recsearch.serving.schemas import (
     ErrorBody,
+    EventsRequest,
     HistoryRecommendationRequest,
     ModelInfo,
     RatingPrediction,
@@ -137,6 +138,7 @@ class ModelService:
         self.model_id = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:12]
         self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.user_index = data.user_index()
+        self.seen = data.seen
         self.item_index = data.item_index()
         self.item_ids = data.item_ids.astype(str)
         self.titles = None if data.item_titles is None else data.item_titles.astype(str)
@@ -164,12 +166,15 @@ class ModelService:
         )
 
     # -- batched endpoints ------------------------------------------------------------------
-    def recommend_users(self, requests: list[UserRecommendationRequest]) -> list[UserRecommendations]:
+    def recommend_users(self, requests: list[UserRecommendationRequest],
+                        recent: dict[str, list[str]] | None = None) -> list[UserRecommendations]:
         """Model scores for known users, one forward pass for the whole batch; unknown users
-        get the most popular items, marked ``fallback="popularity"``."""
+        get the most popular items, marked ``fallback="popularity"``. Users with ``recent``
+        events (raw user id -> raw item ids, oldest first: ``POST /events``) are answered from
+        their training history and those events instead (``_with_events``)."""
+        answers = self._with_events(requests, recent or {})
         ids = [self.user_index.get(r.user) for r in requests]
-        known = [i for i, u in enumerate(ids) if u is not None]
-        answers: list[UserRecommendations | None] = [None] * len(requests)
+        known = [i for i, u in enumerate(ids) if u is not None and answers[i] is None]
         if known:
             users = torch.tensor([ids[i] for i in known], dtype=torch.long)
             scores = self.model.score(users).float()
@@ -192,8 +197,8 @@ class ModelService:
 
     def recommend_histories(self, requests: list[HistoryRecommendationRequest]) -> list[Recommendations | ServingError]:
         """Recommendations from recent items: the model's own history scoring where it has one
-        (sequential models, EASE, ItemKNN), else summed item-item cosine similarity; popularity
-        when the history says nothing."""
+        (sequential models, EASE, ItemKNN, RP3beta, Mult-VAE; MF by fold-in), else summed
+        item-item cosine similarity; popularity when the history says nothing."""
         answers: list[Recommendations | ServingError | None] = [None] * len(requests)
         histories: dict[int, np.ndarray] = {}
         for i, request in enumerate(requests):
@@ -204,18 +209,26 @@ class ModelService:
         rows = list(histories)
         if rows:
             batch = [histories[i] for i in rows]
-            key, reported, fallbacks = self._history_scores(batch)
-            hidden = [n for n, i in enumerate(rows) if requests[i].exclude_seen]
-            if hidden:
-                lengths = [len(batch[n]) for n in hidden]
-                key[np.repeat(hidden, lengths), np.concatenate([batch[n] for n in hidden])] = float("-inf")
-            items, ranked = self._top(key, max(requests[i].k for i in rows))
-            values = reported.gather(1, torch.as_tensor(items).clamp(min=0)).numpy()
-            for n, i in enumerate(rows):
-                answers[i] = Recommendations(
-                    fallback=fallbacks[n], model_id=self.model_id,
-                    items=self._scored(items[n], values[n], ranked[n], requests[i].k))
+            hidden = [batch[n] if requests[i].exclude_seen else batch[n][:0] for n, i in enumerate(rows)]
+            ranked = self._rank_histories(batch, hidden, [requests[i].k for i in rows])
+            for i, (fallback, items) in zip(rows, ranked, strict=True):
+                answers[i] = Recommendations(fallback=fallback, model_id=self.model_id, items=items)
         return answers
+
+    def check_events(self, request: EventsRequest, now: float) -> tuple[list[str], list[float]]:
+        """The (items, timestamps) of ``POST /events`` once every field is valid: known items, one
+        timestamp per item, none beyond ``now`` + ``MAX_CLOCK_SKEW_S``; without timestamps, all
+        at ``now``. Raises a 422 naming the first bad field."""
+        self._item_ids(request.items, "items")
+        if request.timestamps is None:
+            return list(request.items), [now] * len(request.items)
+        if len(request.timestamps) != len(request.items):
+            raise ServingError(422, f"has {len(request.timestamps)} values for {len(request.items)} items: give "
+                                    "one per item, or none for the time they arrive", "timestamps")
+        for n, timestamp in enumerate(request.timestamps):
+            if timestamp > now + MAX_CLOCK_SKEW_S:
+                raise ServingError(422, f"{timestamp} lies in the future (server time {now:.0f})", f"timestamps.{n}")
+        return list(request.items), list(request.timestamps)
 
     def similar_items(self, requests: list[SimilarItemsRequest]) -> list[SimilarItems | ServingError]:
         """Items by cosine similarity of their training columns; only positive similarities."""
@@ -259,6 +272,41 @@ class ModelService:
             raise ServingError(422, f"unknown item id{'s' if len(unknown) > 1 else ''} {shown}", field)
         return np.asarray(ids, dtype=np.int64)
 
+    def _with_events(self, requests: list[UserRecommendationRequest],
+                     recent: dict[str, list[str]]) -> list[UserRecommendations | None]:
+        """Answers for the requests whose user has recent events (None for the others): the
+        user's training history (``Recommender.user_history``; none for a user unknown to the
+        model) followed by the events, scored as ``/recommend/history`` scores a history. Events
+        on items this model does not know (left from a model swapped out) are skipped."""
+        answers: list[UserRecommendations | None] = [None] * len(requests)
+        events = {i: [self.item_index[x] for x in recent.get(r.user, ()) if x in self.item_index]
+                  for i, r in enumerate(requests)}
+        rows = [i for i in events if events[i]]
+        if not rows:
+            return answers
+        users = [self.user_index.get(requests[i].user) for i in rows]
+        past = [self.model.user_history(u) if u is not None else np.empty(0, np.int64) for u in users]
+        histories = [np.concatenate([p, events[i]]).astype(np.int64) for p, i in zip(past, rows, strict=True)]
+        seen = [self.seen.indices[self.seen.indptr[u]:self.seen.indptr[u + 1]] if u is not None else [] for u in users]
+        hidden = [np.concatenate([s, events[i]]).astype(np.int64) if requests[i].exclude_seen else np.empty(0, np.int64)
+                  for s, i in zip(seen, rows, strict=True)]
+        ranked = self._rank_histories(histories, hidden, [requests[i].k for i in rows])
+        for i, (fallback, items) in zip(rows, ranked, strict=True):
+            answers[i] = UserRecommendations(user=requests[i].user, fallback=fallback, model_id=self.model_id,
+                                             items=items, recent_events=len(events[i]))
+        return answers
+
+    def _rank_histories(self, histories: list[np.ndarray], hidden: list[np.ndarray],
+                        ks: list[int]) -> list[tuple[str | None, list[ScoredItem]]]:
+        """(fallback, top ``k`` items) per history, the ``hidden`` items of each left out."""
+        key, reported, fallbacks = self._history_scores(histories)
+        lengths = [len(h) for h in hidden]
+        if sum(lengths):
+            key[np.repeat(np.arange(len(hidden)), lengths), np.concatenate(hidden)] = float("-inf")
+        items, ranked = self._top(key, max(ks))
+        values = reported.gather(1, torch.as_tensor(items).clamp(min=0)).numpy()
+        return [(fallbacks[n], self._scored(items[n], values[n], ranked[n], k)) for n, k in enumerate(ks)]
+
     def _history_scores(self, histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, list[str | None]]:
         """(ranking key, reported score, fallback) per history, float64 rows over all items.
         Rows start as popularity; rows the model (or, for families that cannot score a history,
@@ -270,7 +318,7 @@ class ModelService:
         nonempty = [n for n, h in enumerate(histories) if len(h)]
         if not nonempty:
             return key, reported, fallbacks
-        if self.model.scores_history:
+        if self.model.scores_history or self.model.folds_in:
             scores = self.model.score_history([histories[n].tolist() for n in nonempty]).double().cpu()
             signal = (scores != scores[:, :1]).any(dim=1)  # a constant row (no neighbour known) says nothing
             source = None
