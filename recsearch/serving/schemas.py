@@ -10,13 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from recsearch.serving import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, MAX_HISTORY, MAX_K
 
 RawId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 ItemCount = Annotated[int, Field(ge=1, le=MAX_K, description=f"number of items to return, 1..{MAX_K}")]
-Fallback = Literal["item_similarity", "popularity"]
+Fallback = Literal["item_similarity", "popularity", "profile"]
+FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+FeatureValue = Annotated[str, StringConstraints(max_length=256)]
+# raw feature values of a new user or item: one string, or a list for a multi-valued feature
+# (genres); checked against the model's vocabulary by the service (an unknown value is a 422)
+Features = Annotated[dict[FeatureName, FeatureValue | Annotated[list[FeatureValue], Field(max_length=64)]],
+                     Field(max_length=64)]
 
 
 class _Request(BaseModel):
@@ -27,6 +33,10 @@ class UserRecommendationRequest(_Request):
     user: RawId = Field(description="raw user id as in the dataset; unknown users get popular items")
     k: ItemCount = 10
     exclude_seen: bool = Field(True, description="leave out items the user interacted with in training")
+    profile: Features | None = Field(
+        None, description="user features (e.g. {\"age\": \"25-34\", \"gender\": \"F\"}) for a user not in the "
+                          "training data: a model with a feature path answers from them (fallback \"profile\"); "
+                          "ignored for known users")
 
 
 class HistoryRecommendationRequest(_Request):
@@ -36,8 +46,17 @@ class HistoryRecommendationRequest(_Request):
 
 
 class SimilarItemsRequest(_Request):
-    item: RawId = Field(description="raw item id")
+    item: RawId | None = Field(None, description="raw item id (or give features)")
+    features: Features | None = Field(
+        None, description="a new item's features (e.g. {\"genre\": [\"Drama\"]}) instead of an id: items closest "
+                          "to it in the model's item space (models with a feature path)")
     k: ItemCount = 10
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.item is None) == (self.features is None):
+            raise ValueError("give exactly one of item (a known item's id) and features (a new item's)")
+        return self
 
 
 class RatingRequest(_Request):
@@ -63,7 +82,7 @@ class UserRecommendations(Recommendations):
 
 
 class SimilarItems(BaseModel):
-    item: str
+    item: str | None = Field(description="the item asked about; null when it was given by its features")
     items: list[ScoredItem] = Field(description="items with positive cosine similarity, best first")
     model_id: str
 

@@ -21,7 +21,7 @@ import torch
 
 from recsearch.errors import ConfigError
 from recsearch.evaluation.metrics import ranked_items
-from recsearch.models.base import READABLE_FORMATS, Recommender, model_class
+from recsearch.models.base import READABLE_FORMATS, Recommender, UnsupportedOperation, model_class
 from recsearch.serving import TOKEN_ENV
 from recsearch.serving.fallback import ItemSimilarity, PopularItems
 from recsearch.serving.schemas import (
@@ -164,12 +164,15 @@ class ModelService:
         )
 
     # -- batched endpoints ------------------------------------------------------------------
-    def recommend_users(self, requests: list[UserRecommendationRequest]) -> list[UserRecommendations]:
+    def recommend_users(self, requests: list[UserRecommendationRequest]) -> list[UserRecommendations | ServingError]:
         """Model scores for known users, one forward pass for the whole batch; unknown users
-        get the most popular items, marked ``fallback="popularity"``."""
+        with a ``profile`` are scored from it by a model with a feature path (``fallback=
+        "profile"``, a value outside its vocabulary is a 422 naming ``profile.<feature>``), the
+        others get the most popular items, marked ``fallback="popularity"``."""
         ids = [self.user_index.get(r.user) for r in requests]
         known = [i for i, u in enumerate(ids) if u is not None]
-        answers: list[UserRecommendations | None] = [None] * len(requests)
+        answers: list[UserRecommendations | ServingError | None] = [None] * len(requests)
+        self._recommend_profiles(requests, ids, answers)
         if known:
             users = torch.tensor([ids[i] for i in known], dtype=torch.long)
             scores = self.model.score(users).float()
@@ -189,6 +192,28 @@ class ModelService:
                 answers[i] = UserRecommendations(user=requests[i].user, fallback="popularity", model_id=self.model_id,
                                                  items=self._scored(items, counts, counts, requests[i].k))
         return answers
+
+    def _recommend_profiles(self, requests: list[UserRecommendationRequest], ids: list[int | None],
+                            answers: list) -> None:
+        """Fill the answers of unknown users who sent a profile the model can read, one forward
+        pass for all of them; a bad profile answers its own request with a 422."""
+        if not self.model.feature_path:
+            return  # profiles are ignored: popularity, as for any unknown user
+        profiled, codes = [], []
+        for i, request in enumerate(requests):
+            if ids[i] is None and request.profile is not None:
+                try:
+                    codes.append(self.model.profile_codes(request.profile))
+                    profiled.append(i)
+                except ValueError as err:
+                    field, _, message = str(err).partition(": ")
+                    answers[i] = ServingError(422, message, field)
+        if profiled:
+            scores = self.model.score_profiles(codes).float()
+            items, values = self._top(scores, max(requests[i].k for i in profiled))
+            for row, i in enumerate(profiled):
+                answers[i] = UserRecommendations(user=requests[i].user, fallback="profile", model_id=self.model_id,
+                                                 items=self._scored(items[row], values[row], values[row], requests[i].k))
 
     def recommend_histories(self, requests: list[HistoryRecommendationRequest]) -> list[Recommendations | ServingError]:
         """Recommendations from recent items: the model's own history scoring where it has one
@@ -218,14 +243,28 @@ class ModelService:
         return answers
 
     def similar_items(self, requests: list[SimilarItemsRequest]) -> list[SimilarItems | ServingError]:
-        """Items by cosine similarity of their training columns; only positive similarities."""
+        """Items by cosine similarity of their training columns; only positive similarities. A
+        new item given by its ``features`` is compared with the catalogue in the model's item
+        space instead (models with a feature path; else a 409)."""
         answers: list[SimilarItems | ServingError | None] = [None] * len(requests)
         targets: dict[int, np.ndarray] = {}
+        described: dict[int, list[list[int]]] = {}
         for i, request in enumerate(requests):
             try:
-                targets[i] = self._item_ids([request.item], "item")
+                if request.features is not None:
+                    described[i] = self._new_item_codes(request.features)
+                else:
+                    targets[i] = self._item_ids([request.item], "item")
             except ServingError as err:
                 answers[i] = err
+        if described:
+            rows = list(described)
+            sims = self.model.similar_to_items([described[i] for i in rows]).float().cpu()
+            sims[sims <= 0] = float("-inf")
+            items, values = self._top(sims, max(requests[i].k for i in rows))
+            for n, i in enumerate(rows):
+                answers[i] = SimilarItems(item=None, model_id=self.model_id,
+                                          items=self._scored(items[n], values[n], values[n], requests[i].k))
         rows = list(targets)
         if rows:
             sims = torch.from_numpy(self.similarity.scores([targets[i] for i in rows]))
@@ -251,6 +290,16 @@ class ModelService:
                                 model_id=self.model_id)
 
     # -- helpers ----------------------------------------------------------------------------
+    def _new_item_codes(self, features: dict) -> list[list[int]]:
+        try:
+            return self.model.item_codes(features)
+        except UnsupportedOperation:
+            raise ServingError(409, f"this {self.model.family!r} model cannot place a new item by its features: "
+                                    "serve a model with a feature path (deepcf)", "features") from None
+        except ValueError as err:
+            field, _, message = str(err).partition(": ")
+            raise ServingError(422, message, field) from None
+
     def _item_ids(self, raw: list[str], field: str) -> np.ndarray:
         ids = [self.item_index.get(x) for x in raw]
         unknown = [x for x, i in zip(raw, ids, strict=True) if i is None]
