@@ -70,7 +70,7 @@ class Feature:
         unknown = [v for v in values if v not in index]
         if unknown:
             known = ", ".join(str(v) for v in self.vocabulary[1:21]) + (", ..." if len(self.vocabulary) > 21 else "")
-            raise ValueError(f"{where}: unknown value {unknown[0]!r}; known: {known}")
+            raise ValueError(f"{where}: unknown value {unknown[0]!r:.80}; known: {known}")
         return [index[v] for v in values] or [0]
 
 

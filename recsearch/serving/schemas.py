@@ -18,11 +18,10 @@ RawId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 ItemCount = Annotated[int, Field(ge=1, le=MAX_K, description=f"number of items to return, 1..{MAX_K}")]
 Fallback = Literal["item_similarity", "popularity", "profile"]
 FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-FeatureValue = Annotated[str, StringConstraints(max_length=256)]
-# raw feature values of a new user or item: one string, or a list for a multi-valued feature
-# (genres); checked against the model's vocabulary by the service (an unknown value is a 422)
-Features = Annotated[dict[FeatureName, FeatureValue | Annotated[list[FeatureValue], Field(max_length=64)]],
-                     Field(max_length=64)]
+# raw feature values of a new user or item: one string, or a list of strings for a multi-valued
+# feature (genres); the service checks each against the model's vocabulary, so that a wrong type
+# or value is a 422 naming ``profile.<feature>`` (a union type here would name its members)
+Features = Annotated[dict[FeatureName, Any], Field(max_length=64)]
 
 
 class _Request(BaseModel):
