@@ -14,7 +14,7 @@ from recsearch.models.deepcf import DeepCF
 from recsearch.models.pop import Popularity
 from recsearch.models.segpop import SegmentPopularity
 
-FEATURES_ONLY = {"dim": 16, "id_dropout": 0.5, "lr": 0.01, "l2": 0.0, "batch_size": 256}
+FEATURES_ONLY = {"dim": 16, "user_id_dropout": 0.5, "item_id_dropout": 0.5, "lr": 0.01, "l2": 0.0, "batch_size": 256}
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_features_only_scoring_beats_popularity_on_planted_profiles(cold_users, 
     """The generator plants the profile effect: a user's ``segment`` is its favourite item
     cluster (80% of users). Held-out users are scored from that feature alone. Test NDCG@10
     measured (FEATURES_ONLY, 8 epochs, torch 2.13 CPU; data seeds 3 / 4 / 5, model seeds 0, 1):
-      deepcf id_dropout 0.5   0.633 0.646 / 0.524 0.516 / 0.583 0.588
-      deepcf id_dropout 0     0.612 0.615 / 0.511 0.515 / 0.592 0.588
+      deepcf id dropouts 0.5  0.633 0.646 / 0.524 0.516 / 0.583 0.588
+      deepcf id dropouts 0    0.612 0.615 / 0.511 0.515 / 0.592 0.588
       popularity              0.499       / 0.387       / 0.508
       segpop (the feature)    0.634       / 0.522       / 0.594"""
     evaluator = Evaluator("ranking", ["ndcg"], [10])
@@ -120,7 +120,7 @@ def test_deepcf_rates_cold_users_from_features(synthetic_small):
     """task=rating on a cold_users split: held-out users' ratings come from the feature path and
     beat the global mean."""
     cold = split(synthetic_small[0], "cold_users", ratios=(0.8, 0.1, 0.1), seed=1)[0]
-    model = DeepCF(seed=0, device="cpu", task="rating", dim=8, id_dropout=0.3, lr=0.01).fit(cold.train, 5)
+    model = DeepCF(seed=0, device="cpu", task="rating", dim=8, user_id_dropout=0.3, lr=0.01).fit(cold.train, 5)
     rmse = Evaluator("rating", ["rmse"]).evaluate(model, cold, "test")["rmse"]
     baseline = float(np.sqrt(np.mean((cold.train.interactions.rating.mean() - cold.test.rating) ** 2)))
     assert rmse < baseline, (rmse, baseline)

@@ -212,7 +212,8 @@ def test_similar_items_share_users_and_exclude_the_item(ranking, planted):
 # -- new users by their profile, new items by their features ----------------------------------------
 @pytest.fixture(scope="module")
 def profiled(planted_split, tmp_path_factory) -> ModelService:
-    model = model_class("deepcf")(seed=0, device="cpu", dim=16, lr=0.01, l2=0.0, id_dropout=0.5, batch_size=256)
+    model = model_class("deepcf")(seed=0, device="cpu", dim=16, lr=0.01, l2=0.0, user_id_dropout=0.5,
+                                  item_id_dropout=0.5, batch_size=256)
     return ModelService.load(model.fit(planted_split.train, 10).save(tmp_path_factory.mktemp("models") / "deepcf"),
                              device="cpu")
 

@@ -11,9 +11,10 @@ times a weight ``w``, plus the mean embedding of each of its categorical feature
 with ``μ`` the training mean rating (0 for ranking) and the MLP tower left out when ``layers``
 is empty. ``w = 1`` for an entity with training interactions and 0 for one without (a held-out
 user of the ``cold_users`` split, a new item): those are scored from their features alone.
-Training zeroes ``w`` for a share ``id_dropout`` of the examples, independently for the user
-and the item, so the features have to carry the signal without the id; at 0 the features only
-add to the ids. Ratings fit ``mean (ŷ - r)²``; ranking fits binary cross-entropy over
+Training zeroes ``w`` for a share ``user_id_dropout`` of the examples' users and, independently,
+``item_id_dropout`` of their items, so the features have to carry the signal without the id (1:
+that side never uses its ids, a features-only model); at 0 the features only add to the ids.
+Cold users want the user side dropped, cold items the item side. Ratings fit ``mean (ŷ - r)²``; ranking fits binary cross-entropy over
 ``negatives`` sampled unseen items per interaction (as NCF). ``l2`` penalises the vectors a
 batch touches: ``l2 Σ ||u||² + ||v||² / batch``.
 """
@@ -101,13 +102,15 @@ class DeepCF(TorchRecommender):
     tasks = ("rating", "ranking")
 
     def __init__(self, dim: PositiveInt = 32, layers: list[PositiveInt] = (),
-                 id_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0, use_features: bool = True,
+                 user_id_dropout: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0,
+                 item_id_dropout: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0, use_features: bool = True,
                  negatives: PositiveInt = 4, lr: PositiveFloat = 3e-3, l2: NonNegativeFloat = 0.05,
                  optimizer: Literal["adam", "adagrad", "sgd"] = "adam", batch_size: PositiveInt = 1024,
                  amp: bool = False, **common):
         if isinstance(layers, Sequence) and not isinstance(layers, str):
             layers = list(layers)  # JSON-able hparams, whatever sequence type came in
-        super().__init__(dim=dim, layers=layers, id_dropout=id_dropout, use_features=use_features,
+        super().__init__(dim=dim, layers=layers, user_id_dropout=user_id_dropout, item_id_dropout=item_id_dropout,
+                         use_features=use_features,
                          negatives=negatives, lr=lr, l2=l2, optimizer=optimizer, batch_size=batch_size, amp=amp,
                          **common)
         if int(dim) < 1:
@@ -115,11 +118,13 @@ class DeepCF(TorchRecommender):
         if not (isinstance(layers, list)
                 and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in layers)):
             raise ValueError(f"layers must be a list of positive integers (empty: no MLP tower), got {layers!r}")
-        if not 0 <= id_dropout < 1:
-            raise ValueError(f"id_dropout must be in [0, 1), got {id_dropout}")
+        for name, share in (("user_id_dropout", user_id_dropout), ("item_id_dropout", item_id_dropout)):
+            if not 0 <= share <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {share}")
         if int(negatives) < 1:
             raise ValueError(f"negatives must be >= 1, got {negatives}")
-        self.dim, self.layers, self.id_dropout = int(dim), layers, float(id_dropout)
+        self.dim, self.layers = int(dim), layers
+        self.user_id_dropout, self.item_id_dropout = float(user_id_dropout), float(item_id_dropout)
         self.use_features, self.negatives = bool(use_features), int(negatives)
 
     @property
@@ -159,8 +164,8 @@ class DeepCF(TorchRecommender):
             items = torch.cat([items[:, None], self.sampler.sample(users, self.negatives, self.generator)], 1)
         else:
             items = items[:, None]
-        u = self.net.users(users, self._keep(users.shape))[:, None, :]
-        v = self.net.items(items, self._keep(items.shape))
+        u = self.net.users(users, self._keep(users.shape, self.user_id_dropout))[:, None, :]
+        v = self.net.items(items, self._keep(items.shape, self.item_id_dropout))
         y = self.net.pair(u, v)
         if self.sampler is None:
             loss = F.mse_loss(y[:, 0], self.ratings[index])
@@ -170,11 +175,11 @@ class DeepCF(TorchRecommender):
             loss = F.binary_cross_entropy_with_logits(y, labels)
         return loss + self.l2 * (u.square().sum() + v.square().sum()) / len(index)
 
-    def _keep(self, shape: torch.Size) -> torch.Tensor | None:
-        """Per example, 1 to keep the id embedding, 0 (probability ``id_dropout``) to drop it."""
-        if not self.id_dropout:
+    def _keep(self, shape: torch.Size, dropout: float) -> torch.Tensor | None:
+        """Per example, 1 to keep the id embedding, 0 (probability ``dropout``) to drop it."""
+        if not dropout:
             return None
-        return (torch.rand(shape, device=self.device, generator=self.generator) >= self.id_dropout).float()
+        return (torch.rand(shape, device=self.device, generator=self.generator) >= dropout).float()
 
     # -- inference --------------------------------------------------------------------------
     def _score(self, users: torch.Tensor) -> torch.Tensor:
