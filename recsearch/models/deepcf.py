@@ -1,4 +1,4 @@
-"""Deep collaborative filtering over ids and features, for ratings (MSE) and ranking (BCE), with
+"""Deep collaborative filtering over ids and features, for ratings (MSE) and ranking, with
 a features-only path for users and items that training never saw (cold start).
 
 Each user and item is a vector ``[p | b]`` (``dim`` factors and a bias): its id embedding
@@ -14,9 +14,14 @@ user of the ``cold_users`` split, a new item): those are scored from their featu
 Training zeroes ``w`` for a share ``user_id_dropout`` of the examples' users and, independently,
 ``item_id_dropout`` of their items, so the features have to carry the signal without the id (1:
 that side never uses its ids, a features-only model); at 0 the features only add to the ids.
-Cold users want the user side dropped, cold items the item side. Ratings fit ``mean (ŷ - r)²``; ranking fits binary cross-entropy over
-``negatives`` sampled unseen items per interaction (as NCF). ``l2`` penalises the vectors a
-batch touches: ``l2 Σ ||u||² + ||v||² / batch``.
+Cold users want the user side dropped, cold items the item side.
+
+Ratings fit ``mean (ŷ - r)²`` (``loss`` mse). Ranking fits binary cross-entropy over
+``negatives`` sampled unseen items per interaction (bce, as NCF), or the softmax over the whole
+catalogue, ``-log P(i | u)`` with ``P(· | u) = softmax(ŷ(u, ·))`` (softmax: for a user known by
+features alone its optimum is the item distribution of the users with those features, a
+generalised segment popularity). ``l2`` penalises the vectors a batch touches, ``l2 Σ ||u||² +
+||v||² / batch`` (softmax: the user vectors only, every item being in every batch).
 """
 
 from __future__ import annotations
@@ -76,9 +81,10 @@ class DeepCFNetwork(nn.Module):
             y = y + self._tower(self.tower_user(u[..., :d]) + self.tower_item(v[..., :d]))
         return y
 
-    def against_all(self, u: torch.Tensor) -> torch.Tensor:
+    def against_all(self, u: torch.Tensor, keep_item_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Predictions of user vectors ``u`` (b, dim + 1) for every item: (b, n_items)."""
-        d, v = self.dim, self.items(torch.arange(self.item.ids.num_embeddings, device=u.device))
+        d = self.dim
+        v = self.items(torch.arange(self.item.ids.num_embeddings, device=u.device), keep_item_ids)
         y = torch.addmm(v[:, d], u[:, :d], v[:, :d].T) + u[:, d : d + 1] + self.mean
         if self.tower:  # the (b, n, width) first layer in chunks of users that bound memory
             user_part, item_part = self.tower_user(u[:, :d]), self.tower_item(v[:, :d])
@@ -104,14 +110,14 @@ class DeepCF(TorchRecommender):
     def __init__(self, dim: PositiveInt = 32, layers: list[PositiveInt] = (),
                  user_id_dropout: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0,
                  item_id_dropout: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0, use_features: bool = True,
-                 negatives: PositiveInt = 4, lr: PositiveFloat = 3e-3, l2: NonNegativeFloat = 0.05,
+                 loss: Literal["auto", "mse", "bce", "softmax"] = "auto", negatives: PositiveInt = 4, lr: PositiveFloat = 3e-3, l2: NonNegativeFloat = 0.05,
                  optimizer: Literal["adam", "adagrad", "sgd"] = "adam", batch_size: PositiveInt = 1024,
                  amp: bool = False, **common):
         if isinstance(layers, Sequence) and not isinstance(layers, str):
             layers = list(layers)  # JSON-able hparams, whatever sequence type came in
         super().__init__(dim=dim, layers=layers, user_id_dropout=user_id_dropout, item_id_dropout=item_id_dropout,
-                         use_features=use_features,
-                         negatives=negatives, lr=lr, l2=l2, optimizer=optimizer, batch_size=batch_size, amp=amp,
+                         use_features=use_features, loss=loss, negatives=negatives, lr=lr, l2=l2,
+                         optimizer=optimizer, batch_size=batch_size, amp=amp,
                          **common)
         if int(dim) < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
@@ -123,6 +129,9 @@ class DeepCF(TorchRecommender):
                 raise ValueError(f"{name} must be in [0, 1], got {share}")
         if int(negatives) < 1:
             raise ValueError(f"negatives must be >= 1, got {negatives}")
+        if loss != "auto" and (self.task == "rating") != (loss == "mse"):
+            raise ValueError(f"loss {loss!r} does not fit task={self.task}: ratings take mse, ranking bce or softmax")
+        self.loss = loss if loss != "auto" else ("mse" if self.task == "rating" else "bce")
         self.dim, self.layers = int(dim), layers
         self.user_id_dropout, self.item_id_dropout = float(user_id_dropout), float(item_id_dropout)
         self.use_features, self.negatives = bool(use_features), int(negatives)
@@ -152,14 +161,19 @@ class DeepCF(TorchRecommender):
         self.users = torch.as_tensor(inter.user, device=self.device)
         self.items = torch.as_tensor(inter.item, device=self.device)
         self.ratings = torch.as_tensor(inter.rating, device=self.device)
-        ranking = self.task == "ranking"
-        self.sampler = NegativeSampler(self.users, self.items, train.n_users, train.n_items) if ranking else None
+        sampled = self.loss == "bce"
+        self.sampler = NegativeSampler(self.users, self.items, train.n_users, train.n_items) if sampled else None
 
     def n_examples(self) -> int:
         return len(self.users)
 
     def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
         users, items = self.users[index], self.items[index]
+        if self.loss == "softmax":  # -log P(i | u) over the whole catalogue
+            u = self.net.users(users, self._keep(users.shape, self.user_id_dropout))
+            keep_items = self._keep(torch.Size([self.n_items]), self.item_id_dropout)
+            scores = self.net.against_all(u, keep_items)
+            return F.cross_entropy(scores, items) + self.l2 * u.square().sum() / len(index)
         if self.sampler is not None:  # (b, 1 + negatives), the positive first
             items = torch.cat([items[:, None], self.sampler.sample(users, self.negatives, self.generator)], 1)
         else:
