@@ -150,7 +150,7 @@ def test_temporal_cut_respects_time_and_counts_cold_rows(make, counts_dataset, c
     assert len(t_train) == 0.7 * len(data.interactions)
 
 
-def test_kfold_test_parts_partition_every_users_interactions():
+def test_kfold_test_parts_partition_every_users_interactions(counts_dataset):
     per_user = [23, 10, 7, 5, 4, 3] * 20  # 120 users drawing from 60 items: no test row is cold
     data = counts_dataset(per_user)
     folds = [split(data, "kfold", folds=5, fold=f, valid_share=0.2, seed=3) for f in range(5)]
@@ -171,7 +171,7 @@ def test_kfold_test_parts_partition_every_users_interactions():
     assert pairs(again.test) == tested[2] and pairs(again.valid) == pairs(folds[2][0].valid)
 
 
-def test_four_folds_hold_out_a_quarter_per_user():
+def test_four_folds_hold_out_a_quarter_per_user(counts_dataset):
     data = counts_dataset([40] * 20)
     result, _ = split(data, "kfold", folds=4, fold=1, valid_share=0.1, seed=0)
     assert np.bincount(result.test.user, minlength=20).tolist() == [10] * 20
@@ -184,7 +184,8 @@ SOURCE = {"_target_": "recsearch.data.synthetic.generate"}
 
 
 @pytest.mark.parametrize("cfg, message", [
-    ({"split": {"scheme": "weekly"}}, "data.split.scheme: Input should be 'random', 'loo', 'temporal', 'kfold', 'given', 'cold_users' or 'cold_items'"),
+    ({"split": {"scheme": "weekly"}},
+     "data.split.scheme: Input should be 'random', 'loo', 'temporal', 'kfold', 'given', 'cold_users' or 'cold_items'"),
     ({"split": {"ratios": [0.5, 0.1]}}, "data.split.ratios.2: missing"),
     ({"split": {"ratios": [0.0, 0.5, 0.5]}}, "train > 0"),
     ({"split": {"ratios": [0.8, 0.3, 0.1]}}, "summing to 1"),
