@@ -38,7 +38,7 @@ GRIDS = {  # scheme -> family -> list of hyperparameter sets, each trained and c
         "segpop": [{"segment": ["age", "gender"]}, {"segment": None}],
         "deepcf (no features)": [{**DEEPCF, "use_features": False}],
         "deepcf": [{**DEEPCF, "loss": loss, "user_id_dropout": drop}
-                   for loss, drop in itertools.product(["bce", "softmax"], [0.5, 1.0])],
+                   for loss, drop in [("bce", 1.0), ("softmax", 0.5), ("softmax", 1.0)]],
     },
     "cold_items": {
         "random": [{}],

@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from recsearch.cli import main
+from recsearch.data.dataset import Feature
 from recsearch.errors import ConfigError
 from recsearch.evaluation import ranked_items
 from recsearch.models.base import MODELS, model_class
@@ -231,6 +233,26 @@ def test_a_new_user_is_answered_from_the_profile(profiled, ranking, planted):
     assert plain.fallback == "popularity"
     # a model without a feature path ignores the profile: popularity, as for any unknown user
     assert ranking.recommend_users([requests[0]])[0].fallback == "popularity"
+
+
+def test_a_user_kept_for_the_profile_alone(planted_split, planted, tmp_path):
+    """A user of the data with features but no interaction (``keep_profiles``): the feature path
+    answers it, a model without one answers with popularity rather than an untrained vector."""
+    _, _, item_group = planted
+    train = planted_split.train
+    group = train.user_features["group"]
+    data = replace(train, user_ids=np.append(train.user_ids, "profile-only"),
+                   user_features={"group": Feature.from_lists([*(group.of(u) for u in range(train.n_users)), ["g1"]],
+                                                              multi=False)})
+    features = model_class("deepcf")(seed=0, device="cpu", dim=16, lr=0.01, l2=0.0, user_id_dropout=0.5,
+                                     batch_size=256).fit(data, 10)
+    answer = ModelService.load(features.save(tmp_path / "deepcf"), device="cpu").recommend_users(
+        [user_request("profile-only", k=5)])[0]
+    assert answer.fallback == "profile" and (item_group[[int(i[1:]) for i in items_of(answer)]] == 1).all()
+    blind = model_class("mf")(seed=0, device="cpu", dim=8).fit(data, 1)
+    answer = ModelService.load(blind.save(tmp_path / "mf"), device="cpu").recommend_users(
+        [user_request("profile-only", k=5)])[0]
+    assert answer.fallback == "popularity"
 
 
 @pytest.mark.parametrize("profile, field", [

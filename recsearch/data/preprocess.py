@@ -86,12 +86,15 @@ def k_core(dataset: Dataset, min_user: int, min_item: int) -> tuple[Dataset, int
     return _report(dataset, np.flatnonzero(keep), f"interactions outside the {min_user}/{min_item}-core (users/items)")
 
 
-def reindex(dataset: Dataset) -> tuple[Dataset, int, int]:
-    """Contiguous ids over the users and items that still have interactions; id maps,
-    features and titles follow. Returns the dataset and the numbers of users and items removed."""
+def reindex(dataset: Dataset, profiles: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Dataset, int, int]:
+    """Contiguous ids over the users and items that still have interactions, and those marked
+    in ``profiles`` (boolean masks of users and items); id maps, features and titles follow.
+    Returns the dataset and the numbers of users and items removed."""
     inter = dataset.interactions
     keep_users = np.bincount(inter.user, minlength=dataset.n_users) > 0
     keep_items = np.bincount(inter.item, minlength=dataset.n_items) > 0
+    if profiles is not None:
+        keep_users, keep_items = keep_users | profiles[0], keep_items | profiles[1]
     if keep_users.all() and keep_items.all():
         return dataset, 0, 0
     new_user = np.cumsum(keep_users) - 1
@@ -130,18 +133,24 @@ def _report(dataset: Dataset, kept: np.ndarray, what: str) -> tuple[Dataset, int
 
 
 def preprocess(dataset: Dataset, dedup: bool = True, min_user_interactions: NonNegativeInt = 0,
-               min_item_interactions: NonNegativeInt = 0, implicit_threshold: float | None = None
-               ) -> tuple[Dataset, dict[str, int]]:
+               min_item_interactions: NonNegativeInt = 0, keep_profiles: bool = False,
+               implicit_threshold: float | None = None) -> tuple[Dataset, dict[str, int]]:
     """De-duplicate, apply the implicit threshold (when not None), k-core filter, re-index.
-    Returns the dataset and the count of what each step dropped."""
+    With ``keep_profiles`` users and items that came without any interaction (a reader's
+    feature rows: profiles) keep their ids, for models that score them from their features;
+    those whose interactions the steps removed go either way. Returns the dataset and the
+    count of what each step dropped."""
     dropped: dict[str, int] = {}
+    inter = dataset.interactions
+    profiles = (np.bincount(inter.user, minlength=dataset.n_users) == 0,
+                np.bincount(inter.item, minlength=dataset.n_items) == 0) if keep_profiles else None
     if dedup:
         dataset, dropped["duplicates"] = deduplicate(dataset)
     if implicit_threshold is not None:
         dataset, dropped["below_threshold"] = apply_threshold(dataset, float(implicit_threshold))
     if min_user_interactions > 1 or min_item_interactions > 1:
         dataset, dropped["k_core"] = k_core(dataset, int(min_user_interactions), int(min_item_interactions))
-    dataset, dropped["users_removed"], dropped["items_removed"] = reindex(dataset)
+    dataset, dropped["users_removed"], dropped["items_removed"] = reindex(dataset, profiles)
     return dataset, dropped
 
 

@@ -142,6 +142,7 @@ class ModelService:
         self.titles = None if data.item_titles is None else data.item_titles.astype(str)
         self.popularity = PopularItems(data.item_counts)
         self.similarity = ItemSimilarity(data.seen)
+        self.has_history = np.diff(data.seen.indptr) > 0  # per user: any training interaction
         self.tiebreak = self.popularity.tiebreak()
 
     @classmethod
@@ -167,9 +168,15 @@ class ModelService:
     def recommend_users(self, requests: list[UserRecommendationRequest]) -> list[UserRecommendations | ServingError]:
         """Model scores for known users, one forward pass for the whole batch; unknown users
         with a ``profile`` are scored from it by a model with a feature path (``fallback=
-        "profile"``, a value outside its vocabulary is a 422 naming ``profile.<feature>``), the
-        others get the most popular items, marked ``fallback="popularity"``."""
+        "profile"``, a value outside its vocabulary is a 422 naming ``profile.<feature>``), as
+        are users the data kept for their profile alone; the others get the most popular items,
+        marked ``fallback="popularity"``."""
         ids = [self.user_index.get(r.user) for r in requests]
+        # a user the data kept for its profile alone (no training interaction): the feature path
+        # speaks for it, a model without one would answer from an untrained vector: popularity
+        profile_only = {i for i, u in enumerate(ids) if u is not None and not self.has_history[u]}
+        if not self.model.feature_path:
+            ids = [None if i in profile_only else u for i, u in enumerate(ids)]
         known = [i for i, u in enumerate(ids) if u is not None]
         answers: list[UserRecommendations | ServingError | None] = [None] * len(requests)
         self._recommend_profiles(requests, ids, answers)
@@ -184,7 +191,7 @@ class ModelService:
             items, values = self._top(scores, max(requests[i].k for i in known))
             for row_number, i in enumerate(known):
                 answers[i] = UserRecommendations(
-                    user=requests[i].user, fallback=None, model_id=self.model_id,
+                    user=requests[i].user, fallback="profile" if i in profile_only else None, model_id=self.model_id,
                     items=self._scored(items[row_number], values[row_number], values[row_number], requests[i].k))
         for i, answer in enumerate(answers):
             if answer is None:
