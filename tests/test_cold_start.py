@@ -3,11 +3,15 @@ segment-popularity baseline, and profiles checked against a model's vocabulary."
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
+from recsearch.config import load_config
 from recsearch.data.preprocess import split
+from recsearch.errors import ConfigError
 from recsearch.evaluation import Evaluator
 from recsearch.models.base import UnsupportedOperation
 from recsearch.models.deepcf import DeepCF
@@ -124,3 +128,20 @@ def test_deepcf_rates_cold_users_from_features(synthetic_small):
     rmse = Evaluator("rating", ["rmse"]).evaluate(model, cold, "test")["rmse"]
     baseline = float(np.sqrt(np.mean((cold.train.interactions.rating.mean() - cold.test.rating) ** 2)))
     assert rmse < baseline, (rmse, baseline)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.user_id_dropout=1.5"], "model.user_id_dropout: Input should be less than or equal to 1"),
+    (["model.loss=bce", "task=rating"], "loss 'bce' does not fit task=rating"),
+    (["model.layers=[0]"], "model.layers.0: Input should be greater than 0"),
+    (["data.split.scheme=cold_user"], "data.split.scheme: Input should be"),
+    (["data.preprocess.keep_profiles=maybe"], "data.preprocess.keep_profiles: Input should be a valid boolean"),
+])
+def test_bad_cold_start_settings_fail_before_any_data_is_read(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(["model=deepcf", "data=synthetic", *overrides])
+
+
+def test_a_segment_of_unknown_features_is_a_config_error(planted_split):
+    with pytest.raises(ConfigError, match="model.segment: 'age' is not a single-valued user feature of 'planted'"):
+        SegmentPopularity(segment=["age"]).fit(planted_split.train)

@@ -20,6 +20,7 @@ import torch
 from pydantic import NonNegativeFloat
 
 from recsearch.data.dataset import ServingData
+from recsearch.errors import ConfigError
 from recsearch.models.base import Recommender, register
 
 
@@ -42,11 +43,11 @@ class SegmentPopularity(Recommender):
         single = [name for name, feature in data.user_features.items() if not feature.multi]
         if self.segment is None:
             if not single:
-                raise ValueError(f"model segpop: dataset {data.name!r} has no single-valued user feature to segment by")
+                raise ConfigError(f"model segpop: dataset {data.name!r} has no single-valued user feature to segment by")
             return single
         wrong = [name for name in self.segment if name not in single]
         if wrong:
-            raise ValueError(f"model.segment: {wrong[0]!r} is not a single-valued user feature of {data.name!r}; "
+            raise ConfigError(f"model.segment: {wrong[0]!r} is not a single-valued user feature of {data.name!r}; "
                              f"those are: {', '.join(single) or 'none'}")
         return self.segment
 
