@@ -231,13 +231,16 @@ def test_profiles_and_new_items_over_http(server, models, planted):
     assert new.status_code == 200 and new.json()["fallback"] == "profile"
     assert all(item_group[int(s["item"][1:])] == 2 for s in new.json()["items"])
     assert server.post("/recommend/user", {"user": "u3", "profile": {"group": "g2"}}).json()["fallback"] is None
+    ranked = server.post("/recommend/user", {"user": "u3", "k": 60, "new_items": {"new-1": {"genre": ["g1", "all"]}}})
+    assert ranked.status_code == 200 and "new-1" in [s["item"] for s in ranked.json()["items"]]
     similar = server.post("/similar-items", {"features": {"genre": ["g1", "all"]}, "k": 5})
     assert similar.status_code == 200 and similar.json()["item"] is None
     assert all(item_group[int(s["item"][1:])] == 1 for s in similar.json()["items"])
     for path, body, field in (("/recommend/user", {"user": "x", "profile": {"group": "g7"}}, "profile.group"),
                               ("/recommend/user", {"user": "x", "profile": {"age": "30"}}, "profile.age"),
                               ("/recommend/user", {"user": "x", "profile": {"group": 2}}, "profile.group"),
-                              ("/similar-items", {"features": {"genre": ["g1", "zz"]}}, "features.genre")):
+                              ("/similar-items", {"features": {"genre": ["g1", "zz"]}}, "features.genre"),
+                              ("/recommend/user", {"user": "u3", "new_items": {"i1": {"genre": "g1"}}}, "new_items.i1")):
         response = server.post(path, body)
         assert response.status_code == 422 and response.json()["field"] == field, response.text
 

@@ -279,6 +279,29 @@ def test_malformed_profiles_are_refused_by_the_schema(body, field):
     assert describe_validation_errors(invalid.value.errors()).field == field
 
 
+def test_new_items_are_ranked_with_the_catalogue(profiled, ranking, planted):
+    _, user_group, _ = planted
+    own, other = f"g{user_group[1]}", f"g{(user_group[1] + 1) % 4}"
+    new_items = {"new-own": {"genre": [own, "all"]}, "new-other": {"genre": [other, "all"]}}
+    known, by_profile = profiled.recommend_users([user_request("u1", k=60, new_items=new_items),
+                                                  user_request("x", k=60, profile={"group": own}, new_items=new_items)])
+    for answer in (known, by_profile):
+        ranked = items_of(answer)
+        assert ranked.index("new-own") < ranked.index("new-other")  # k covers every unseen item
+        assert [s.score for s in answer.items] == sorted((s.score for s in answer.items), reverse=True)
+    catalogue = [scored for scored in known.items if not scored.item.startswith("new-")]
+    assert catalogue == profiled.recommend_users([user_request("u1", k=60)])[0].items[: len(catalogue)]
+    popular = profiled.recommend_users([user_request("stranger", k=5, new_items=new_items)])[0]
+    assert popular.fallback == "popularity" and not {"new-own", "new-other"} & set(items_of(popular))
+    for service, body, status, field in (
+            (profiled, {"i1": {"genre": "g1"}}, 422, "new_items.i1"),
+            (profiled, {"n": {"genre": ["g1", "zz"]}}, 422, "new_items.n.genre"),
+            (profiled, {"n": {"colour": "red"}}, 422, "new_items.n.colour"),
+            (ranking, {"n": {"genre": "g1"}}, 409, "new_items")):
+        answer = service.recommend_users([user_request("u1", new_items=body)])[0]
+        assert isinstance(answer, ServingError) and (answer.status, answer.field) == (status, field), answer
+
+
 def test_similar_items_of_a_new_item_by_its_features(profiled, ranking, planted):
     _, _, item_group = planted
     good, bad = profiled.similar_items([SimilarItemsRequest(features={"genre": ["g1", "all"]}, k=5),

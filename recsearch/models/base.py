@@ -228,6 +228,19 @@ class Recommender(ABC):
     def _similar_to_item_codes(self, codes: list[list[list[int]]]) -> torch.Tensor:
         raise NotImplementedError  # families with feature_path over items implement it
 
+    def score_new_items(self, codes: list[list[list[int]]], user: int | None = None,
+                        profile: list[list[int]] | None = None) -> torch.Tensor:
+        """Scores ``(len(codes),)`` of new items given by ``item_codes`` for one user, known by
+        its id (``user``) or by ``profile_codes`` (``profile``), on the scale of ``score``."""
+        if (user is None) == (profile is None):
+            raise ValueError("give exactly one of user and profile")
+        with torch.no_grad():
+            return self._score_new_items(codes, user, profile)
+
+    def _score_new_items(self, codes: list[list[list[int]]], user: int | None,
+                         profile: list[list[int]] | None) -> torch.Tensor:
+        raise NotImplementedError  # families with feature_path over items implement it
+
     def _item_rows(self, users: torch.Tensor) -> torch.Tensor:
         """The binary training rows of ``users``: dense float ``(len(users), n_items)``."""
         rows = torch.zeros(len(users), self.n_items, device=self.device)

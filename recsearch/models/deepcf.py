@@ -205,6 +205,14 @@ class DeepCF(TorchRecommender):
     def _score_user_codes(self, codes: list[list[list[int]]]) -> torch.Tensor:
         return self.net.against_all(self.net.user.from_codes(codes))
 
+    def _score_new_items(self, codes: list[list[list[int]]], user: int | None,
+                         profile: list[list[int]] | None) -> torch.Tensor:
+        if profile is None:
+            u = self.net.users(self._check_ids([user], self.n_users, "user"))
+        else:
+            u = self.net.user.from_codes([profile])
+        return self.net.pair(u, self.net.item.from_codes(codes))
+
     def _similar_to_item_codes(self, codes: list[list[list[int]]]) -> torch.Tensor:
         d = self.dim
         new = self.net.item.from_codes(codes)[:, :d]

@@ -22,6 +22,7 @@ from pydantic import (
 from recsearch.serving import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, MAX_HISTORY, MAX_K
 
 RawId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+MAX_NEW_ITEMS = 100  # new items one request may describe (each costs a feature encoding)
 ItemCount = Annotated[int, Field(ge=1, le=MAX_K, description=f"number of items to return, 1..{MAX_K}")]
 Fallback = Literal["item_similarity", "popularity", "profile"]
 FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -43,6 +44,9 @@ class UserRecommendationRequest(_Request):
         None, description="user features (e.g. {\"age\": \"25-34\", \"gender\": \"F\"}) for a user not in the "
                           "training data: a model with a feature path answers from them (fallback \"profile\"); "
                           "ignored for known users")
+    new_items: Annotated[dict[RawId, Features], Field(max_length=MAX_NEW_ITEMS)] | None = Field(
+        None, description="items not in the catalogue, by their features (e.g. {\"film-9\": {\"genre\": [\"Drama\"]}}), "
+                          "ranked with the catalogue by a model with a feature path; left out of popularity answers")
 
 
 class HistoryRecommendationRequest(_Request):

@@ -198,7 +198,31 @@ class ModelService:
                 items, counts = self.popularity.top(requests[i].k)
                 answers[i] = UserRecommendations(user=requests[i].user, fallback="popularity", model_id=self.model_id,
                                                  items=self._scored(items, counts, counts, requests[i].k))
+            if requests[i].new_items and isinstance(answers[i], UserRecommendations):
+                try:
+                    answers[i] = self._with_new_items(requests[i], answers[i], ids[i])
+                except ServingError as err:
+                    answers[i] = err
         return answers
+
+    def _with_new_items(self, request: UserRecommendationRequest, answer: UserRecommendations,
+                        user: int | None) -> UserRecommendations:
+        """``answer`` with the request's new items ranked in, scored by the feature path for the
+        user (or its profile). A popularity answer leaves them out: counts and scores differ."""
+        clash = next((item for item in request.new_items if item in self.item_index), None)
+        if clash is not None:
+            raise ServingError(422, f"{clash!r} is in the catalogue already: it is ranked as such", f"new_items.{clash}")
+        codes = [self._new_item_codes(features, f"new_items.{item}") for item, features in request.new_items.items()]
+        if answer.fallback == "popularity":
+            return answer
+        if user is not None:
+            scores = self.model.score_new_items(codes, user=user)
+        else:
+            scores = self.model.score_new_items(codes, profile=self.model.profile_codes(request.profile))
+        new = [ScoredItem(item=item, score=float(score)) for item, score in zip(request.new_items, scores.tolist(),
+                                                                                strict=True)]
+        ranked = sorted([*answer.items, *new], key=lambda scored: -scored.score)  # stable: ties keep the catalogue first
+        return answer.model_copy(update={"items": ranked[: request.k]})
 
     def _recommend_profiles(self, requests: list[UserRecommendationRequest], ids: list[int | None],
                             answers: list) -> None:
@@ -297,12 +321,12 @@ class ModelService:
                                 model_id=self.model_id)
 
     # -- helpers ----------------------------------------------------------------------------
-    def _new_item_codes(self, features: dict) -> list[list[int]]:
+    def _new_item_codes(self, features: dict, where: str = "features") -> list[list[int]]:
         try:
-            return self.model.item_codes(features)
+            return self.model.item_codes(features, where)
         except UnsupportedOperation:
             raise ServingError(409, f"this {self.model.family!r} model cannot place a new item by its features: "
-                                    "serve a model with a feature path (deepcf)", "features") from None
+                                    "serve a model with a feature path (deepcf)", where.split(".")[0]) from None
         except ValueError as err:
             field, _, message = str(err).partition(": ")
             raise ServingError(422, message, field) from None
