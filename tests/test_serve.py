@@ -410,7 +410,10 @@ def case_free(operation) -> bool:
     return not (operation.body or operation.query or operation.path_parameters or operation.headers)
 
 
-def test_fuzzing_the_open_api_never_gets_a_5xx(server):
+@pytest.mark.parametrize("served", ["ranking", "features"])
+def test_fuzzing_the_open_api_never_gets_a_5xx(server, models, served):
+    """Against popularity and against a model with a feature path (profiles, new items)."""
+    server.serving(models[served])
     schema = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
     fuzz(server.url, schema, {}, lambda case, response: None)
 
