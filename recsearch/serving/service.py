@@ -212,7 +212,8 @@ class ModelService:
         clash = next((item for item in request.new_items if item in self.item_index), None)
         if clash is not None:
             raise ServingError(422, f"{clash!r} is in the catalogue already: it is ranked as such", f"new_items.{clash}")
-        codes = [self._new_item_codes(features, f"new_items.{item}") for item, features in request.new_items.items()]
+        codes = [self._checked_codes(self.model.item_codes, features, f"new_items.{item}")
+                 for item, features in request.new_items.items()]
         if answer.fallback == "popularity":
             return answer
         if user is not None:
@@ -234,11 +235,10 @@ class ModelService:
         for i, request in enumerate(requests):
             if ids[i] is None and request.profile is not None:
                 try:
-                    codes.append(self.model.profile_codes(request.profile))
+                    codes.append(self._checked_codes(self.model.profile_codes, request.profile, "profile"))
                     profiled.append(i)
-                except ValueError as err:
-                    field, _, message = str(err).partition(": ")
-                    answers[i] = ServingError(422, message, field)
+                except ServingError as err:
+                    answers[i] = err
         if profiled:
             scores = self.model.score_profiles(codes).float()
             items, values = self._top(scores, max(requests[i].k for i in profiled))
@@ -283,7 +283,7 @@ class ModelService:
         for i, request in enumerate(requests):
             try:
                 if request.features is not None:
-                    described[i] = self._new_item_codes(request.features)
+                    described[i] = self._checked_codes(self.model.item_codes, request.features, "features")
                 else:
                     targets[i] = self._item_ids([request.item], "item")
             except ServingError as err:
@@ -321,12 +321,13 @@ class ModelService:
                                 model_id=self.model_id)
 
     # -- helpers ----------------------------------------------------------------------------
-    def _new_item_codes(self, features: dict, where: str = "features") -> list[list[int]]:
+    def _checked_codes(self, encode, given: dict, where: str) -> list[list[int]]:
+        """``encode`` (the model's ``profile_codes`` or ``item_codes``) of a request's feature
+        values: a model without that feature path is a 409, a bad value a 422 naming it."""
         try:
-            return self.model.item_codes(features, where)
-        except UnsupportedOperation:
-            raise ServingError(409, f"this {self.model.family!r} model cannot place a new item by its features: "
-                                    "serve a model with a feature path (deepcf)", where.split(".")[0]) from None
+            return encode(given, where)
+        except UnsupportedOperation as err:
+            raise ServingError(409, f"{err}: serve a model with a feature path (deepcf)", where.split(".")[0]) from None
         except ValueError as err:
             field, _, message = str(err).partition(": ")
             raise ServingError(422, message, field) from None
