@@ -110,15 +110,15 @@ class DeepCF(TorchRecommender):
     def __init__(self, dim: PositiveInt = 32, layers: list[PositiveInt] = (),
                  user_id_dropout: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0,
                  item_id_dropout: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0, use_features: bool = True,
-                 loss: Literal["auto", "mse", "bce", "softmax"] = "auto", negatives: PositiveInt = 4, lr: PositiveFloat = 3e-3, l2: NonNegativeFloat = 0.05,
+                 loss: Literal["auto", "mse", "bce", "softmax"] = "auto", negatives: PositiveInt = 4,
+                 lr: PositiveFloat = 3e-3, l2: NonNegativeFloat = 0.05,
                  optimizer: Literal["adam", "adagrad", "sgd"] = "adam", batch_size: PositiveInt = 1024,
                  amp: bool = False, **common):
         if isinstance(layers, Sequence) and not isinstance(layers, str):
             layers = list(layers)  # JSON-able hparams, whatever sequence type came in
         super().__init__(dim=dim, layers=layers, user_id_dropout=user_id_dropout, item_id_dropout=item_id_dropout,
                          use_features=use_features, loss=loss, negatives=negatives, lr=lr, l2=l2,
-                         optimizer=optimizer, batch_size=batch_size, amp=amp,
-                         **common)
+                         optimizer=optimizer, batch_size=batch_size, amp=amp, **common)
         if int(dim) < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if not (isinstance(layers, list)
