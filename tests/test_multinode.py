@@ -65,6 +65,7 @@ SMALL_DATA = ["data.source.n_users=1000", "data.source.n_items=500", "data.sourc
 SMALL_MF = [
     "model=mf", "model.batch_size=256", "search.space.dim={choice:[8,16]}",
     "~search.space.negatives", *SMALL_DATA, "ray.max_failures=3",
+    "train.min_epochs=1",  # no warm-up: these sweeps run a few epochs, and ASHA's grace period follows it
     "search.reevaluate.enabled=false",  # the faults hit the sweep's own trials; no re-evaluation after them
 ]
 # Every trial runs every epoch (no ASHA, no patience): a fault then always finds trials running.

@@ -16,16 +16,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recsearch.models.base import Recommender, register
-from recsearch.models.compression import topk_columns
+from recsearch.models.base import register
+from recsearch.models.item_item import ItemItemRecommender
 
 
 @register("ease")
-class EASE(Recommender):
+class EASE(ItemItemRecommender):
     """Ranks items by X_u B, B the closed-form item-item regression with a zero diagonal; a
     history H (a user unknown at training time) by X_H B the same way."""
-
-    scores_history = True
 
     def __init__(self, l2: float = 250.0, max_items: int = 10_000, **common):
         super().__init__(l2=l2, max_items=max_items, **common)
@@ -57,23 +55,3 @@ class EASE(Recommender):
         weights.div_(-weights.diagonal().clone())  # B_ij = -P_ij / P_jj: column j over -P_jj
         weights.diagonal().zero_()
         self.load_state({"weights": weights.float()})
-
-    def state(self):
-        return {"weights": self.weights}
-
-    def pruned_state(self, top_k: int) -> dict:
-        """B with only the ``top_k`` largest-magnitude weights into each item (per column, as
-        ItemKNN keeps each item's nearest neighbours), stored sparse."""
-        return {"weights": topk_columns(self.weights.cpu(), top_k)}
-
-    def load_state(self, state):
-        weights = state["weights"].to(self.device, torch.float32)
-        if weights.shape != (self.n_items, self.n_items):
-            raise ValueError(f"state holds {tuple(weights.shape)} weights, the data has {self.n_items} items")
-        self.weights = weights
-
-    def _score(self, users: torch.Tensor) -> torch.Tensor:
-        return self._item_rows(users) @ self.weights
-
-    def _score_history(self, histories: list[np.ndarray]) -> torch.Tensor:
-        return self._history_rows(histories) @ self.weights

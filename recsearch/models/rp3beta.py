@@ -21,15 +21,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recsearch.models.base import Recommender, register
+from recsearch.models.base import register
+from recsearch.models.item_item import ItemItemRecommender
 
 
 @register("rp3beta")
-class RP3beta(Recommender):
+class RP3beta(ItemItemRecommender):
     """Ranks items by X_u W, W the popularity-penalised random-walk item similarity; a history
     H (a user unknown at training time) by X_H W the same way."""
-
-    scores_history = True
 
     def __init__(self, k: int = 200, alpha: float = 1.0, beta: float = 0.5, normalize: bool = True,
                  max_items: int = 20_000, **common):
@@ -63,21 +62,6 @@ class RP3beta(Recommender):
         if self.normalize:
             weights.div_(weights.sum(1, keepdim=True).clamp(min=1e-12))
         self.load_state({"weights": weights})
-
-    def state(self):
-        return {"weights": self.weights}
-
-    def load_state(self, state):
-        weights = state["weights"].to(self.device, torch.float32)
-        if weights.shape != (self.n_items, self.n_items):
-            raise ValueError(f"state holds {tuple(weights.shape)} weights, the data has {self.n_items} items")
-        self.weights = weights
-
-    def _score(self, users: torch.Tensor) -> torch.Tensor:
-        return self._item_rows(users) @ self.weights
-
-    def _score_history(self, histories: list[np.ndarray]) -> torch.Tensor:
-        return self._history_rows(histories) @ self.weights
 
 
 def _row_normalised(matrix: sp.csr_matrix) -> sp.csr_matrix:

@@ -22,9 +22,11 @@ def bf16_is_native(device: torch.device) -> bool:
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-# Dense parameters step with the foreach implementations (a few fused ops over all tensors, not
-# a Python loop per tensor: torch picks them by default on CUDA only)
-OPTIMIZERS = {"adam": partial(torch.optim.Adam, foreach=True), "adagrad": partial(torch.optim.Adagrad, foreach=True),
+# Dense parameters step with fused Adam (one kernel over all tensors; ml-100k BPR epoch, one
+# thread: 0.113 s against foreach's 0.121, medians of 30 alternating epochs) and the foreach
+# implementations of the others (a few ops over all tensors, not a Python loop per tensor:
+# torch picks them by default on CUDA only)
+OPTIMIZERS = {"adam": partial(torch.optim.Adam, fused=True), "adagrad": partial(torch.optim.Adagrad, foreach=True),
               "sgd": partial(torch.optim.SGD, foreach=True)}
 # for embeddings built with sparse=True: a step reads and writes only the rows the batch touched
 # (Adam becomes "lazy": a row's moments decay only when it is used), not the whole table,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,34 @@ class SweepFailed(RecsearchError):
     """No trial of the sweep produced a validation metric."""
 
 
-def finish(plan: SweepPlan, split: Split, wall_seconds: float) -> dict[str, Any]:
+class Phases:
+    """Wall seconds per named phase of a sweep, in the order they ran: where its time went
+    (``summary.json``'s ``seconds``; a resumed sweep counts its own run only)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def finish(plan: SweepPlan, split: Split, phases: Phases) -> dict[str, Any]:
     """Rank the trials, choose and test the winner, export it, write the summary and the report."""
     out = Path(plan.out)
     metric = plan.first["task"]["metric"]
-    trials = collect_trials(plan)
-    board = leaderboard(plan, trials)
-    reevaluated = reevaluation.outcome(plan, board)
-    add_reevaluation(board, reevaluated, metric)
+    with phases("rank"):
+        trials = collect_trials(plan)
+        board = leaderboard(plan, trials)
+        reevaluated = reevaluation.outcome(plan, board)
+        add_reevaluation(board, reevaluated, metric)
     summary = {
         "sweep": plan.name,
         "directory": str(out),
@@ -42,7 +63,7 @@ def finish(plan: SweepPlan, split: Split, wall_seconds: float) -> dict[str, Any]
         "task": plan.first["task"]["name"],
         "metric": valid_key(metric),
         "mode": metric_mode(metric),
-        "wall_seconds": round(wall_seconds, 1),
+        "wall_seconds": None,  # below, once the winner is exported
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "trials": _counts(board),
         "trials_per_family": {f: _counts([r for r in board if r["family"] == f]) for f in plan.families},
@@ -54,7 +75,10 @@ def finish(plan: SweepPlan, split: Split, wall_seconds: float) -> dict[str, Any]
     if ranked:
         chosen = (reevaluated or {}).get("chosen") or ranked[0]["trial"]
         winner = next(t for t in trials if t.name == chosen)
-        summary["best"] = export_best(plan, winner, split, reevaluation.for_trial(reevaluated, chosen))
+        with phases("test_and_export"):
+            summary["best"] = export_best(plan, winner, split, reevaluation.for_trial(reevaluated, chosen))
+    summary["wall_seconds"] = round(phases.total(), 1)  # the report's writing, not yet timed, is not in it
+    summary["seconds"] = {name: round(value, 2) for name, value in phases.seconds.items()}
     write_json(out / SUMMARY_FILE, summary)
     write_outputs(plan, trials, board, summary)
     if not ranked:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shlex
-import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from recsearch.tuning import reevaluation
 from recsearch.tuning.leaderboard import leaderboard
 from recsearch.tuning.plan import PLAN_FILE, SweepPlan, plan_sweep, trial_setup
 from recsearch.tuning.results import collect_trials
-from recsearch.tuning.selection import finish, selection
+from recsearch.tuning.selection import Phases, finish, selection
 from recsearch.tuning.space import default_point
 
 # set by Ray in the environment of a job's driver (the entrypoint of `ray job submit`, `recsearch submit`)
@@ -58,27 +57,35 @@ def run_sweep(plan: SweepPlan, resume: bool = False, split: Split | None = None)
     if (out / PLAN_FILE).is_file() and not resume:
         raise ConfigError(f"{out} already holds a sweep: continue it with `recsearch resume {out}` or choose another out=")
     check_writable(out)
-    started = time.time()
-    if split is None:
-        split = load_sweep_split(plan.first)
+    phases = Phases()
+    with phases("load_data"):
+        if split is None:
+            split = load_sweep_split(plan.first)
     plan.save()  # only once the data loaded: a bad data file leaves no half-made sweep behind
     print(f"sweep {plan.name}: {', '.join(plan.families)} on {plan.first['data']['name']} "
           f"({plan.first['task']['name']}, {selection(plan.first)}) -> {out}", flush=True)
     try:
-        with ray_session(plan.first["ray"], plan):
+        with ExitStack() as ray_up:
+            with phases("ray_start"):
+                ray_up.enter_context(ray_session(plan.first["ray"], plan))
             import ray
 
             advice = unused_gpus(ray.cluster_resources().get("GPU", 0), plan.first["ray"]["gpus_per_trial"],
                                  plan.first["device"])
             if advice:
                 print(advice, flush=True)
-            split_ref = ray.put(split)
+            with phases("put_data"):
+                split_ref = ray.put(split)
             for family in plan.families:
-                _fit_family(plan, family, split_ref, resume)
-            _reevaluate(plan, split_ref, resume)
+                with phases(f"trials/{family}"):
+                    _fit_family(plan, family, split_ref, resume)
+            with phases("reevaluation"):
+                _reevaluate(plan, split_ref, resume)
+            with phases("ray_stop"):
+                ray_up.close()
     except KeyboardInterrupt:
         raise SweepInterrupted(f"interrupted; continue with `recsearch resume {out}`") from None
-    return finish(plan, split, time.time() - started)
+    return finish(plan, split, phases)
 
 
 def unused_gpus(cluster_gpus: float, gpus_per_trial: float, device: str) -> str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ def _train_reporting(hparams: dict[str, Any], split: Split, setup: dict[str, Any
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     if isinstance(split, ray.ObjectRef):
         split = ray.get(split)
+    # the split's arrays are the object store's read-only shared memory, which models only read:
+    # torch's warning that its tensors over them must not be written would greet every trial
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     configure_threads()  # Ray sets OMP_NUM_THREADS to the trial's CPUs
     seed_everything(seed)
     task, loop = setup["task"], setup["train"]
