@@ -47,7 +47,8 @@ def test_data_info_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["data", "info", "data=table", f"data_root={tmp_path}", f"out={tmp_path}"]) == 2
     assert "ratings.csv: line 2, column 3 (rating): expected a number for the rating, got 'great'" in capsys.readouterr().err
     assert main(["data", "info", "data=synthetic", "data.split.scheme=weekly", f"out={tmp_path}"]) == 2
-    assert "data.split.scheme: Input should be 'random', 'loo', 'temporal', 'kfold' or 'given'" in capsys.readouterr().err
+    assert "data.split.scheme: Input should be 'random', 'loo', 'temporal', 'kfold', 'given', 'cold_users' or" in (
+        capsys.readouterr().err)
 
 
 # -- fetch: the opener is replaced, nothing leaves the machine ------------------------------------

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsearch.data.preprocess import preprocess
 from recsearch.data.readers import ML_GENRES, read_atomic, read_grouplens, read_table
 from recsearch.errors import ConfigError, DataError
 
@@ -229,11 +230,18 @@ def test_parquet_errors_name_rows(tmp_path):
         read_table(path, {"user": "u", "itm": "i"})
 
 
-def test_unknown_and_missing_feature_rows_are_counted_and_logged(tmp_path, caplog):
+def test_profiles_without_interactions_are_kept_and_missing_rows_logged(tmp_path, caplog):
     (tmp_path / "x.inter").write_text("user_id:token\titem_id:token\n1\t2\n3\t2\n")
-    (tmp_path / "x.user").write_text("user_id:token\tgender:token\n1\tF\n9\tM\n8\tM\n")
+    (tmp_path / "x.user").write_text("user_id:token\tgender:token\n1\tF\n9\tM\n8\tF\n")
     with caplog.at_level(logging.INFO, logger="recsearch.data"):
         data = read_atomic(tmp_path, "x")
     assert data.user_features["gender"].of(0) == ["F"] and data.user_features["gender"].of(1) == ["<unk>"]
-    assert "skipped 2 row(s) of users without interactions" in caplog.text
+    # users 9 and 8 have a profile and no interaction: appended, with their features
+    assert data.user_ids.tolist() == ["1", "3", "9", "8"] and data.user_features["gender"].of(3) == ["F"]
+    assert "kept 2 user(s) without interactions, known by their features only" in caplog.text
     assert "1 user(s) with interactions have no row here" in caplog.text
+    dropped_by_default, _ = preprocess(data)
+    assert dropped_by_default.user_ids.tolist() == ["1", "3"]
+    kept, counts = preprocess(data, keep_profiles=True)
+    assert kept.user_ids.tolist() == ["1", "3", "9", "8"] and counts["users_removed"] == 0
+    assert kept.user_features["gender"].of(3) == ["F"]

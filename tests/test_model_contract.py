@@ -21,6 +21,8 @@ SETTINGS: dict[str, tuple[dict, int]] = {  # family -> (hyperparameters, epochs)
     "ncf": ({"dim": 16, "layers": [32, 16], "lr": 0.01, "batch_size": 256}, 10),
     "lstm": ({"dim": 16, "hidden": 32, "max_len": 12, "lr": 0.01, "batch_size": 32}, 15),
     "sasrec": ({"dim": 32, "heads": 2, "layers": 1, "max_len": 12, "dropout": 0.1, "lr": 0.005, "batch_size": 32}, 30),
+    "deepcf": ({"dim": 16, "lr": 0.01, "l2": 0.0, "batch_size": 256}, 10),
+    "segpop": ({}, 1),
 }
 FAMILIES = sorted(MODELS)
 PERSONALISED = [f for f in FAMILIES if f != "pop"]  # pop is the floor: it learns no tastes
@@ -37,8 +39,10 @@ PERSONALISED = [f for f in FAMILIES if f != "pop"]  # pop is the floor: it learn
 #   rp3beta  1.000    1.000                 1.000 1.000 1.000
 #   multvae  0.988    0.983-1.000           0.983 0.963 0.946
 #   sasrec   0.942    0.942-1.000           0.963 0.954 0.946
+#   deepcf   1.000    1.000                 1.000 1.000 1.000
+#   segpop   1.000    1.000 (closed form)   1.000 1.000 1.000   (its segment, the user's group, is the taste)
 MIN_HIT_SHARE = {"ease": 0.72, "itemknn": 0.98, "userknn": 0.98, "ncf": 0.97, "lstm": 0.95, "mf": 0.64,
-                 "rp3beta": 0.98, "multvae": 0.97, "sasrec": 0.93}
+                 "rp3beta": 0.98, "multvae": 0.97, "sasrec": 0.93, "deepcf": 0.98, "segpop": 0.98}
 
 
 def test_every_family_has_contract_settings():

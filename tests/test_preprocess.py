@@ -184,7 +184,8 @@ SOURCE = {"_target_": "recsearch.data.synthetic.generate"}
 
 
 @pytest.mark.parametrize("cfg, message", [
-    ({"split": {"scheme": "weekly"}}, "data.split.scheme: Input should be 'random', 'loo', 'temporal', 'kfold' or 'given'"),
+    ({"split": {"scheme": "weekly"}},
+     "data.split.scheme: Input should be 'random', 'loo', 'temporal', 'kfold', 'given', 'cold_users' or 'cold_items'"),
     ({"split": {"ratios": [0.5, 0.1]}}, "data.split.ratios.2: missing"),
     ({"split": {"ratios": [0.0, 0.5, 0.5]}}, "train > 0"),
     ({"split": {"ratios": [0.8, 0.3, 0.1]}}, "summing to 1"),

@@ -24,6 +24,7 @@ from helpers.serve_process import ServeProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
+from recsearch.models.deepcf import DeepCF
 from recsearch.models.knn import ItemKNN
 from recsearch.models.mf import MatrixFactorization
 from recsearch.models.pop import Popularity
@@ -116,7 +117,10 @@ def models(planted_split, tmp_path_factory) -> dict[str, Path]:
     mf = MatrixFactorization(seed=0, device="cpu", dim=8).fit(planted_split.train, 2).save(root / "mf")
     export_model(mf, root / "mf-int8", precision="int8")
     itemknn = ItemKNN(k=20).fit(planted_split.train).save(root / "itemknn")
-    return {"ranking": ranking, "rating_sweep": root / "sweep", "int8": root / "mf-int8", "itemknn": itemknn}
+    features = DeepCF(seed=0, device="cpu", dim=16, lr=0.01, l2=0.0, user_id_dropout=0.5, item_id_dropout=0.5,
+                      batch_size=256).fit(planted_split.train, 10).save(root / "deepcf")
+    return {"ranking": ranking, "rating_sweep": root / "sweep", "int8": root / "mf-int8", "itemknn": itemknn,
+            "features": features}
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +209,9 @@ def test_endpoints(server):
     ("/similar-items", {"item": "nope"}, 422, "item"),
     ("/similar-items", {"item": "i1", "k": -1}, 422, "k"),
     ("/predict-rating", {"user": "u1"}, 422, "item"),
+    ("/recommend/user", {"user": "x", "profile": ["g1"]}, 422, "profile"),
+    ("/similar-items", {"k": 3}, 422, "body"),
+    ("/similar-items", {"features": {"genre": "g1"}}, 409, "features"),  # pop: no feature path
 ])
 def test_bad_requests_get_a_4xx_naming_the_field(server, path, body, status, field):
     if isinstance(body, str):  # malformed JSON is sent raw
@@ -263,6 +270,29 @@ def test_events_change_a_history_familys_answers(serve_instance, models):
     new = serve_instance.post("/recommend/user", {"user": "newcomer", "k": 5}).json()
     history = serve_instance.post("/recommend/history", {"items": ["i3", "i7"], "k": 5}).json()
     assert new["fallback"] is None and new["items"] == history["items"]
+
+
+def test_profiles_and_new_items_over_http(server, models, planted):
+    """A model with a feature path answers a new user from the profile and places a new item by
+    its features; values outside its vocabulary are 422s naming the feature."""
+    _, _, item_group = planted
+    server.serving(models["features"])
+    new = server.post("/recommend/user", {"user": "profiled-newcomer", "k": 5, "profile": {"group": "g2"}})
+    assert new.status_code == 200 and new.json()["fallback"] == "profile"
+    assert all(item_group[int(s["item"][1:])] == 2 for s in new.json()["items"])
+    assert server.post("/recommend/user", {"user": "u3", "profile": {"group": "g2"}}).json()["fallback"] is None
+    ranked = server.post("/recommend/user", {"user": "u3", "k": 60, "new_items": {"new-1": {"genre": ["g1", "all"]}}})
+    assert ranked.status_code == 200 and "new-1" in [s["item"] for s in ranked.json()["items"]]
+    similar = server.post("/similar-items", {"features": {"genre": ["g1", "all"]}, "k": 5})
+    assert similar.status_code == 200 and similar.json()["item"] is None
+    assert all(item_group[int(s["item"][1:])] == 1 for s in similar.json()["items"])
+    for path, body, field in (("/recommend/user", {"user": "x", "profile": {"group": "g7"}}, "profile.group"),
+                              ("/recommend/user", {"user": "x", "profile": {"age": "30"}}, "profile.age"),
+                              ("/recommend/user", {"user": "x", "profile": {"group": 2}}, "profile.group"),
+                              ("/similar-items", {"features": {"genre": ["g1", "zz"]}}, "features.genre"),
+                              ("/recommend/user", {"user": "u3", "new_items": {"i1": {"genre": "g1"}}}, "new_items.i1")):
+        response = server.post(path, body)
+        assert response.status_code == 422 and response.json()["field"] == field, response.text
 
 
 def test_unknown_routes_and_methods_are_json_errors(server):
@@ -433,7 +463,10 @@ def case_free(operation) -> bool:
     return not (operation.body or operation.query or operation.path_parameters or operation.headers)
 
 
-def test_fuzzing_the_open_api_never_gets_a_5xx(server):
+@pytest.mark.parametrize("served", ["ranking", "features"])
+def test_fuzzing_the_open_api_never_gets_a_5xx(server, models, served):
+    """Against popularity and against a model with a feature path (profiles, new items)."""
+    server.serving(models[served])
     schema = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
     fuzz(server.url, schema, {}, lambda case, response: None)
 

@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from recsearch.cli import main
+from recsearch.data.dataset import Feature
 from recsearch.errors import ConfigError
 from recsearch.evaluation import ranked_items
 from recsearch.models.base import MODELS, model_class
@@ -209,6 +211,110 @@ def test_similar_items_share_users_and_exclude_the_item(ranking, planted):
     assert isinstance(answers[1], ServingError) and answers[1].field == "item"
 
 
+# -- new users by their profile, new items by their features ----------------------------------------
+@pytest.fixture(scope="module")
+def profiled(planted_split, tmp_path_factory) -> ModelService:
+    model = model_class("deepcf")(seed=0, device="cpu", dim=16, lr=0.01, l2=0.0, user_id_dropout=0.5,
+                                  item_id_dropout=0.5, batch_size=256)
+    return ModelService.load(model.fit(planted_split.train, 10).save(tmp_path_factory.mktemp("models") / "deepcf"),
+                             device="cpu")
+
+
+def test_a_new_user_is_answered_from_the_profile(profiled, ranking, planted):
+    _, _, item_group = planted
+    requests = [user_request("newcomer", k=5, profile={"group": "g3"}), user_request("u1", k=5, profile={"group": "g3"}),
+                user_request("typo", k=5, profile={"group": "g9"}), user_request("stranger", k=5)]
+    new, known, bad, plain = profiled.recommend_users(requests)
+    assert new.fallback == "profile" and (item_group[[int(i[1:]) for i in items_of(new)]] == 3).all()
+    assert known.fallback is None  # a known user is scored as such, the profile ignored
+    assert known == profiled.recommend_users([user_request("u1", k=5)])[0]
+    assert isinstance(bad, ServingError) and bad.status == 422 and bad.field == "profile.group"
+    assert "unknown value 'g9'" in bad.message and bad.body()["error"].startswith("profile.group: ")
+    assert plain.fallback == "popularity"
+    # a model without a feature path ignores the profile: popularity, as for any unknown user
+    assert ranking.recommend_users([requests[0]])[0].fallback == "popularity"
+
+
+def test_a_user_kept_for_the_profile_alone(planted_split, planted, tmp_path):
+    """A user of the data with features but no interaction (``keep_profiles``): the feature path
+    answers it, a model without one answers with popularity rather than an untrained vector."""
+    _, _, item_group = planted
+    train = planted_split.train
+    group = train.user_features["group"]
+    data = replace(train, user_ids=np.append(train.user_ids, "profile-only"),
+                   user_features={"group": Feature.from_lists([*(group.of(u) for u in range(train.n_users)), ["g1"]],
+                                                              multi=False)})
+    features = model_class("deepcf")(seed=0, device="cpu", dim=16, lr=0.01, l2=0.0, user_id_dropout=0.5,
+                                     batch_size=256).fit(data, 10)
+    answer = ModelService.load(features.save(tmp_path / "deepcf"), device="cpu").recommend_users(
+        [user_request("profile-only", k=5)])[0]
+    assert answer.fallback == "profile" and (item_group[[int(i[1:]) for i in items_of(answer)]] == 1).all()
+    blind = model_class("mf")(seed=0, device="cpu", dim=8).fit(data, 1)
+    answer = ModelService.load(blind.save(tmp_path / "mf"), device="cpu").recommend_users(
+        [user_request("profile-only", k=5)])[0]
+    assert answer.fallback == "popularity"
+
+
+@pytest.mark.parametrize("profile, field", [
+    ({"group": "g9"}, "profile.group"),
+    ({"grup": "g1"}, "profile.grup"),
+    ({"group": ["g1", "g2"]}, "profile.group"),
+    ({"group": 3}, "profile.group"),
+    ({"group": None}, "profile.group"),
+    ({"group": "g" * 10_000}, "profile.group"),
+])
+def test_bad_profiles_are_422s_naming_the_feature(profiled, profile, field):
+    answer = profiled.recommend_users([user_request("newcomer", profile=profile)])[0]
+    assert isinstance(answer, ServingError) and answer.status == 422 and answer.field == field
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"user": "x", "profile": ["g1"]}, "profile"),
+    ({"user": "x", "profile": "g1"}, "profile"),
+    ({"user": "x", "profile": {f"f{n}": "v" for n in range(65)}}, "profile"),
+])
+def test_malformed_profiles_are_refused_by_the_schema(body, field):
+    with pytest.raises(ValidationError) as invalid:
+        UserRecommendationRequest.model_validate(body)
+    assert describe_validation_errors(invalid.value.errors()).field == field
+
+
+def test_new_items_are_ranked_with_the_catalogue(profiled, ranking, planted):
+    _, user_group, _ = planted
+    own, other = f"g{user_group[1]}", f"g{(user_group[1] + 1) % 4}"
+    new_items = {"new-own": {"genre": [own, "all"]}, "new-other": {"genre": [other, "all"]}}
+    known, by_profile = profiled.recommend_users([user_request("u1", k=60, new_items=new_items),
+                                                  user_request("x", k=60, profile={"group": own}, new_items=new_items)])
+    for answer in (known, by_profile):
+        ranked = items_of(answer)
+        assert ranked.index("new-own") < ranked.index("new-other")  # k covers every unseen item
+        assert [s.score for s in answer.items] == sorted((s.score for s in answer.items), reverse=True)
+    catalogue = [scored for scored in known.items if not scored.item.startswith("new-")]
+    assert catalogue == profiled.recommend_users([user_request("u1", k=60)])[0].items[: len(catalogue)]
+    popular = profiled.recommend_users([user_request("stranger", k=5, new_items=new_items)])[0]
+    assert popular.fallback == "popularity" and not {"new-own", "new-other"} & set(items_of(popular))
+    for service, body, status, field in (
+            (profiled, {"i1": {"genre": "g1"}}, 422, "new_items.i1"),
+            (profiled, {"n": {"genre": ["g1", "zz"]}}, 422, "new_items.n.genre"),
+            (profiled, {"n": {"colour": "red"}}, 422, "new_items.n.colour"),
+            (ranking, {"n": {"genre": "g1"}}, 409, "new_items")):
+        answer = service.recommend_users([user_request("u1", new_items=body)])[0]
+        assert isinstance(answer, ServingError) and (answer.status, answer.field) == (status, field), answer
+
+
+def test_similar_items_of_a_new_item_by_its_features(profiled, ranking, planted):
+    _, _, item_group = planted
+    good, bad = profiled.similar_items([SimilarItemsRequest(features={"genre": ["g1", "all"]}, k=5),
+                                        SimilarItemsRequest(features={"genre": "nope"})])
+    assert good.item is None and (item_group[[int(i[1:]) for i in items_of(good)]] == 1).all()
+    assert isinstance(bad, ServingError) and bad.status == 422 and bad.field == "features.genre"
+    refused = ranking.similar_items([SimilarItemsRequest(features={"genre": ["g1"]})])[0]
+    assert isinstance(refused, ServingError) and refused.status == 409 and refused.field == "features"
+    for body in ({"k": 3}, {"item": "i1", "features": {"genre": "g1"}}):
+        with pytest.raises(ValidationError, match="exactly one of item"):
+            SimilarItemsRequest.model_validate(body)
+
+
 def test_rating_prediction(rating, ranking):
     predicted = rating.predict_rating(RatingRequest(user="u3", item="i5"))
     expected = rating.model.predict(torch.tensor([3]), torch.tensor([5]))
@@ -253,8 +359,8 @@ def test_the_bundle_holds_only_what_inference_reads(family, planted_split, tmp_p
     cls = model_class(family)
     train = planted_split.train
     for task in cls.tasks:
-        for use_features in ((False, True) if family == "ncf" else (False,)):
-            extra = {"use_features": True} if use_features else {}
+        for use_features in ((False, True) if family in ("ncf", "deepcf") else (False,)):
+            extra = {"use_features": use_features} if family in ("ncf", "deepcf") else {}
             model = cls(seed=0, device="cpu", task=task, **extra).fit(train, epochs=1)
             directory = model.save(tmp_path / f"{task}-{use_features}")
             with np.load(directory / "data" / "serving.npz", allow_pickle=False) as bundle:
@@ -262,7 +368,7 @@ def test_the_bundle_holds_only_what_inference_reads(family, planted_split, tmp_p
             features = {f"{kind}.{name}.{part}" for kind, feats in (("user", train.user_features), ("item", train.item_features))
                         for name in feats for part in ("vocabulary", "offsets", "values")}
             expected = {"user_ids", "item_ids", "seen.indptr", "seen.indices", "item_counts", "item_titles"}
-            assert set(arrays) == expected | (features if use_features else set())
+            assert set(arrays) == expected | (features if model.reads_features else set())
             seen = sp.csr_matrix((np.ones(len(arrays["seen.indices"])), arrays["seen.indices"], arrays["seen.indptr"]),
                                  shape=(train.n_users, train.n_items))
             assert (seen != (train.matrix() > 0)).nnz == 0

@@ -8,6 +8,7 @@ an ``.npz`` that loads with ``allow_pickle=False`` (strings are stored as fixed-
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -55,6 +56,34 @@ class Feature:
     def of(self, entity: int) -> list[str]:
         """The raw values of one entity."""
         return [str(self.vocabulary[c]) for c in self.values[self.offsets[entity] : self.offsets[entity + 1]]]
+
+    def codes_of(self, given: str | list[str], where: str) -> list[int]:
+        """Codes of raw values that describe a new entity: one string (or, for a multi-valued
+        feature, a list of strings). A value outside the vocabulary is an error naming
+        ``where`` rather than a silent ``UNKNOWN``: a typo would otherwise change the answer."""
+        values = [given] if isinstance(given, str) else given
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values) or (
+                len(values) != 1 and not self.multi):
+            kind = "a string or a list of strings" if self.multi else "one string"
+            raise ValueError(f"{where}: expected {kind}, got {given!r:.80}")
+        index = {str(v): code for code, v in enumerate(self.vocabulary)}
+        unknown = [v for v in values if v not in index]
+        if unknown:
+            known = ", ".join(str(v) for v in self.vocabulary[1:21]) + (", ..." if len(self.vocabulary) > 21 else "")
+            raise ValueError(f"{where}: unknown value {unknown[0]!r:.80}; known: {known}")
+        return [index[v] for v in values] or [0]
+
+
+def encode_entity(features: Mapping[str, Feature], given: Mapping[str, str | list[str]], where: str
+                  ) -> list[list[int]]:
+    """Codes per feature (in ``features``' order) of an entity described by raw values, e.g. a
+    new user's profile ``{"age": "25-34", "gender": "F"}``; a feature left out is ``UNKNOWN``,
+    a name the model does not know is an error naming ``where.<name>``."""
+    unknown = [name for name in given if name not in features]
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: not a feature of this model; known: {', '.join(features) or 'none'}")
+    return [feature.codes_of(given[name], f"{where}.{name}") if name in given else [0]
+            for name, feature in features.items()]
 
 
 @dataclass
@@ -281,7 +310,9 @@ class Split:
     train: Dataset
     valid: Interactions
     test: Interactions
-    scheme: str  # "random", "loo" (temporal leave-one-out), "temporal" (global time cut), "kfold" or "given"
+    scheme: str  # "random", "loo" (temporal leave-one-out), "temporal" (global time cut), "kfold", "given",
+    # "cold_users" or "cold_items"
+    candidates: dict[str, np.ndarray] = field(default_factory=dict)  # part -> the only items it ranks (cold_items)
 
     @property
     def n_users(self) -> int:

@@ -23,7 +23,8 @@ from recsearch.errors import ConfigError
 
 logger = logging.getLogger("recsearch.data")
 
-SCHEMES = ("random", "loo", "temporal", "kfold", "given")
+SCHEMES = ("random", "loo", "temporal", "kfold", "given", "cold_users", "cold_items")
+COLD = {"cold_users": "user", "cold_items": "item"}  # scheme -> the entity it holds out whole
 
 
 def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
@@ -85,12 +86,15 @@ def k_core(dataset: Dataset, min_user: int, min_item: int) -> tuple[Dataset, int
     return _report(dataset, np.flatnonzero(keep), f"interactions outside the {min_user}/{min_item}-core (users/items)")
 
 
-def reindex(dataset: Dataset) -> tuple[Dataset, int, int]:
-    """Contiguous ids over the users and items that still have interactions; id maps,
-    features and titles follow. Returns the dataset and the numbers of users and items removed."""
+def reindex(dataset: Dataset, profiles: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Dataset, int, int]:
+    """Contiguous ids over the users and items that still have interactions, and those marked
+    in ``profiles`` (boolean masks of users and items); id maps, features and titles follow.
+    Returns the dataset and the numbers of users and items removed."""
     inter = dataset.interactions
     keep_users = np.bincount(inter.user, minlength=dataset.n_users) > 0
     keep_items = np.bincount(inter.item, minlength=dataset.n_items) > 0
+    if profiles is not None:
+        keep_users, keep_items = keep_users | profiles[0], keep_items | profiles[1]
     if keep_users.all() and keep_items.all():
         return dataset, 0, 0
     new_user = np.cumsum(keep_users) - 1
@@ -129,23 +133,30 @@ def _report(dataset: Dataset, kept: np.ndarray, what: str) -> tuple[Dataset, int
 
 
 def preprocess(dataset: Dataset, dedup: bool = True, min_user_interactions: NonNegativeInt = 0,
-               min_item_interactions: NonNegativeInt = 0, implicit_threshold: float | None = None
-               ) -> tuple[Dataset, dict[str, int]]:
+               min_item_interactions: NonNegativeInt = 0, keep_profiles: bool = False,
+               implicit_threshold: float | None = None) -> tuple[Dataset, dict[str, int]]:
     """De-duplicate, apply the implicit threshold (when not None), k-core filter, re-index.
-    Returns the dataset and the count of what each step dropped."""
+    With ``keep_profiles`` users and items that came without any interaction (a reader's
+    feature rows: profiles) keep their ids, for models that score them from their features;
+    those whose interactions the steps removed go either way. Returns the dataset and the
+    count of what each step dropped."""
     dropped: dict[str, int] = {}
+    inter = dataset.interactions
+    profiles = (np.bincount(inter.user, minlength=dataset.n_users) == 0,
+                np.bincount(inter.item, minlength=dataset.n_items) == 0) if keep_profiles else None
     if dedup:
         dataset, dropped["duplicates"] = deduplicate(dataset)
     if implicit_threshold is not None:
         dataset, dropped["below_threshold"] = apply_threshold(dataset, float(implicit_threshold))
     if min_user_interactions > 1 or min_item_interactions > 1:
         dataset, dropped["k_core"] = k_core(dataset, int(min_user_interactions), int(min_item_interactions))
-    dataset, dropped["users_removed"], dropped["items_removed"] = reindex(dataset)
+    dataset, dropped["users_removed"], dropped["items_removed"] = reindex(dataset, profiles)
     return dataset, dropped
 
 
 # -- splitting ---------------------------------------------------------------------------------
-def split(dataset: Dataset, scheme: Literal["random", "loo", "temporal", "kfold", "given"] = "random",
+def split(dataset: Dataset,
+          scheme: Literal["random", "loo", "temporal", "kfold", "given", "cold_users", "cold_items"] = "random",
           ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), folds: Annotated[int, Field(ge=2)] = 5,
           fold: NonNegativeInt = 0, valid_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1,
           seed: int = 0) -> tuple[Split, dict[str, int]]:
@@ -171,10 +182,16 @@ def split(dataset: Dataset, scheme: Literal["random", "loo", "temporal", "kfold"
       ``folds=4``: per user a random quarter held out for test.
     * ``given``: the parts the data came with (``recsearch.data.given.read_given``: three
       files).
+    * ``cold_users`` / ``cold_items``: cold start. A seeded random ``r_valid`` share of the
+      users (items) with interactions is held out whole for valid and another ``r_test`` share
+      for test: all their interactions go to that part, none to train, so a model knows them
+      only by their features. With ``cold_items`` each part ranks only its own held-out items
+      (``Split.candidates``): against the warm catalogue they would never surface.
 
     Rows of valid/test whose user or item has no training interaction cannot be scored by a
     model trained on train: they are dropped, counted (``<part>_cold_users``,
-    ``<part>_cold_items``) and logged. Each part is ordered by user, then time.
+    ``<part>_cold_items``) and logged, except the held-out entities of a cold-start scheme.
+    Each part is ordered by user, then time.
     """
     if scheme not in SCHEMES:
         raise ConfigError(f"data.split.scheme: must be one of {', '.join(SCHEMES)}, got {scheme!r}")
@@ -197,6 +214,8 @@ def split(dataset: Dataset, scheme: Literal["random", "loo", "temporal", "kfold"
         part = _temporal_parts(inter.timestamp, (r_train, r_valid))
     elif scheme == "kfold":
         part = _kfold_parts(inter.user, folds, fold, valid_share, rng)
+    elif scheme in COLD:
+        part = _cold_parts(getattr(inter, COLD[scheme]), (r_valid, r_test), rng)
     else:
         part, inter = inter.part, replace(inter, part=None)
     train = inter.take(part == 0)
@@ -206,15 +225,31 @@ def split(dataset: Dataset, scheme: Literal["random", "loo", "temporal", "kfold"
     held_out = []
     for index, name in ((1, "valid"), (2, "test")):
         rows_part = inter.take(part == index)
-        cold_user = ~seen_user[rows_part.user]
-        cold_item = ~cold_user & ~seen_item[rows_part.item]
+        cold_user = ~seen_user[rows_part.user] & (scheme != "cold_users")
+        cold_item = ~cold_user & ~seen_item[rows_part.item] & (scheme != "cold_items")
         dropped[f"{name}_cold_users"] = int(cold_user.sum())
         dropped[f"{name}_cold_items"] = int(cold_item.sum())
         if cold_user.any() or cold_item.any():
             logger.info("%s: dropped %d %s rows of users and %d of items absent from train", dataset.name,
                         dropped[f"{name}_cold_users"], name, dropped[f"{name}_cold_items"])
         held_out.append(rows_part.take(~(cold_user | cold_item)))
-    return Split(dataset.with_interactions(train), held_out[0], held_out[1], scheme=scheme), dropped
+    candidates = {name: np.unique(rows.item) for name, rows in zip(("valid", "test"), held_out, strict=True)
+                  } if scheme == "cold_items" else {}
+    return Split(dataset.with_interactions(train), held_out[0], held_out[1], scheme=scheme,
+                 candidates=candidates), dropped
+
+
+def _cold_parts(entity: np.ndarray, shares: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    """Part per row: a seeded random ``shares[1]`` of the entities with rows is test (all its
+    rows), the next ``shares[0]`` valid, the rest train."""
+    entities = rng.permutation(np.unique(entity))
+    eps = 1e-9  # as _random_parts: 0.1 * 30 must give 3
+    n_test = int(np.floor(len(entities) * shares[1] + eps))
+    n_valid = int(np.floor(len(entities) * shares[0] + eps))
+    part_of = np.zeros(int(entity.max(initial=-1)) + 1, dtype=np.int8)
+    part_of[entities[:n_test]] = 2
+    part_of[entities[n_test : n_test + n_valid]] = 1
+    return part_of[entity]
 
 
 def _random_parts(user: np.ndarray, ratios: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:

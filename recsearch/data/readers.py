@@ -13,9 +13,9 @@ Files are parsed by pandas' C parser (ids and text as strings, ratings and times
 numbers), then checked with vectorised numpy; only when a check fails is the first bad row
 located, so that the :class:`DataError` names the file, the line, the column and what was
 expected. Contiguous ids
-follow the order of first appearance in the interaction file. Nothing is dropped silently:
-feature rows of users/items without interactions are counted and logged (logger
-``recsearch.data``); every malformed row is an error.
+follow the order of first appearance in the interaction file; users/items that have a feature
+row but no interaction (profiles, for cold start) come after them, counted and logged (logger
+``recsearch.data``). Nothing is dropped silently; every malformed row is an error.
 """
 
 from __future__ import annotations
@@ -201,19 +201,26 @@ def _one_column_hint(source: _Source, sep: str) -> str:
 
 
 # -- features ----------------------------------------------------------------------------------
-def _align(index: pd.Index, ids: np.ndarray, source: _Source, what: str) -> np.ndarray:
-    """Row of ``source`` for each entity in ``index`` (-1 when absent). Rows of unknown entities
-    are counted and logged; a repeated id is an error (which row would be right?)."""
-    position = index.get_indexer(ids)
+def _align(dataset: Dataset, what: str, ids: np.ndarray, source: _Source) -> np.ndarray:
+    """Row of ``source`` for each of the dataset's users (``what``) or items, -1 when absent.
+    Rows of entities without interactions are not lost: those entities are appended to the
+    dataset, known by their features only (profiles; ``preprocess(keep_profiles=True)`` keeps
+    them), counted and logged. A repeated id is an error (which row would be right?)."""
     repeated = pd.Series(ids).duplicated().to_numpy()
     if repeated.any():
         row = int(np.flatnonzero(repeated)[0])
         raise DataError(f"{source.where(row)}: {what} id {ids[row]!r} appears a second time")
-    unknown = int((position < 0).sum())
-    if unknown:
-        logger.info("%s: skipped %d row(s) of %ss without interactions", source.path, unknown, what)
+    attribute = f"{what}_ids"
+    index = pd.Index(getattr(dataset, attribute))
+    new = np.asarray(ids[index.get_indexer(ids) < 0], dtype=str)
+    if len(new):
+        logger.info("%s: kept %d %s(s) without interactions, known by their features only", source.path,
+                    len(new), what)
+        setattr(dataset, attribute, np.concatenate([getattr(dataset, attribute).astype(str), new]))
+        index = pd.Index(getattr(dataset, attribute))
+    position = index.get_indexer(ids)
     rows = np.full(len(index), -1, dtype=np.int64)
-    rows[position[position >= 0]] = np.flatnonzero(position >= 0)
+    rows[position] = np.arange(len(ids))
     absent = int((rows < 0).sum())
     if absent:
         logger.warning("%s: %d %s(s) with interactions have no row here; their features are %s",
@@ -368,8 +375,7 @@ def read_atomic(directory: str | Path, name: str, *, title_field: str | None = N
             continue
         source, types = _read_atomic_file(path)
         source.require([f"{kind}_id"])
-        index = pd.Index(dataset.user_ids if kind == "user" else dataset.item_ids)
-        rows = _align(index, source.ids(f"{kind}_id", kind), source, kind)
+        rows = _align(dataset, kind, source.ids(f"{kind}_id", kind), source)
         features = dataset.user_features if kind == "user" else dataset.item_features
         for field, field_type in types.items():
             if field == f"{kind}_id" or field in exclude:
@@ -438,7 +444,7 @@ def _grouplens_items(dataset: Dataset, path: Path, layout: str, sep: str, encodi
         frame.columns = ["item", "title", "genres"]
         frame["year"] = frame["title"].str.extract(_YEAR_IN_TITLE, expand=False)
         source = _Source(path, frame, 1, labels + ["year"])
-    rows = _align(pd.Index(dataset.item_ids), source.ids("item", "item"), source, "item")
+    rows = _align(dataset, "item", source.ids("item", "item"), source)
     dataset.item_titles = _gather(frame["title"], rows).fillna("").to_numpy(dtype=str)
     if layout == "ml-100k":
         entity, genre = np.nonzero(np.where(rows[:, None] >= 0, flags[np.maximum(rows, 0)], 0))
@@ -460,7 +466,7 @@ def _grouplens_users(dataset: Dataset, path: Path, layout: str, sep: str, encodi
                             numeric=(columns.index("age"), *((3,) if layout == "ml-1m" else ())))
     frame.columns = columns
     source = _Source(path, frame, 1, labels)
-    rows = _align(pd.Index(dataset.user_ids), source.ids("user", "user"), source, "user")
+    rows = _align(dataset, "user", source.ids("user", "user"), source)
     ages = _aligned_numbers(source, "age", rows)
     dataset.user_features["age"] = _single(_bucket_labels(ages, AGE_EDGES))
     dataset.user_features["gender"] = _single(_gather(frame["gender"], rows))

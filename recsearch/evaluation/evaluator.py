@@ -3,7 +3,8 @@
 Ranking: every user with at least one target in the part is scored against the whole
 catalogue (no sampled negatives). The user's training items are masked, and for the test part
 the validation items too, so a model is never credited for an item it was shown; a held-out
-item that is also masked is therefore not a target. Users left without a target are skipped;
+item that is also masked is therefore not a target. A split that names the ``candidates`` of
+a part (``cold_items``) ranks only those items. Users left without a target are skipped;
 ``last_counts`` says how many were evaluated. Rating: the model predicts every (user, item)
 pair of the part.
 
@@ -44,6 +45,7 @@ class _RankingPart:
     users: torch.Tensor  # evaluated users (at least one target), ascending
     masked: SeenItems  # training items (+ validation items for the test part)
     targets: SeenItems  # held-out items minus masked ones, sorted per user
+    excluded: torch.Tensor | None  # bool per item: never ranked (cold_items: all but the part's held-out items)
 
 
 @dataclass
@@ -109,6 +111,8 @@ class Evaluator:
                 raise ValueError(f"{type(model).__name__}.score returned shape {tuple(scores.shape)}, "
                                  f"expected {(len(users), n_items)}")
             data.masked.mask(scores, users)  # in place: score() hands out a fresh tensor
+            if data.excluded is not None:
+                scores[:, data.excluded] = float("-inf")
             top = ranked_items(scores, k)
             items.append(top)
             hits.append(_is_target(data.targets, users, top, n_items))
@@ -151,10 +155,15 @@ def _ranking_part(split: Split, part: str, device: torch.device) -> _RankingPart
     users = np.flatnonzero(np.diff(targets.indptr))
     if len(users) == 0:
         raise ValueError(f"no user has a {part} item outside the masked ones: nothing to evaluate")
+    excluded = None
+    if part in split.candidates:
+        excluded = torch.ones(split.n_items, dtype=torch.bool, device=device)
+        excluded[torch.as_tensor(split.candidates[part], dtype=torch.long, device=device)] = False
     return _RankingPart(
         torch.as_tensor(users, dtype=torch.long, device=device),
         SeenItems.from_matrix(masked, device),
         SeenItems.from_matrix(sp.csr_matrix(targets), device),
+        excluded,
     )
 
 

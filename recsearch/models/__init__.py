@@ -1,6 +1,6 @@
 """Model families. Importing this package registers every family in ``base.MODELS``."""
 
-from recsearch.models import ease, knn, lstm, mf, multvae, ncf, pop, rp3beta, sasrec  # noqa: F401
+from recsearch.models import deepcf, ease, knn, lstm, mf, multvae, ncf, pop, rp3beta, sasrec, segpop  # noqa: F401
 from recsearch.models.base import MODELS, IterativeRecommender, Recommender, model_class
 
 __all__ = ["MODELS", "IterativeRecommender", "Recommender", "model_class"]

@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from recsearch.data.dataset import Dataset, ServingData
+from recsearch.data.dataset import Dataset, ServingData, encode_entity
 from recsearch.models.compression import decode, encode
 from recsearch.ranking import SeenItems
 from recsearch.runtime import resolve_device
@@ -72,6 +73,7 @@ class Recommender(ABC):
     # scores a list of recent items by solving a new user's parameters from it (fold-in): a known
     # user's own history then scores close to, not exactly as, the user
     folds_in: ClassVar[bool] = False
+    feature_path: ClassVar[bool] = False  # can score a new user (an item) from its features alone
 
     def __init__(self, *, seed: int = 0, device: str = "auto", task: str = "ranking", **hparams: Any):
         if task not in self.tasks:
@@ -200,6 +202,53 @@ class Recommender(ABC):
         seen items (ascending ids); sequential models give their recent items in time order."""
         data = self._require_data()
         return data.seen.indices[data.seen.indptr[user]:data.seen.indptr[user + 1]].astype(np.int64)
+
+    # -- the feature path: entities known only by their features (cold start) ------------------
+    def profile_codes(self, profile: Mapping[str, str | list[str]], where: str = "profile") -> list[list[int]]:
+        """A new user's raw feature values (``{"age": "25-34", "gender": "F"}``; a feature left
+        out is unknown) as codes for ``score_profiles``. A name or a value outside the model's
+        vocabulary raises ValueError naming ``where.<feature>``; families without a feature
+        path (``feature_path``) raise UnsupportedOperation."""
+        if not self.feature_path:
+            raise UnsupportedOperation(f"model family {self.family!r} cannot score a user from a profile")
+        return encode_entity(self._require_data().user_features, profile, where)
+
+    def score_profiles(self, codes: list[list[list[int]]]) -> torch.Tensor:
+        """Scores ``(len(codes), n_items)`` of new users given by ``profile_codes``."""
+        with torch.no_grad():
+            return self._score_user_codes(codes)
+
+    def _score_user_codes(self, codes: list[list[list[int]]]) -> torch.Tensor:
+        raise NotImplementedError  # families with feature_path implement it
+
+    def item_codes(self, features: Mapping[str, str | list[str]], where: str = "features") -> list[list[int]]:
+        """A new item's raw feature values as codes for ``similar_to_items``, checked as
+        ``profile_codes`` checks a profile."""
+        if not (self.feature_path and self._require_data().item_features):
+            raise UnsupportedOperation(f"model family {self.family!r} cannot place an item by its features")
+        return encode_entity(self._require_data().item_features, features, where)
+
+    def similar_to_items(self, codes: list[list[list[int]]]) -> torch.Tensor:
+        """Cosine similarity ``(len(codes), n_items)`` between new items given by ``item_codes``
+        and every catalogue item, in the model's item space."""
+        with torch.no_grad():
+            return self._similar_to_item_codes(codes)
+
+    def _similar_to_item_codes(self, codes: list[list[list[int]]]) -> torch.Tensor:
+        raise NotImplementedError  # families with feature_path over items implement it
+
+    def score_new_items(self, codes: list[list[list[int]]], user: int | None = None,
+                        profile: list[list[int]] | None = None) -> torch.Tensor:
+        """Scores ``(len(codes),)`` of new items given by ``item_codes`` for one user, known by
+        its id (``user``) or by ``profile_codes`` (``profile``), on the scale of ``score``."""
+        if (user is None) == (profile is None):
+            raise ValueError("give exactly one of user and profile")
+        with torch.no_grad():
+            return self._score_new_items(codes, user, profile)
+
+    def _score_new_items(self, codes: list[list[list[int]]], user: int | None,
+                         profile: list[list[int]] | None) -> torch.Tensor:
+        raise NotImplementedError  # families with feature_path over items implement it
 
     def _item_rows(self, users: torch.Tensor) -> torch.Tensor:
         """The binary training rows of ``users``: dense float ``(len(users), n_items)``."""

@@ -66,12 +66,28 @@ class EntityEncoder(nn.Module):
             self.register_buffer(f"offsets{index}", torch.as_tensor(feature.offsets), persistent=False)
             self.register_buffer(f"values{index}", torch.as_tensor(feature.values), persistent=False)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, id_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``id_weight`` (shaped like ``ids``) scales each id embedding: 0 embeds an entity from
+        its features alone (``deepcf``'s cold entities and id dropout)."""
         flat = ids.reshape(-1)
         out = self.ids(flat)
+        if id_weight is not None:
+            out = out * id_weight.reshape(-1, 1).to(out.dtype)
         for index, bag in enumerate(self.bags):
             out = out + bag(*self._bag_input(index, flat))
         return out.reshape(*ids.shape, -1)
+
+    def from_codes(self, entities: list[list[list[int]]]) -> torch.Tensor:
+        """Vectors of entities described only by feature codes (``entities[e][f]``: the codes of
+        entity ``e``'s feature ``f``, as ``dataset.encode_entity`` gives them): no id part."""
+        device = self.ids.weight.device
+        out = torch.zeros(len(entities), self.ids.embedding_dim, device=device)
+        for index, bag in enumerate(self.bags):
+            codes = [entity[index] for entity in entities]
+            lengths = torch.tensor([0] + [len(c) for c in codes[:-1]], device=device)
+            values = torch.tensor([code for c in codes for code in c], dtype=torch.long, device=device)
+            out = out + bag(values, torch.cumsum(lengths, 0))
+        return out
 
     def _bag_input(self, index: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(flat value codes, start of each id's bag) for ``nn.EmbeddingBag``, without a loop."""

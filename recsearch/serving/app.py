@@ -244,9 +244,10 @@ class RecommenderServer:
 
     @api.post("/recommend/user", response_model=UserRecommendations, responses=ERRORS, dependencies=GUARDED)
     async def recommend_user(self, body: UserRecommendationRequest):
-        """Top-k items for a user of the training data; unknown users get popular items."""
+        """Top-k items for a user of the training data; unknown users are answered from their
+        profile (models with a feature path) or get popular items."""
         self._loaded()
-        return await self._user_batch(body)
+        return _answer(await self._user_batch(body))
 
     @api.post("/recommend/history", response_model=Recommendations, responses=ERRORS, dependencies=GUARDED)
     async def recommend_history(self, body: HistoryRecommendationRequest):
@@ -256,7 +257,8 @@ class RecommenderServer:
 
     @api.post("/similar-items", response_model=SimilarItems, responses=ERRORS, dependencies=GUARDED)
     async def similar_items(self, body: SimilarItemsRequest):
-        """Items most often consumed by the same users (cosine over the training matrix)."""
+        """Items most often consumed by the same users (cosine over the training matrix), or
+        closest to a new item's features in the model's item space."""
         self._loaded()
         return _answer(await self._similar_batch(body))
 
@@ -281,7 +283,7 @@ class RecommenderServer:
 
     # -- batches: one forward pass for all concurrent requests of a kind ----------------------
     @_batched(concurrent=2)  # while one batch waits for the event store, the next one can score
-    async def _user_batch(self, requests: list[UserRecommendationRequest]) -> list[UserRecommendations]:
+    async def _user_batch(self, requests: list[UserRecommendationRequest]) -> list:
         self._count(requests)
         recent = await self.events.recent.remote([r.user for r in requests]) if self.events else None
         return self._recorded("/recommend/user", await asyncio.to_thread(self.service.recommend_users, requests, recent))

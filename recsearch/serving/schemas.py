@@ -10,7 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from recsearch.serving import (
     DEFAULT_BATCH_WAIT_S,
@@ -21,8 +28,14 @@ from recsearch.serving import (
 )
 
 RawId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+MAX_NEW_ITEMS = 100  # new items one request may describe (each costs a feature encoding)
 ItemCount = Annotated[int, Field(ge=1, le=MAX_K, description=f"number of items to return, 1..{MAX_K}")]
-Fallback = Literal["item_similarity", "popularity"]
+Fallback = Literal["item_similarity", "popularity", "profile"]
+FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# raw feature values of a new user or item: one string, or a list of strings for a multi-valued
+# feature (genres); the service checks each against the model's vocabulary, so that a wrong type
+# or value is a 422 naming ``profile.<feature>`` (a union type here would name its members)
+Features = Annotated[dict[FeatureName, Any], Field(max_length=64)]
 
 
 class _Request(BaseModel):
@@ -33,6 +46,13 @@ class UserRecommendationRequest(_Request):
     user: RawId = Field(description="raw user id as in the dataset; unknown users get popular items")
     k: ItemCount = 10
     exclude_seen: bool = Field(True, description="leave out items the user interacted with in training")
+    profile: Features | None = Field(
+        None, description="user features (e.g. {\"age\": \"25-34\", \"gender\": \"F\"}) for a user not in the "
+                          "training data: a model with a feature path answers from them (fallback \"profile\"); "
+                          "ignored for known users")
+    new_items: Annotated[dict[RawId, Features], Field(max_length=MAX_NEW_ITEMS)] | None = Field(
+        None, description="items not in the catalogue, by their features (e.g. {\"film-9\": {\"genre\": [\"Drama\"]}}), "
+                          "ranked with the catalogue by a model with a feature path; left out of popularity answers")
 
 
 class HistoryRecommendationRequest(_Request):
@@ -42,8 +62,17 @@ class HistoryRecommendationRequest(_Request):
 
 
 class SimilarItemsRequest(_Request):
-    item: RawId = Field(description="raw item id")
+    item: RawId | None = Field(None, description="raw item id (or give features)")
+    features: Features | None = Field(
+        None, description="a new item's features (e.g. {\"genre\": [\"Drama\"]}) instead of an id: items closest "
+                          "to it in the model's item space (models with a feature path)")
     k: ItemCount = 10
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.item is None) == (self.features is None):
+            raise ValueError("give exactly one of item (a known item's id) and features (a new item's)")
+        return self
 
 
 class RatingRequest(_Request):
@@ -94,7 +123,7 @@ class UserRecommendations(Recommendations):
 
 
 class SimilarItems(BaseModel):
-    item: str
+    item: str | None = Field(description="the item asked about; null when it was given by its features")
     items: list[ScoredItem] = Field(description="items with positive cosine similarity, best first")
     model_id: str
 

@@ -21,7 +21,7 @@ import torch
 
 from recsearch.errors import ConfigError
 from recsearch.evaluation.metrics import ranked_items
-from recsearch.models.base import READABLE_FORMATS, Recommender, model_class
+from recsearch.models.base import READABLE_FORMATS, Recommender, UnsupportedOperation, model_class
 from recsearch.serving import MAX_CLOCK_SKEW_S, TOKEN_ENV
 from recsearch.serving.fallback import ItemSimilarity, PopularItems
 from recsearch.serving.schemas import (
@@ -144,6 +144,7 @@ class ModelService:
         self.titles = None if data.item_titles is None else data.item_titles.astype(str)
         self.popularity = PopularItems(data.item_counts)
         self.similarity = ItemSimilarity(data.seen)
+        self.has_history = np.diff(data.seen.indptr) > 0  # per user: any training interaction
         self.tiebreak = self.popularity.tiebreak()
 
     @classmethod
@@ -167,14 +168,23 @@ class ModelService:
 
     # -- batched endpoints ------------------------------------------------------------------
     def recommend_users(self, requests: list[UserRecommendationRequest],
-                        recent: dict[str, list[str]] | None = None) -> list[UserRecommendations]:
-        """Model scores for known users, one forward pass for the whole batch; unknown users
-        get the most popular items, marked ``fallback="popularity"``. Users with ``recent``
-        events (raw user id -> raw item ids, oldest first: ``POST /events``) are answered from
-        their training history and those events instead (``_with_events``)."""
-        answers = self._with_events(requests, recent or {})
+                        recent: dict[str, list[str]] | None = None) -> list[UserRecommendations | ServingError]:
+        """Model scores for known users, one forward pass for the whole batch. Users with
+        ``recent`` events (raw user id -> raw item ids, oldest first: ``POST /events``) are
+        answered from their training history and those events (``_with_events``); unknown users
+        with a ``profile`` are scored from it by a model with a feature path (``fallback=
+        "profile"``, a value outside its vocabulary is a 422 naming ``profile.<feature>``), as
+        are users the data kept for their profile alone; the others get the most popular items,
+        marked ``fallback="popularity"``."""
+        answers: list[UserRecommendations | ServingError | None] = self._with_events(requests, recent or {})
         ids = [self.user_index.get(r.user) for r in requests]
+        # a user the data kept for its profile alone (no training interaction): the feature path
+        # speaks for it, a model without one would answer from an untrained vector: popularity
+        profile_only = {i for i, u in enumerate(ids) if u is not None and not self.has_history[u]}
+        if not self.model.feature_path:
+            ids = [None if i in profile_only else u for i, u in enumerate(ids)]
         known = [i for i, u in enumerate(ids) if u is not None and answers[i] is None]
+        self._recommend_profiles(requests, ids, answers)
         if known:
             users = torch.tensor([ids[i] for i in known], dtype=torch.long)
             scores = self.model.score(users).float()
@@ -186,14 +196,60 @@ class ModelService:
             items, values = self._top(scores, max(requests[i].k for i in known))
             for row_number, i in enumerate(known):
                 answers[i] = UserRecommendations(
-                    user=requests[i].user, fallback=None, model_id=self.model_id,
+                    user=requests[i].user, fallback="profile" if i in profile_only else None, model_id=self.model_id,
                     items=self._scored(items[row_number], values[row_number], values[row_number], requests[i].k))
         for i, answer in enumerate(answers):
             if answer is None:
                 items, counts = self.popularity.top(requests[i].k)
                 answers[i] = UserRecommendations(user=requests[i].user, fallback="popularity", model_id=self.model_id,
                                                  items=self._scored(items, counts, counts, requests[i].k))
+            if requests[i].new_items and isinstance(answers[i], UserRecommendations):
+                try:
+                    answers[i] = self._with_new_items(requests[i], answers[i], ids[i])
+                except ServingError as err:
+                    answers[i] = err
         return answers
+
+    def _with_new_items(self, request: UserRecommendationRequest, answer: UserRecommendations,
+                        user: int | None) -> UserRecommendations:
+        """``answer`` with the request's new items ranked in, scored by the feature path for the
+        user (or its profile). A popularity answer leaves them out: counts and scores differ."""
+        clash = next((item for item in request.new_items if item in self.item_index), None)
+        if clash is not None:
+            raise ServingError(422, f"{clash!r} is in the catalogue already: it is ranked as such", f"new_items.{clash}")
+        codes = [self._checked_codes(self.model.item_codes, features, f"new_items.{item}")
+                 for item, features in request.new_items.items()]
+        if answer.fallback == "popularity":
+            return answer
+        if user is not None:
+            scores = self.model.score_new_items(codes, user=user)
+        else:
+            scores = self.model.score_new_items(codes, profile=self.model.profile_codes(request.profile))
+        new = [ScoredItem(item=item, score=float(score)) for item, score in zip(request.new_items, scores.tolist(),
+                                                                                strict=True)]
+        ranked = sorted([*answer.items, *new], key=lambda scored: -scored.score)  # stable: ties keep the catalogue first
+        return answer.model_copy(update={"items": ranked[: request.k]})
+
+    def _recommend_profiles(self, requests: list[UserRecommendationRequest], ids: list[int | None],
+                            answers: list) -> None:
+        """Fill the answers of unknown users who sent a profile the model can read, one forward
+        pass for all of them; a bad profile answers its own request with a 422."""
+        if not self.model.feature_path:
+            return  # profiles are ignored: popularity, as for any unknown user
+        profiled, codes = [], []
+        for i, request in enumerate(requests):
+            if ids[i] is None and request.profile is not None and answers[i] is None:
+                try:
+                    codes.append(self._checked_codes(self.model.profile_codes, request.profile, "profile"))
+                    profiled.append(i)
+                except ServingError as err:
+                    answers[i] = err
+        if profiled:
+            scores = self.model.score_profiles(codes).float()
+            items, values = self._top(scores, max(requests[i].k for i in profiled))
+            for row, i in enumerate(profiled):
+                answers[i] = UserRecommendations(user=requests[i].user, fallback="profile", model_id=self.model_id,
+                                                 items=self._scored(items[row], values[row], values[row], requests[i].k))
 
     def recommend_histories(self, requests: list[HistoryRecommendationRequest]) -> list[Recommendations | ServingError]:
         """Recommendations from recent items: the model's own history scoring where it has one
@@ -231,14 +287,28 @@ class ModelService:
         return list(request.items), list(request.timestamps)
 
     def similar_items(self, requests: list[SimilarItemsRequest]) -> list[SimilarItems | ServingError]:
-        """Items by cosine similarity of their training columns; only positive similarities."""
+        """Items by cosine similarity of their training columns; only positive similarities. A
+        new item given by its ``features`` is compared with the catalogue in the model's item
+        space instead (models with a feature path; else a 409)."""
         answers: list[SimilarItems | ServingError | None] = [None] * len(requests)
         targets: dict[int, np.ndarray] = {}
+        described: dict[int, list[list[int]]] = {}
         for i, request in enumerate(requests):
             try:
-                targets[i] = self._item_ids([request.item], "item")
+                if request.features is not None:
+                    described[i] = self._checked_codes(self.model.item_codes, request.features, "features")
+                else:
+                    targets[i] = self._item_ids([request.item], "item")
             except ServingError as err:
                 answers[i] = err
+        if described:
+            rows = list(described)
+            sims = self.model.similar_to_items([described[i] for i in rows]).float().cpu()
+            sims[sims <= 0] = float("-inf")
+            items, values = self._top(sims, max(requests[i].k for i in rows))
+            for n, i in enumerate(rows):
+                answers[i] = SimilarItems(item=None, model_id=self.model_id,
+                                          items=self._scored(items[n], values[n], values[n], requests[i].k))
         rows = list(targets)
         if rows:
             sims = torch.from_numpy(self.similarity.scores([targets[i] for i in rows]))
@@ -264,6 +334,17 @@ class ModelService:
                                 model_id=self.model_id)
 
     # -- helpers ----------------------------------------------------------------------------
+    def _checked_codes(self, encode, given: dict, where: str) -> list[list[int]]:
+        """``encode`` (the model's ``profile_codes`` or ``item_codes``) of a request's feature
+        values: a model without that feature path is a 409, a bad value a 422 naming it."""
+        try:
+            return encode(given, where)
+        except UnsupportedOperation as err:
+            raise ServingError(409, f"{err}: serve a model with a feature path (deepcf)", where.split(".")[0]) from None
+        except ValueError as err:
+            field, _, message = str(err).partition(": ")
+            raise ServingError(422, message, field) from None
+
     def _item_ids(self, raw: list[str], field: str) -> np.ndarray:
         ids = [self.item_index.get(x) for x in raw]
         unknown = [x for x, i in zip(raw, ids, strict=True) if i is None]
