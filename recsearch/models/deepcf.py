@@ -43,8 +43,7 @@ from torch import nn
 from recsearch.data.dataset import Dataset, Feature, ServingData
 from recsearch.models.base import register
 from recsearch.models.ncf import SCORE_CHUNK_ELEMENTS, EntityEncoder
-from recsearch.models.sampling import NegativeSampler
-from recsearch.models.torch_base import TorchRecommender
+from recsearch.models.torch_base import PairTrainedRecommender
 
 
 class DeepCFNetwork(nn.Module):
@@ -102,7 +101,7 @@ class DeepCFNetwork(nn.Module):
 
 
 @register("deepcf")
-class DeepCF(TorchRecommender):
+class DeepCF(PairTrainedRecommender):
     """Ids + user/item features, a dot product and an optional MLP tower; ratings or ranking."""
 
     tasks = ("rating", "ranking")
@@ -153,19 +152,14 @@ class DeepCF(TorchRecommender):
         return DeepCFNetwork(data.n_users, data.n_items, self.dim, self.layers, user_features, item_features,
                              known_users, data.item_counts > 0)
 
+    @property
+    def samples_negatives(self) -> bool:
+        return self.loss == "bce"
+
     def prepare(self, train: Dataset) -> None:
         super().prepare(train)
-        inter = train.interactions
-        if self.task == "rating" and len(inter):
-            self.net.mean.fill_(float(inter.rating.mean()))
-        self.users = torch.as_tensor(inter.user, device=self.device)
-        self.items = torch.as_tensor(inter.item, device=self.device)
-        self.ratings = torch.as_tensor(inter.rating, device=self.device)
-        sampled = self.loss == "bce"
-        self.sampler = NegativeSampler(self.users, self.items, train.n_users, train.n_items) if sampled else None
-
-    def n_examples(self) -> int:
-        return len(self.users)
+        if self.task == "rating" and len(train.interactions):
+            self.net.mean.fill_(float(train.interactions.rating.mean()))
 
     def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
         users, items = self.users[index], self.items[index]

@@ -45,8 +45,7 @@ from torch import nn
 
 from recsearch.data.dataset import Dataset, ServingData
 from recsearch.models.base import register
-from recsearch.models.sampling import NegativeSampler
-from recsearch.models.torch_base import TorchRecommender, embedding
+from recsearch.models.torch_base import PairTrainedRecommender, embedding
 
 LOSSES = ("auto", "bpr", "bce", "mse")
 DEFAULT_L2 = {"ranking": 1e-2, "rating": 1e-1}  # l2=None picks by task
@@ -111,7 +110,7 @@ class PairwiseLoss(torch.autograd.Function):
 
 
 @register("mf")
-class MatrixFactorization(TorchRecommender):
+class MatrixFactorization(PairTrainedRecommender):
     """Biased MF; ``loss="auto"`` is mse for task=rating and bpr for task=ranking."""
 
     tasks = ("ranking", "rating")
@@ -137,19 +136,14 @@ class MatrixFactorization(TorchRecommender):
     def build_network(self, data: ServingData) -> nn.Module:
         return BiasedMF(data.n_users, data.n_items, self.dim)
 
+    @property
+    def samples_negatives(self) -> bool:
+        return self.task == "ranking"
+
     def prepare(self, train: Dataset) -> None:
         super().prepare(train)
-        inter = train.interactions
-        if self.task == "rating" and len(inter):
-            self.net.mean.fill_(float(inter.rating.mean()))
-        self.users = torch.as_tensor(inter.user, device=self.device)
-        self.items = torch.as_tensor(inter.item, device=self.device)
-        self.ratings = torch.as_tensor(inter.rating, device=self.device)
-        ranking = self.task == "ranking"
-        self.sampler = NegativeSampler(self.users, self.items, train.n_users, train.n_items) if ranking else None
-
-    def n_examples(self) -> int:
-        return len(self.users)
+        if self.task == "rating" and len(train.interactions):
+            self.net.mean.fill_(float(train.interactions.rating.mean()))
 
     # -- training ---------------------------------------------------------------------------
     def batch_loss(self, index: torch.Tensor) -> torch.Tensor:

@@ -33,10 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsearch.data.dataset import Dataset, Feature, ServingData
+from recsearch.data.dataset import Feature, ServingData
 from recsearch.models.base import register
-from recsearch.models.sampling import NegativeSampler
-from recsearch.models.torch_base import TorchRecommender
+from recsearch.models.torch_base import PairTrainedRecommender
 from recsearch.ragged import gather_rows
 
 VARIANTS = ("gmf", "mlp", "neumf")
@@ -163,7 +162,7 @@ class NeuMFNetwork(nn.Module):
 
 
 @register("ncf")
-class NeuralCF(TorchRecommender):
+class NeuralCF(PairTrainedRecommender):
     """GMF, MLP or NeuMF (``variant``) trained with BCE over sampled negatives."""
 
     tasks = ("ranking",)
@@ -201,15 +200,6 @@ class NeuralCF(TorchRecommender):
             raise ValueError(f"use_features=True but dataset {data.name!r} has no user or item features")
         return NeuMFNetwork(data.n_users, data.n_items, self.variant, self.dim, self.layers, self.dropout,
                             user_features, item_features)
-
-    def prepare(self, train: Dataset) -> None:
-        super().prepare(train)
-        self.users = torch.as_tensor(train.interactions.user, device=self.device)
-        self.items = torch.as_tensor(train.interactions.item, device=self.device)
-        self.sampler = NegativeSampler(self.users, self.items, train.n_users, train.n_items)
-
-    def n_examples(self) -> int:
-        return len(self.users)
 
     def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
         users = self.users[index]

@@ -14,6 +14,7 @@ from torch import nn
 
 from recsearch.data.dataset import Dataset, ServingData
 from recsearch.models.base import IterativeRecommender, UnsupportedOperation
+from recsearch.models.sampling import NegativeSampler
 
 
 def bf16_is_native(device: torch.device) -> bool:
@@ -164,3 +165,23 @@ class TorchRecommender(IterativeRecommender):
             optimizer.load_state_dict(state["optimizers"][kind])
         self.generator.set_state(state["generator"].cpu())  # generator states are CPU byte tensors
         self.epochs_done = int(state["epochs_done"])
+
+
+class PairTrainedRecommender(TorchRecommender):
+    """A model whose training examples are the training interactions themselves: (user, item,
+    rating) held as device tensors (MF, NCF, deepcf), with a sampler of unseen items when its
+    loss wants negatives (``samples_negatives``)."""
+
+    samples_negatives = True
+
+    def prepare(self, train: Dataset) -> None:
+        super().prepare(train)
+        inter = train.interactions
+        self.users = torch.as_tensor(inter.user, device=self.device)
+        self.items = torch.as_tensor(inter.item, device=self.device)
+        self.ratings = torch.as_tensor(inter.rating, device=self.device)
+        self.sampler = (NegativeSampler(self.users, self.items, train.n_users, train.n_items)
+                        if self.samples_negatives else None)
+
+    def n_examples(self) -> int:
+        return len(self.users)
