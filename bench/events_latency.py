@@ -84,19 +84,11 @@ def measure(args: argparse.Namespace, directory: Path, workdir: Path, server_nam
     inherited = {k: v for k, v in os.environ.items() if k not in ingress.HAPROXY_PORTS}
     server = ServeProcess(directory, {**inherited, **EXCLUSIVE_SERVE_PORTS}, workdir / f"{server_name}.log",
                           "--num-cpus", str(args.num_cpus), *options)
-    port = None
-
-    def start(candidate: int) -> str:
-        nonlocal port
-        output = server.start(candidate)
-        port = candidate
-        return output
-
-    output = with_free_port(start)
+    output = with_free_port(server.start)
     rows = []
     try:
         serving = re.search(r"^ingress: (.*)$", output, re.M).group(1).split(";")[0]
-        url = f"http://127.0.0.1:{port}/"
+        url = f"http://127.0.0.1:{server.port}/"
         run_wrk(args.wrk, url, scripts[phases[0][0]], 4, 2)  # warm-up: connections, the first batches
         for level in args.levels:
             for name, _, _ in phases:

@@ -83,21 +83,13 @@ def measure(name: str, args: argparse.Namespace, directory: Path, script: Path, 
     inherited = {k: v for k, v in os.environ.items() if k not in ingress.HAPROXY_PORTS}
     server = ServeProcess(directory, {**inherited, **EXCLUSIVE_SERVE_PORTS}, workdir / f"{name}.log",
                           "--num-cpus", str(args.num_cpus), *INGRESSES[name])
-    port = None
-
-    def start(candidate: int) -> str:
-        nonlocal port
-        output = server.start(candidate)
-        port = candidate
-        return output
-
-    output = with_free_port(start)
+    output = with_free_port(server.start)
     rows = []
     try:
         serving = re.search(r"^ingress: (.*)$", output, re.M).group(1)
         if name == "haproxy" and not serving.startswith("HAProxy"):
             print(f"warning: HAProxy fell back to Serve's proxy: see {server.log}", file=sys.stderr)
-        url = f"http://127.0.0.1:{port}/recommend/user"
+        url = f"http://127.0.0.1:{server.port}/recommend/user"
         run_wrk(args.wrk, url, script, 4, args.warmup)  # connections, caches, the first batches
         for level in args.levels:
             load_before = os.getloadavg()[0]

@@ -493,15 +493,8 @@ def test_recsearch_serve_falls_back_without_haproxy_and_restarts_on_its_port(mod
     env = {**inherited, "RAY_AUTH_MODE": "disabled", **EXCLUSIVE_SERVE_PORTS}
     broken = ServeProcess(models["ranking"], {**env, "RAY_SERVE_HAPROXY_BINARY_PATH": str(tmp_path / "no-haproxy")},
                           tmp_path / "first.log", "--num-cpus", "0.5")
-    port = None
-
-    def start_broken(candidate: int) -> str:
-        nonlocal port
-        output = broken.start(candidate)
-        port = candidate
-        return output
-
-    output = with_free_port(start_broken)
+    output = with_free_port(broken.start)
+    port = broken.port
     try:
         assert "HAProxy did not start" in output and "falling back to Serve's default proxy" in output
         assert "\ningress: Serve proxy" in output

@@ -20,10 +20,12 @@ class ServeProcess:
     def __init__(self, model_dir: Path | str, env: dict[str, str], log: Path, *options: str):
         self.model_dir, self.env, self.log, self.options = model_dir, env, log, options
         self.process: subprocess.Popen | None = None
+        self.port: int | None = None  # once serving
 
     def start(self, port: int, timeout: float = 240) -> str:
         """Start on ``port`` and wait until it serves; returns its output so far. Raises
-        ``PortTaken`` when the port was taken (for ``helpers.ports.with_free_port``)."""
+        ``PortTaken`` when the port was taken: ``helpers.ports.with_free_port(process.start)``
+        tries free ports until one serves (then ``port``)."""
         with open(self.log, "w") as out:
             self.process = subprocess.Popen([str(RECSEARCH), "serve", str(self.model_dir), "--port", str(port),
                                              *self.options], env=self.env, stdout=out, stderr=subprocess.STDOUT)
@@ -31,6 +33,7 @@ class ServeProcess:
         while time.monotonic() < deadline:
             output = self.log.read_text()
             if "\ningress: " in output:  # printed once the application answers
+                self.port = port
                 return output
             if self.process.poll() is not None:
                 if is_port_conflict(output):
