@@ -40,9 +40,9 @@ from pydantic import (  # the annotations recsearch.schema checks the hyperparam
 )
 from torch import nn
 
-from recsearch.data.dataset import Dataset, Feature, ServingData
+from recsearch.data.dataset import Feature, ServingData
 from recsearch.models.base import register
-from recsearch.models.ncf import SCORE_CHUNK_ELEMENTS, EntityEncoder
+from recsearch.models.ncf import SCORE_CHUNK_ELEMENTS, EntityEncoder, features_used
 from recsearch.models.torch_base import PairTrainedRecommender
 
 
@@ -144,10 +144,7 @@ class DeepCF(PairTrainedRecommender):
         return self.use_features
 
     def build_network(self, data: ServingData) -> nn.Module:
-        user_features = list(data.user_features.values()) if self.use_features else []
-        item_features = list(data.item_features.values()) if self.use_features else []
-        if self.use_features and not (user_features or item_features):
-            raise ValueError(f"use_features=True but dataset {data.name!r} has no user or item features")
+        user_features, item_features = features_used(data, self.use_features)
         known_users = np.diff(data.seen.indptr) > 0
         return DeepCFNetwork(data.n_users, data.n_items, self.dim, self.layers, user_features, item_features,
                              known_users, data.item_counts > 0)
@@ -156,10 +153,6 @@ class DeepCF(PairTrainedRecommender):
     def samples_negatives(self) -> bool:
         return self.loss == "bce"
 
-    def prepare(self, train: Dataset) -> None:
-        super().prepare(train)
-        if self.task == "rating" and len(train.interactions):
-            self.net.mean.fill_(float(train.interactions.rating.mean()))
 
     def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
         users, items = self.users[index], self.items[index]

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsearch.data.dataset import Dataset, ServingData
+from recsearch.data.dataset import ServingData
 from recsearch.models.base import register
 from recsearch.models.torch_base import PairTrainedRecommender, embedding
 
@@ -140,10 +140,6 @@ class MatrixFactorization(PairTrainedRecommender):
     def samples_negatives(self) -> bool:
         return self.task == "ranking"
 
-    def prepare(self, train: Dataset) -> None:
-        super().prepare(train)
-        if self.task == "rating" and len(train.interactions):
-            self.net.mean.fill_(float(train.interactions.rating.mean()))
 
     # -- training ---------------------------------------------------------------------------
     def batch_loss(self, index: torch.Tensor) -> torch.Tensor:

@@ -161,6 +161,15 @@ class NeuMFNetwork(nn.Module):
         return x * keep / (1 - self.dropout)
 
 
+def features_used(data: ServingData, use_features: bool) -> tuple[list[Feature], list[Feature]]:
+    """The user and item features a model built with ``use_features`` reads (none without)."""
+    if not use_features:
+        return [], []
+    if not (data.user_features or data.item_features):
+        raise ValueError(f"use_features=True but dataset {data.name!r} has no user or item features")
+    return list(data.user_features.values()), list(data.item_features.values())
+
+
 @register("ncf")
 class NeuralCF(PairTrainedRecommender):
     """GMF, MLP or NeuMF (``variant``) trained with BCE over sampled negatives."""
@@ -194,10 +203,7 @@ class NeuralCF(PairTrainedRecommender):
         return self.use_features
 
     def build_network(self, data: ServingData) -> nn.Module:
-        user_features = list(data.user_features.values()) if self.use_features else []
-        item_features = list(data.item_features.values()) if self.use_features else []
-        if self.use_features and not (user_features or item_features):
-            raise ValueError(f"use_features=True but dataset {data.name!r} has no user or item features")
+        user_features, item_features = features_used(data, self.use_features)
         return NeuMFNetwork(data.n_users, data.n_items, self.variant, self.dim, self.layers, self.dropout,
                             user_features, item_features)
 

@@ -182,6 +182,8 @@ class PairTrainedRecommender(TorchRecommender):
         self.ratings = torch.as_tensor(inter.rating, device=self.device)
         self.sampler = (NegativeSampler(self.users, self.items, train.n_users, train.n_items)
                         if self.samples_negatives else None)
+        if self.task == "rating" and len(inter):  # rating networks predict around it (``net.mean``)
+            self.net.mean.fill_(float(inter.rating.mean()))
 
     def n_examples(self) -> int:
         return len(self.users)
