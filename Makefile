@@ -32,12 +32,14 @@ demo: $(STAMP)  ## the main job: an ASHA sweep of four families on synthetic dat
 test: $(STAMP)  ## run the whole test suite (the command CI runs)
 	$(BIN)/python -m pytest -q
 
-# The benchmarks `make bench` runs, each writing bench/results/<name>.{json,md}. Left out by default:
-# ml100k_sweeps (every family swept on ml-100k, ~40 min) and serve_load (needs a model directory);
-# run them as `make bench BENCH=ml100k_sweeps` or `python bench/serve_load.py DIR`.
-BENCH ?= quality perf asha_vs_fifo history_scoring lstm_formulations cluster_walkthrough
+# The benchmarks `make bench` runs, each writing bench/results/<name>.{json,md}: every script that
+# needs no argument, a few hours in all. Left out by default: ml100k_sweeps (every family swept on
+# ml-100k, hours), and serve_load and events_latency (they load a model directory you name); run
+# them as `make bench BENCH=ml100k_sweeps` or `python bench/serve_load.py DIR`.
+BENCH ?= quality perf vs_recbole sweep_overhead asha_vs_fifo early_stopping crossval small_catalogue \
+         deepcf_rating cold_start history_scoring lstm_formulations bundles telemetry_overhead cluster_walkthrough
 
-bench: $(STAMP)  ## run the benchmarks in BENCH (default: all but ml100k_sweeps and serve_load, ~1 h) -> bench/results/
+bench: $(STAMP)  ## run the benchmarks in BENCH (default: all but ml100k_sweeps, serve_load, events_latency) -> bench/results/
 	@for name in $(BENCH); do echo "== bench/$$name.py"; $(BIN)/python bench/$$name.py || exit 1; done
 
 lint: $(STAMP)  ## ruff over the package, tests and benchmarks
