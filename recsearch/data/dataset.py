@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -122,8 +123,30 @@ class Interactions:
         return sp.csr_matrix((data, (self.user, self.item)), shape=(n_users, n_items), dtype=np.float32)
 
 
+class IdMaps:
+    """Contiguous user and item ids and the raw ids they stand for (``user_ids``, ``item_ids``):
+    what a dataset and a model's serving data share."""
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def user_index(self) -> dict[str, int]:
+        return index_of(self.user_ids)
+
+    def item_index(self) -> dict[str, int]:
+        return index_of(self.item_ids)
+
+
 @dataclass
-class Dataset:
+class Dataset(IdMaps):
     """A named dataset: interactions plus what is needed to map ids back and describe entities."""
 
     name: str
@@ -134,14 +157,6 @@ class Dataset:
     item_features: dict[str, Feature] = field(default_factory=dict)
     item_titles: np.ndarray | None = None  # str per item
     explicit: bool = True  # ratings are real 1-5 scores, not implicit ones
-
-    @property
-    def n_users(self) -> int:
-        return len(self.user_ids)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
 
     def matrix(self, values: str = "ones") -> sp.csr_matrix:
         return self.interactions.matrix(self.n_users, self.n_items, values)
@@ -154,16 +169,8 @@ class Dataset:
         """Interaction count per item."""
         return np.bincount(self.interactions.item, minlength=self.n_items)
 
-    def user_index(self) -> dict[str, int]:
-        return index_of(self.user_ids)
-
-    def item_index(self) -> dict[str, int]:
-        return index_of(self.item_ids)
-
     # -- persistence: one .npz of plain arrays plus a small json, no pickles -----------------
     def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         arrays = {
             "user": self.interactions.user,
             "item": self.interactions.item,
@@ -174,18 +181,12 @@ class Dataset:
         }
         if self.item_titles is not None:
             arrays["item_titles"] = self.item_titles.astype(str)
-        features = _feature_arrays(self.user_features, self.item_features, arrays)
-        np.savez_compressed(directory / "dataset.npz", **arrays)
-        meta = {"name": self.name, "explicit": self.explicit, "features": features}
-        (directory / "dataset.json").write_text(json.dumps(meta, indent=2))
+        _save_arrays(directory, "dataset", arrays, {"name": self.name, "explicit": self.explicit},
+                     self.user_features, self.item_features)
 
     @classmethod
     def load(cls, directory: str | Path) -> Dataset:
-        directory = Path(directory)
-        meta = json.loads((directory / "dataset.json").read_text())
-        with np.load(directory / "dataset.npz", allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        feats = _read_features(meta["features"], arrays)
+        meta, arrays, feats = _load_arrays(directory, "dataset")
         return cls(
             name=meta["name"],
             interactions=Interactions(arrays["user"], arrays["item"], arrays["rating"], arrays["timestamp"]),
@@ -199,7 +200,7 @@ class Dataset:
 
 
 @dataclass
-class ServingData:
+class ServingData(IdMaps):
     """What a saved model keeps of its training data: only what answering requests needs.
 
     The id maps, each user's training items (a users x items pattern of ones: seen items are
@@ -229,23 +230,7 @@ class ServingData:
                    None if train.item_titles is None else train.item_titles.astype(str),
                    dict(train.user_features) if features else {}, dict(train.item_features) if features else {})
 
-    @property
-    def n_users(self) -> int:
-        return len(self.user_ids)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
-
-    def user_index(self) -> dict[str, int]:
-        return index_of(self.user_ids)
-
-    def item_index(self) -> dict[str, int]:
-        return index_of(self.item_ids)
-
     def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         index_type = np.int32 if max(self.n_users, self.n_items, self.seen.nnz) < 2**31 else np.int64
         arrays = {
             "user_ids": self.user_ids,
@@ -256,22 +241,16 @@ class ServingData:
         }
         if self.item_titles is not None:
             arrays["item_titles"] = self.item_titles
-        features = _feature_arrays(self.user_features, self.item_features, arrays)
-        np.savez_compressed(directory / "serving.npz", **arrays)
-        (directory / "serving.json").write_text(json.dumps({"name": self.name, "features": features}, indent=2))
+        _save_arrays(directory, "serving", arrays, {"name": self.name}, self.user_features, self.item_features)
 
     @classmethod
     def load(cls, directory: str | Path) -> ServingData:
-        directory = Path(directory)
-        meta = json.loads((directory / "serving.json").read_text())
-        with np.load(directory / "serving.npz", allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        meta, arrays, feats = _load_arrays(directory, "serving")
         n_users, n_items = len(arrays["user_ids"]), len(arrays["item_ids"])
         indices = arrays["seen.indices"].astype(np.int64)
         seen = sp.csr_matrix((np.ones(len(indices), np.float32), indices, arrays["seen.indptr"].astype(np.int64)),
                              shape=(n_users, n_items))
         seen.check_format(full_check=True)  # indices read from a file must stay in bounds
-        feats = _read_features(meta["features"], arrays)
         return cls(meta["name"], arrays["user_ids"], arrays["item_ids"], seen, arrays["item_counts"],
                    arrays.get("item_titles"), feats["user"], feats["item"])
 
@@ -279,6 +258,27 @@ class ServingData:
 def index_of(raw_ids: np.ndarray) -> dict[str, int]:
     """Raw id -> contiguous id."""
     return {str(raw): i for i, raw in enumerate(raw_ids)}
+
+
+def _save_arrays(directory: str | Path, stem: str, arrays: dict[str, np.ndarray], meta: dict[str, Any],
+                 user_features: dict[str, Feature], item_features: dict[str, Feature]) -> None:
+    """``<stem>.npz``: ``arrays`` and the features' arrays; ``<stem>.json``: ``meta`` and which
+    features there are. Plain arrays and JSON, no pickles."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "features": _feature_arrays(user_features, item_features, arrays)}
+    np.savez_compressed(directory / f"{stem}.npz", **arrays)
+    (directory / f"{stem}.json").write_text(json.dumps(meta, indent=2))
+
+
+def _load_arrays(directory: str | Path, stem: str
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, dict[str, Feature]]]:
+    """What ``_save_arrays`` wrote: (meta, arrays, {"user": features, "item": features})."""
+    directory = Path(directory)
+    meta = json.loads((directory / f"{stem}.json").read_text())
+    with np.load(directory / f"{stem}.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return meta, arrays, _read_features(meta["features"], arrays)
 
 
 def _feature_arrays(user_features: dict[str, Feature], item_features: dict[str, Feature],
