@@ -270,7 +270,7 @@ def train_command(cfg) -> dict[str, Any]:
         print(_epoch_line(end.row, task["metric"]), flush=True)
 
     result = train(model, split, evaluator, task["metric"], cfg.train.max_epochs, Stopping.of(cfg.train), show)
-    refit = None
+    sizes, refit = split.sizes(), None
     if cfg.train.refit:
         split = split.train_and_valid()
         refit = refit_record(split, result.best_epoch)
@@ -294,7 +294,7 @@ def train_command(cfg) -> dict[str, Any]:
         "stopped_early": result.stopped_early,
         "refit": refit,  # None: the tested model is the best epoch of the run above
         "fit_seconds": result.fit_seconds,
-        "sizes": split.sizes(),
+        "sizes": sizes,  # the split's, before a refit joins its train and valid parts
         "history": result.history,
     }
     write_json(f"{cfg.out}/metrics.json", metrics)
