@@ -280,7 +280,8 @@ def test_the_refit_retrains_the_winner_on_train_and_valid_for_its_best_epoch(loc
     known = len(split.train.interactions) + len(split.valid)
     summary = json.loads((out / "summary.json").read_text())
     best = summary["best"]
-    assert best["refit"] == {"on": "train + valid", "epochs": 2, "interactions": known, "trial": refit.name}
+    assert best["refit"] == {"on": "train + valid", "epochs": 2, "interactions": known,
+                            "trial": f"{best['trial']}_refit"}
     assert best["epoch"] == 2 and best["valid"]["ndcg@10"] == max(values), "validation: the selection run's"
     model = Recommender.load(out / "best")
     assert model.metadata["refit"] == best["refit"] and model.metadata["test"] == best["test"]

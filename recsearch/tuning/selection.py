@@ -99,7 +99,8 @@ def finish(plan: SweepPlan, split: Split, phases: Phases) -> dict[str, Any]:
           f"  valid {metric} {best['valid'][metric]:.4f} at epoch {best['epoch']}, "
           f"test {metric} {best['test'][metric]:.4f}"
           + (f" (refitted on {refitted['on']} for {refitted['epochs']} epoch(s))" if refitted else "") + "\n"
-          + (f"  over {seeds['runs']} fresh seed(s): valid {plus_minus(seeds['valid'].get(metric))}, "
+          + (f"  over {seeds['runs']} fresh seed(s){', trained on train' if refitted else ''}: "
+             f"valid {plus_minus(seeds['valid'].get(metric))}, "
              f"test {plus_minus(seeds['test'].get(metric))} (mean ± 95% CI where there are several)\n"
              if seeds else "") +
           f"trials: {_fmt(summary['trials'])}; {summary['wall_seconds']:.0f}s\n"
@@ -150,7 +151,8 @@ def export_best(plan: SweepPlan, trial: Trial, split: Split, seeds: dict[str, An
                 "selected_by": selection(config), "epoch": epoch, "valid": valid, "test": test,
                 "selected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if refitted is not None:  # the test figures are the refitted model's, the validation ones its selection's
-        best["refit"] = metadata["refit"] = {**refit_record(data, saved.best_epoch), "trial": refitted.name}
+        folder = refitted.path.rstrip("/").rsplit("/", 1)[-1]  # Tune's name for it: <winner>_refit
+        best["refit"] = metadata["refit"] = {**refit_record(data, saved.best_epoch), "trial": folder}
     if seeds is not None:  # the model is the sweep trial's; the means are over its configuration's fresh seeds
         best["seeds"] = metadata["seeds"] = {key: seeds[key] for key in ("seeds", "runs", "valid", "test")}
         metadata["selected_by"] = f"mean {selection(config)} over {seeds['runs']} fresh seeds"
