@@ -3,9 +3,10 @@
 ``train_step`` is one epoch of training (closed-form models: the one fit) followed by a
 validation evaluation. ``train`` runs steps under early stopping on the validation metric,
 keeps the best epoch's state and restores it at the end; without a stopping rule it trains a set
-number of epochs with no validation at all (a refit on train + valid, ``Split.train_and_valid``). It can start from where an earlier
-run stopped (``Resume``), and hands every finished epoch to ``on_epoch`` with the states a
-checkpoint needs: that is all a Tune trial adds (see ``recsearch.tuning.trainable``).
+number of epochs with no validation at all (a refit on train + valid, ``Split.train_and_valid``).
+It can start from where an earlier run stopped (``Resume``), and hands every finished epoch to
+``on_epoch`` with the states a checkpoint needs: that is all a Tune trial adds (see
+``recsearch.tuning.trainable``).
 """
 
 from __future__ import annotations
@@ -266,6 +267,7 @@ def train_command(cfg) -> dict[str, Any]:
     split = load_split(config["data"], cfg.seed, task["implicit_threshold"])
     evaluator = Evaluator.for_task(task, batch_size=cfg.train.eval_batch_size)
     model = build_model(config["model"], seed=cfg.seed, device=cfg.device, task=task["name"])
+
     def show(end: EpochEnd) -> None:
         print(_epoch_line(end.row, task["metric"]), flush=True)
 
@@ -298,8 +300,8 @@ def train_command(cfg) -> dict[str, Any]:
         "history": result.history,
     }
     write_json(f"{cfg.out}/metrics.json", metrics)
-    model.save(f"{cfg.out}/model", metadata={k: metrics[k] for k in ("data", "task", "split", "valid", "test", "best_epoch",
-                                                                  "refit")})
+    saved = ("data", "task", "split", "valid", "test", "best_epoch", "refit")
+    model.save(f"{cfg.out}/model", metadata={k: metrics[k] for k in saved})
     names = list(test)
     print(format_table([{"split": "valid", **result.best_valid}, {"split": "test", **test}], ["split", *names]))
     print(f"wrote {cfg.out}/metrics.json and {cfg.out}/model/")

@@ -232,8 +232,10 @@ def run_points(plan: SweepPlan, experiment: str, trainable_fn, points: list[dict
 def _refit(plan: SweepPlan, split_ref, resume: bool) -> None:
     """With ``search.refit``, retrain the winner's configuration on train + valid
     (``recsearch.tuning.refit``); the export then tests that model."""
-    winner = rank(plan)[3] if refit.enabled(plan) else None
-    if winner is None:  # off, or no trial finished (``finish`` says why)
+    if not refit.enabled(plan):
+        return
+    *_, winner = rank(plan)
+    if winner is None:  # no trial finished: ``finish`` says why
         return
     trial = refit.run(plan, winner, split_ref, resume)
     if trial is None or trial.status not in ("TERMINATED", "ERROR"):
