@@ -37,7 +37,8 @@ def cv_command(overrides: list[str]) -> dict[str, Any]:
         "folds": folds, "valid_share": cfg.data.split.valid_share, "hparams": runs[0]["hparams"],
         "valid": valid, "test": test,
         "per_fold": [{"fold": fold, "valid": run["valid"], "test": run["test"], "best_epoch": run["best_epoch"],
-                      "epochs": run["epochs"], "sizes": run["sizes"]} for fold, run in enumerate(runs)],
+                      "epochs": run["epochs"], "refit": run["refit"], "sizes": run["sizes"]}  # refit: train.refit
+                     for fold, run in enumerate(runs)],
     }
     write_json(out / "cv.json", result)
     rows = [{"metric": name, "valid (mean ± std)": plus_minus(valid.get(name), "std"),

@@ -60,6 +60,7 @@ class TrainConfig(Section):
     patience_ratio: NonNegativeFloat
     smoothing: float = Field(ge=0.0, lt=1.0)
     eval_batch_size: PositiveInt
+    refit: bool
 
 
 class TaskConfig(Section):
@@ -92,6 +93,7 @@ class SearchConfig(Section):
     algorithm: Literal["random", "optuna"]
     start_from_defaults: bool
     reevaluate: ReevaluateConfig
+    refit: bool
     space: dict[str, Any]  # samplers, checked by recsearch.tuning.space
 
 

@@ -2,9 +2,11 @@
 
 ``train_step`` is one epoch of training (closed-form models: the one fit) followed by a
 validation evaluation. ``train`` runs steps under early stopping on the validation metric,
-keeps the best epoch's state and restores it at the end. It can start from where an earlier
-run stopped (``Resume``), and hands every finished epoch to ``on_epoch`` with the states a
-checkpoint needs: that is all a Tune trial adds (see ``recsearch.tuning.trainable``).
+keeps the best epoch's state and restores it at the end; without a stopping rule it trains a set
+number of epochs with no validation at all (a refit on train + valid, ``Split.train_and_valid``).
+It can start from where an earlier run stopped (``Resume``), and hands every finished epoch to
+``on_epoch`` with the states a checkpoint needs: that is all a Tune trial adds (see
+``recsearch.tuning.trainable``).
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ if TYPE_CHECKING:
     from recsearch.models.base import Recommender
 
 
-def train_step(model: Recommender, split: Split, evaluator: Evaluator, epoch: int) -> dict[str, Any]:
-    """Train one epoch (closed-form models: fit once) and evaluate on the validation split.
+def train_step(model: Recommender, split: Split, evaluator: Evaluator | None, epoch: int) -> dict[str, Any]:
+    """Train one epoch (closed-form models: fit once) and evaluate on the validation split
+    (``evaluator`` None: no evaluation).
 
     Returns flat metrics: ``epoch``, ``loss`` (iterative models), ``epoch_seconds``,
-    ``eval_seconds`` and ``valid/<metric>`` for every metric of the evaluator. Raises
+    ``eval_seconds`` and, when evaluated, ``valid/<metric>`` for every metric of the evaluator. Raises
     ``FloatingPointError`` when the training loss is not finite, so a diverged trial errors out
     instead of reporting garbage."""
     start = time.perf_counter()
@@ -43,6 +46,8 @@ def train_step(model: Recommender, split: Split, evaluator: Evaluator, epoch: in
     else:
         model.fit_prepared()
     result["epoch_seconds"] = time.perf_counter() - start
+    if evaluator is None:
+        return {**result, "eval_seconds": 0.0}
     start = time.perf_counter()
     valid = evaluator.evaluate(model, split, "valid")
     result["eval_seconds"] = time.perf_counter() - start
@@ -103,6 +108,23 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.epoch >= self.min_epochs and self.stale >= self.patience_now
+
+
+@dataclass
+class FixedEpochs(EarlyStopping):
+    """Never stops, and every epoch counts as the best, so the last one is kept: training for a
+    set number of epochs with nothing left to validate on (a refit on train + valid)."""
+
+    mode: str = "max"  # unused: no value is compared
+    patience: int = 0
+
+    def update(self, value: float | None, epoch: int) -> bool:
+        self.epoch = self.best_epoch = epoch
+        return True
+
+    @property
+    def should_stop(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
@@ -174,19 +196,22 @@ def train(
     evaluator: Evaluator,
     metric: str,
     max_epochs: int,
-    stopping: Stopping | int,
+    stopping: Stopping | int | None,
     on_epoch: Callable[[EpochEnd], None] | None = None,
     resume: Resume | None = None,
 ) -> TrainResult:
     """Prepare ``model`` on the training split and train it under early stopping on the
     validation ``metric`` (its direction from the metric registry; ``stopping``: the settings,
     or a plain patience), from ``resume`` when given; the best epoch's state is restored
-    before returning."""
+    before returning. ``stopping`` None: exactly ``max_epochs`` epochs (closed-form models: one
+    fit), the validation part never evaluated, the last epoch kept (a refit)."""
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
     model.prepare(split.train)
-    stopping = Stopping(stopping) if isinstance(stopping, int) else stopping
-    stopper = stopping.stopper(metric_mode(metric))
+    if stopping is None:
+        evaluator, stopper = None, FixedEpochs()
+    else:
+        stopper = (Stopping(stopping) if isinstance(stopping, int) else stopping).stopper(metric_mode(metric))
     result = TrainResult()
     epoch, state, best_state = 0, b"", b""
     if resume is not None:
@@ -198,7 +223,7 @@ def train(
     while epoch < last and not stopper.should_stop:
         epoch += 1
         row = train_step(model, split, evaluator, epoch)
-        improved = stopper.update(row[valid_key(metric)], epoch)
+        improved = stopper.update(row.get(valid_key(metric)), epoch)
         row["stale_epochs"], row["stopped"] = stopper.stale, stopper.should_stop
         result.history.append(row)
         result.fit_seconds += row["epoch_seconds"]
@@ -216,9 +241,16 @@ def train(
     return result
 
 
+def refit_record(split: Split, epochs: int) -> dict[str, Any]:
+    """What the metadata of a model refitted on ``split`` (``Split.train_and_valid``) says of it."""
+    return {"on": "train + valid", "epochs": epochs, "interactions": len(split.train.interactions)}
+
+
 def train_command(cfg) -> dict[str, Any]:
     """``recsearch train``: load and split the data, train one configuration under early
-    stopping, evaluate the best epoch on the test split, write ``metrics.json`` and ``model/``."""
+    stopping, evaluate the best epoch on the test split, write ``metrics.json`` and ``model/``.
+    With ``train.refit``, a fresh model is trained on train + valid for the best epoch's count
+    and that one is tested and saved; the validation figures stay those of the first run."""
     from recsearch.config import to_container
     from recsearch.data import load_split
     from recsearch.evaluation import Evaluator
@@ -235,10 +267,20 @@ def train_command(cfg) -> dict[str, Any]:
     split = load_split(config["data"], cfg.seed, task["implicit_threshold"])
     evaluator = Evaluator.for_task(task, batch_size=cfg.train.eval_batch_size)
     model = build_model(config["model"], seed=cfg.seed, device=cfg.device, task=task["name"])
-    result = train(
-        model, split, evaluator, task["metric"], cfg.train.max_epochs, Stopping.of(cfg.train),
-        on_epoch=lambda end: print(_epoch_line(end.row, task["metric"]), flush=True),
-    )
+
+    def show(end: EpochEnd) -> None:
+        print(_epoch_line(end.row, task["metric"]), flush=True)
+
+    result = train(model, split, evaluator, task["metric"], cfg.train.max_epochs, Stopping.of(cfg.train), show)
+    sizes, refit = split.sizes(), None
+    if cfg.train.refit:
+        split = split.train_and_valid()
+        refit = refit_record(split, result.best_epoch)
+        print(f"refit on train + valid ({refit['interactions']} interactions) for {result.best_epoch} epoch(s)",
+              flush=True)
+        seed_everything(cfg.seed)
+        model = build_model(config["model"], seed=cfg.seed, device=cfg.device, task=task["name"])
+        train(model, split, evaluator, task["metric"], result.best_epoch, None, show)
     test = evaluator.evaluate(model, split, "test")
     metrics = {
         "model": model.family,
@@ -252,12 +294,14 @@ def train_command(cfg) -> dict[str, Any]:
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
+        "refit": refit,  # None: the tested model is the best epoch of the run above
         "fit_seconds": result.fit_seconds,
-        "sizes": split.sizes(),
+        "sizes": sizes,  # the split's, before a refit joins its train and valid parts
         "history": result.history,
     }
     write_json(f"{cfg.out}/metrics.json", metrics)
-    model.save(f"{cfg.out}/model", metadata={k: metrics[k] for k in ("data", "task", "split", "valid", "test", "best_epoch")})
+    saved = ("data", "task", "split", "valid", "test", "best_epoch", "refit")
+    model.save(f"{cfg.out}/model", metadata={k: metrics[k] for k in saved})
     names = list(test)
     print(format_table([{"split": "valid", **result.best_valid}, {"split": "test", **test}], ["split", *names]))
     print(f"wrote {cfg.out}/metrics.json and {cfg.out}/model/")
@@ -265,6 +309,9 @@ def train_command(cfg) -> dict[str, Any]:
 
 
 def _epoch_line(step: dict[str, Any], metric: str) -> str:
+    """One epoch's line; a refit's epochs have no validation."""
     loss = f" loss {step['loss']:.4f}" if "loss" in step else ""
+    if valid_key(metric) not in step:
+        return f"epoch {step['epoch']:3d}{loss}  ({step['epoch_seconds']:.2f}s train)"
     return (f"epoch {step['epoch']:3d}{loss}  valid {metric} {step[valid_key(metric)]:.4f}"
             f"  ({step['epoch_seconds']:.2f}s train, {step['eval_seconds']:.2f}s eval)")

@@ -60,6 +60,8 @@ STRICT = [
     (["seed=abc"], "seed: Input should be a valid integer"),
     (["train.max_epochs=ten"], "train.max_epochs: Input should be a valid integer"),
     (["train.eval_batch_size=abc"], "train.eval_batch_size: Input should be a valid integer"),
+    (["train.refit=maybe"], "train.refit: Input should be a valid boolean"),
+    (["search.refit=maybe"], "search.refit: Input should be a valid boolean"),
     (["data.preprocess.min_user_interactions=abc"], "data.preprocess.min_user_interactions: Input should be a valid"),
     (["task.implicit_threshold=abc"], "task.implicit_threshold: Input should be a valid number"),
     (["data.split.ratios=abc"], "data.split.ratios: Input should be a valid"),
@@ -82,6 +84,12 @@ def test_strict_input_is_one_line_before_any_work(command, overrides, message, t
     out = tmp_path / "out"
     _fails_in_one_line([command, *overrides, f"out={out}"], message, capsys)
     assert not out.exists()
+
+
+def test_a_sweep_refuses_train_refit_and_names_its_own_key(tmp_path, capsys):
+    _fails_in_one_line(["sweep", "train.refit=true", f"out={tmp_path}/out"], "a sweep refits its winner with "
+                       "search.refit=true", capsys)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_missing_gpu_is_one_line_before_the_data_is_read(tmp_path, capsys, monkeypatch):

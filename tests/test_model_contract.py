@@ -180,3 +180,22 @@ def test_unsupported_task_is_refused():
     for family in ranking_only:
         with pytest.raises(UnsupportedOperation, match="supports task"):
             MODELS[family](task="rating")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_refit_on_train_and_valid_knows_the_validation_items(family, planted_split):
+    """The refit (``search.refit``): ``train`` without a stopping rule on train + valid trains the
+    set number of epochs (closed-form: one fit) and never validates; every validation item is then
+    a seen item, never recommended, and the test part evaluates as usual."""
+    from recsearch.evaluation import Evaluator
+    from recsearch.training import train
+
+    params, _ = SETTINGS[family]
+    refit = planted_split.train_and_valid()
+    model = MODELS[family](seed=0, device="cpu", **params)
+    result = train(model, refit, None, "ndcg@10", 2, None)
+    assert result.best_epoch == len(result.history) == (2 if model.iterative else 1)
+    valid = planted_split.valid
+    items, _ = model.recommend(valid.user, 5)
+    assert not (items.numpy() == valid.item[:, None]).any(), "a validation item was recommended"
+    assert Evaluator("ranking", ["ndcg"], [5]).evaluate(model, refit, "test")["ndcg@5"] > 0

@@ -1,6 +1,7 @@
 """Sweeps end to end on one local Ray (started once for this module): ASHA stopping bad trials,
 the exported best model, NaN trials, a sweep where everything fails, resuming after the driver
-was killed, and the re-evaluation of the best configurations on fresh seeds.
+was killed, the re-evaluation of the best configurations on fresh seeds, and the refit of the
+winner on train + valid.
 
 The model is ``Toy``, registered here under the test-only family ``sweeptoy``: its quality is
 set by its hyperparameters, so each test knows which trials must win, stop early or fail. The
@@ -162,8 +163,8 @@ def test_asha_sweep_ranks_trials_exports_the_best_and_reports(local_ray, tmp_pat
     assert best["hparams"]["rate"] >= 0.5 and best["family"] == "sweeptoy"
     assert set(best["test"]) >= {"ndcg@10", "recall@10"} and best["valid"]["ndcg@10"] > 0.3
     phases = summary["seconds"]  # where the sweep's time went, in the order it went there
-    assert list(phases) == ["load_data", "ray_start", "put_data", "trials/sweeptoy", "reevaluation", "ray_stop",
-                            "rank", "test_and_export"]
+    assert list(phases) == ["load_data", "ray_start", "put_data", "trials/sweeptoy", "reevaluation", "refit",
+                            "ray_stop", "rank", "test_and_export"]
     assert phases["trials/sweeptoy"] == max(phases.values())
     assert summary["wall_seconds"] == pytest.approx(sum(phases.values()), abs=0.1)
 
@@ -246,6 +247,53 @@ def test_the_best_epoch_is_exported_from_the_newest_checkpoint(local_ray, tmp_pa
     model = Recommender.load(out / "best")
     assert model.metadata["epoch"] == best_epoch and float(model.strength) == pytest.approx(0.5 * best_epoch)
     assert json.loads((out / "summary.json").read_text())["best"]["valid"]["ndcg@10"] == max(values)
+
+
+def test_the_refit_retrains_the_winner_on_train_and_valid_for_its_best_epoch(local_ray, tmp_path, monkeypatch):
+    """search.refit: the winner peaks at epoch 2 of 6; its configuration is retrained on train +
+    valid for exactly 2 epochs, without validation, in a one-trial Tune experiment. That model is
+    tested, once, and exported, and says so; the validation figures stay the selection run's. A
+    resumed sweep does not retrain it."""
+    from recsearch.data import load_split
+    from recsearch.evaluation import Evaluator
+
+    tested, evaluate = [], Evaluator.evaluate
+
+    def counting(self, model, split, part):  # the driver's evaluations (the trials run in Ray's workers)
+        tested.extend([part] if part == "test" else [])
+        return evaluate(self, model, split, part)
+
+    monkeypatch.setattr(Evaluator, "evaluate", counting)
+    out = tmp_path / "refit"
+    code = main(["sweep", *TOY, f"out={out}", "search.num_samples=1", "scheduler=fifo", "train.patience=10",
+                 "search.space.rate.grid=[0.5]", "model.decline_after=2", "search.refit=true"])
+    assert code == 0 and tested == ["test"]
+    plan = SweepPlan.load(out)
+    values = [row["valid/ndcg@10"] for row in collect_trials(plan)[0].history]
+    assert len(values) == 6 and values.index(max(values)) + 1 == 2
+    [refit] = experiment_trials(plan, "refit")
+    assert refit.status == "TERMINATED" and refit.hparams["run"]["epochs"] == 2
+    assert [row["epoch"] for row in refit.history] == [1, 2]
+    assert not [k for row in refit.history for k in row if k.startswith(("valid/", "test/"))], "no valid, no test"
+
+    split = load_split(plan.first["data"], seed=plan.first["seed"], implicit_threshold=None)
+    known = len(split.train.interactions) + len(split.valid)
+    summary = json.loads((out / "summary.json").read_text())
+    best = summary["best"]
+    assert best["refit"] == {"on": "train + valid", "epochs": 2, "interactions": known,
+                            "trial": f"{best['trial']}_refit"}
+    assert best["epoch"] == 2 and best["valid"]["ndcg@10"] == max(values), "validation: the selection run's"
+    model = Recommender.load(out / "best")
+    assert model.metadata["refit"] == best["refit"] and model.metadata["test"] == best["test"]
+    assert float(model.strength) == pytest.approx(0.5 * 2), "trained for the 2 chosen epochs"
+    seen = model.serving_data.seen
+    assert seen.nnz == known and all(seen[u, i] for u, i in zip(split.valid.user, split.valid.item, strict=True))
+    assert "Refitted before its test" in (out / "report.html").read_text()
+
+    lines = _result_lines(refit.path)
+    assert main(["resume", str(out)]) == 0
+    assert _result_lines(experiment_trials(plan, "refit")[0].path) == lines, "a finished refit is not re-run"
+    assert json.loads((out / "summary.json").read_text())["best"]["test"] == best["test"]
 
 
 def test_a_diverged_trial_errors_and_the_sweep_goes_on(local_ray, tmp_path):

@@ -1,4 +1,5 @@
-"""The training loop: early stopping, best-epoch restore, divergence, and `recsearch train`."""
+"""The training loop: early stopping, best-epoch restore, divergence, `recsearch train`, and the
+refit on train + valid (a set number of epochs, no validation)."""
 
 from __future__ import annotations
 
@@ -170,3 +171,78 @@ def test_train_command_writes_metrics_and_model(tmp_path, ml100k_dir):
     assert {"ndcg@10", "recall@10", "mrr@10", "coverage@10"} <= set(metrics["valid"])
     model = Recommender.load(out / "model")
     assert model.metadata["test"] == metrics["test"]
+
+
+class NoValidation:
+    """An evaluator a refit must never call: it has no validation part left to evaluate."""
+
+    def evaluate(self, model, split, part):
+        raise AssertionError(f"evaluated on {part} during a refit")
+
+
+def test_the_refit_split_trains_on_valid_too_and_tests_as_before(make_split):
+    """An item seen only in validation becomes a training item of the refit; the test part is
+    evaluated as on the original split, whose test mask held the validation items already."""
+    from recsearch.evaluation import Evaluator
+    from recsearch.models.pop import Popularity
+
+    split = make_split(3, 5, train=[(0, 0), (1, 0), (1, 1), (2, 1)], valid=[(0, 4), (2, 0)],
+                       test=[(0, 1), (1, 2), (2, 3)])
+    refit = split.train_and_valid()
+    assert refit.sizes() == {"train": 6, "valid": 0, "test": 3}
+    assert refit.train.matrix()[0, 4] == 1 and split.train.matrix()[0, 4] == 0, "item 4 is known only to the refit"
+    assert (refit.n_users, refit.n_items) == (split.n_users, split.n_items)
+    evaluator = Evaluator("ranking", ["ndcg", "recall"], [2])
+    model = Popularity(device="cpu").fit(split.train)
+    assert evaluator.evaluate(model, refit, "test") == evaluator.evaluate(model, split, "test")
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        evaluator.evaluate(model, refit, "valid")
+
+
+def test_without_a_stopping_rule_train_runs_exactly_max_epochs_and_never_validates(planted_split):
+    model, seen = Counter(), []
+    result = train(model, planted_split.train_and_valid(), NoValidation(), "ndcg@10", 4, None, on_epoch=seen.append)
+    assert [end.row["epoch"] for end in seen] == [1, 2, 3, 4] and not any("valid/ndcg@10" in e.row for e in seen)
+    assert float(model.w) == 4 and result.best_epoch == 4, "the last epoch is the one kept"
+    assert result.best_valid == {} and not result.stopped_early
+    assert seen[-1].state == seen[-1].best_state and seen[-1].stopper.best_epoch == 4
+
+
+def test_train_command_refits_for_the_best_epoch_and_tests_once(tmp_path, monkeypatch):
+    """``train.refit``: after the early-stopped run, a fresh model trains on train + valid for its
+    best epoch's count, without validation; only that model is tested, once, and saved."""
+    from recsearch import training
+    from recsearch.cli import main
+    from recsearch.evaluation import Evaluator
+    from recsearch.models import Recommender
+
+    steps, tested = [], []
+    step, evaluate = training.train_step, Evaluator.evaluate
+
+    def recording_step(model, split, evaluator, epoch):
+        steps.append((len(split.train.interactions), evaluator is None))
+        return step(model, split, evaluator, epoch)
+
+    def recording_evaluate(self, model, split, part):
+        if part == "test":
+            tested.append(len(split.train.interactions))
+        return evaluate(self, model, split, part)
+
+    monkeypatch.setattr(training, "train_step", recording_step)
+    monkeypatch.setattr(Evaluator, "evaluate", recording_evaluate)
+    out = tmp_path / "mf"
+    assert main(["train", "model=mf", "data.source.n_users=150", "data.source.n_items=80",
+                 "data.source.n_interactions=3000", "train.max_epochs=4", "train.refit=true", f"out={out}"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    sizes, refit = metrics["sizes"], metrics["refit"]
+    assert refit == {"on": "train + valid", "epochs": metrics["best_epoch"],
+                     "interactions": sizes["train"] + sizes["valid"]}
+    selection = [n for n, unvalidated in steps if not unvalidated]
+    assert len(selection) == metrics["epochs"] and set(selection) == {sizes["train"]}
+    assert steps[len(selection):] == [(refit["interactions"], True)] * metrics["best_epoch"]
+    assert tested == [refit["interactions"]], "the test split is evaluated once, for the refitted model"
+    best_row = metrics["history"][metrics["best_epoch"] - 1]
+    assert metrics["valid"] == {k.removeprefix("valid/"): v for k, v in best_row.items() if k.startswith("valid/")}
+    model = Recommender.load(out / "model")
+    assert model.metadata["refit"] == refit and model.metadata["test"] == metrics["test"]
+    assert model.serving_data.seen.nnz == refit["interactions"], "the bundle's seen items include validation's"

@@ -117,6 +117,12 @@ class Interactions:
         return Interactions(self.user[index], self.item[index], self.rating[index], self.timestamp[index],
                             None if self.part is None else self.part[index])
 
+    def joined(self, other: Interactions) -> Interactions:
+        """These rows followed by ``other``'s (same id space); ``part`` only when both have it."""
+        part = None if self.part is None or other.part is None else np.concatenate([self.part, other.part])
+        return Interactions(*(np.concatenate([getattr(self, name), getattr(other, name)])
+                              for name in ("user", "item", "rating", "timestamp")), part)
+
     def matrix(self, n_users: int, n_items: int, values: str = "ones") -> sp.csr_matrix:
         """User x item CSR matrix of ones (``values="ones"``) or of ratings (duplicates summed)."""
         data = np.ones(len(self), np.float32) if values == "ones" else self.rating
@@ -324,3 +330,10 @@ class Split:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train.interactions), "valid": len(self.valid), "test": len(self.test)}
+
+    def train_and_valid(self) -> Split:
+        """The split of a refit: the chosen configuration trained on train + valid (same users and
+        items), with no validation left. Its test part is evaluated exactly as this split's: the
+        test part's mask was train + valid already."""
+        return replace(self, train=self.train.with_interactions(self.train.interactions.joined(self.valid)),
+                       valid=self.valid.take(np.zeros(0, dtype=np.int64)))

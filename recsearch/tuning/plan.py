@@ -144,6 +144,8 @@ def _check_family(family: str, cfg: DictConfig) -> dict[str, Any]:
                 raise ConfigError(f"{where}: {name} {sampler.kind} {list(sampler.args)} can draw {value!r}, "
                                   f"which {cls.__name__} does not take ({err})") from None
     _check_scheduler(cfg.scheduler, cfg.train.max_epochs)
+    if cfg.train.refit:  # silently ignored otherwise
+        raise ConfigError("train.refit is for `recsearch train`; a sweep refits its winner with search.refit=true")
     config = to_container(cfg)
     config["iterative"] = bool(cls.iterative)  # read by the report: a closed-form fit is never "stopped"
     return config

@@ -20,7 +20,7 @@ from typing import Any
 
 from recsearch.evaluation.metrics import metric_mode, reported_test, valid_key, valid_metrics
 from recsearch.stats import summarize
-from recsearch.tuning.plan import SweepPlan, trial_setup
+from recsearch.tuning.plan import SweepPlan
 from recsearch.tuning.results import Trial, experiment_trials
 
 EXPERIMENT = "reevaluate"  # the Tune experiment's name under the sweep's storage
@@ -49,33 +49,12 @@ def grid(plan: SweepPlan, board: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def run(plan: SweepPlan, points: list[dict[str, Any]], split_ref, resume: bool) -> list[Trial]:
     """Run (or continue) the re-evaluation trials; returns them as read back from the storage."""
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    from recsearch.tuning.sweep import progress_metrics, run_config
+    from recsearch.tuning.sweep import run_points
     from recsearch.tuning.trainable import run_reevaluation
 
-    ray_cfg, metric = plan.first["ray"], plan.first["task"]["metric"]
-    setups = {family: trial_setup(plan, family) for family in plan.configs}
-    trainable = tune.with_resources(tune.with_parameters(run_reevaluation, split=split_ref, setups=setups),
-                                    {"cpu": ray_cfg["cpus_per_trial"], "gpu": ray_cfg["gpus_per_trial"]})
-    trainable._progress_metrics = progress_metrics(metric)
-    path = plan.experiment_path(EXPERIMENT)
-    if resume and tune.Tuner.can_restore(path):
-        print(f"\n== re-evaluation: resuming {path}", flush=True)
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    else:
-        chosen = settings(plan)
-        print(f"\n== re-evaluation: the top {chosen['top']} configurations on {chosen['seeds']} fresh seeds "
-              f"({len(points)} trials)", flush=True)
-        # no metric: nothing here ranks or stops trials, and a trial resumed after its last epoch
-        # reports only its test metrics
-        tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), reuse_actors=True,
-                                      max_concurrent_trials=ray_cfg["max_concurrent_trials"],
-                                      trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
-        tuner = tune.Tuner(trainable, param_space={"run": tune.grid_search(points)}, tune_config=tune_config,
-                           run_config=run_config(plan, EXPERIMENT, ray_cfg))
-    tuner.fit()
+    chosen = settings(plan)
+    run_points(plan, EXPERIMENT, run_reevaluation, points, _trial_name, split_ref, resume, "re-evaluation",
+               f"the top {chosen['top']} configurations on {chosen['seeds']} fresh seeds ({len(points)} trials)")
     return experiment_trials(plan, EXPERIMENT)
 
 

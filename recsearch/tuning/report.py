@@ -61,12 +61,20 @@ def _header(plan: SweepPlan, board: list[dict[str, Any]], summary: dict[str, Any
                   "model only")
         chosen = (f" Chosen by the validation mean over {seeds['runs']} fresh seeds, "
                   f"{plus_minus(seeds['valid'].get(metric))}." if seeds else "")
+        refitted = best.get("refit")
+        if refitted:
+            chosen += (f" Refitted before its test: this configuration retrained on {refitted['on']} "
+                       f"({refitted['interactions']} interactions) for {refitted['epochs']} epoch(s), no early "
+                       "stopping; the test figures are the refitted model's (exported as best/), the validation "
+                       "ones the selection run's.")
         lines.append(f"<p>Best: <b>{_e(best['trial'])}</b> ({_e(format_params(best['hparams']))}), epoch {best['epoch']}: "
                      f"validation {_e(metric)} {best['valid'][metric]:.4f}, "
                      f"test {_e(metric)} {best['test'][metric]:.4f} ({_e(tested)}).{_e(chosen)} "
                      f"Wall time {summary['wall_seconds']:.0f} s.</p>")
-        rows = [{"metric": name, "valid": value, "test": best["test"].get(name)} for name, value in best["valid"].items()]
-        lines.append(_table(rows, ["metric", "valid", "test"]))
+        test_column = "test (refitted)" if refitted else "test"
+        rows = [{"metric": name, "valid": value, test_column: best["test"].get(name)}
+                for name, value in best["valid"].items()]
+        lines.append(_table(rows, ["metric", "valid", test_column]))
     else:
         lines.append("<p class='err'><b>Every trial failed.</b></p>")
     return "\n".join(lines)

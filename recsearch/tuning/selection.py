@@ -1,6 +1,7 @@
 """After the trials: rank them on the validation metric, choose the winner (by its mean over
-fresh seeds when the best configurations were re-evaluated), evaluate it on the test split,
-export it as ``best/`` and write ``summary.json`` with the sweep's outputs."""
+fresh seeds when the best configurations were re-evaluated), evaluate it (or, with
+``search.refit``, its refit on train + valid) on the test split, export it as ``best/`` and
+write ``summary.json`` with the sweep's outputs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from recsearch.errors import RecsearchError
 from recsearch.evaluation.metrics import metric_mode, valid_key, valid_metrics
 from recsearch.output import write_json
 from recsearch.stats import plus_minus
-from recsearch.tuning import checkpoint, reevaluation
+from recsearch.tuning import checkpoint, reevaluation, refit
 from recsearch.tuning.leaderboard import add_reevaluation, leaderboard
 from recsearch.tuning.outputs import SUMMARY_FILE, write_outputs
 from recsearch.tuning.plan import SweepPlan
@@ -46,15 +47,24 @@ class Phases:
         return sum(self.seconds.values())
 
 
+def rank(plan: SweepPlan) -> tuple[list[Trial], list[dict[str, Any]], dict[str, Any] | None, Trial | None]:
+    """The trials, their leaderboard, the re-evaluation's outcome and the winner (None when no
+    trial finished): the best by mean over fresh seeds when re-evaluated, else the best ranked."""
+    trials = collect_trials(plan)
+    board = leaderboard(plan, trials)
+    reevaluated = reevaluation.outcome(plan, board)
+    add_reevaluation(board, reevaluated, plan.first["task"]["metric"])
+    ranked = [row["trial"] for row in board if row["rank"] is not None]
+    chosen = (reevaluated or {}).get("chosen") or next(iter(ranked), None)
+    return trials, board, reevaluated, next((t for t in trials if t.name == chosen), None)
+
+
 def finish(plan: SweepPlan, split: Split, phases: Phases) -> dict[str, Any]:
     """Rank the trials, choose and test the winner, export it, write the summary and the report."""
     out = Path(plan.out)
     metric = plan.first["task"]["metric"]
     with phases("rank"):
-        trials = collect_trials(plan)
-        board = leaderboard(plan, trials)
-        reevaluated = reevaluation.outcome(plan, board)
-        add_reevaluation(board, reevaluated, metric)
+        trials, board, reevaluated, winner = rank(plan)
     summary = {
         "sweep": plan.name,
         "directory": str(out),
@@ -71,26 +81,26 @@ def finish(plan: SweepPlan, split: Split, phases: Phases) -> dict[str, Any]:
         "reevaluation": reevaluated,
         "best": None,
     }
-    ranked = [row for row in board if row["rank"] is not None]
-    if ranked:
-        chosen = (reevaluated or {}).get("chosen") or ranked[0]["trial"]
-        winner = next(t for t in trials if t.name == chosen)
+    if winner is not None:
         with phases("test_and_export"):
-            summary["best"] = export_best(plan, winner, split, reevaluation.for_trial(reevaluated, chosen))
+            summary["best"] = export_best(plan, winner, split, reevaluation.for_trial(reevaluated, winner.name),
+                                          refit.trained(plan) if refit.enabled(plan) else None)
     summary["wall_seconds"] = round(phases.total(), 1)  # the report's writing, not yet timed, is not in it
     summary["seconds"] = {name: round(value, 2) for name, value in phases.seconds.items()}
     write_json(out / SUMMARY_FILE, summary)
     write_outputs(plan, trials, board, summary)
-    if not ranked:
+    if winner is None:
         reasons = Counter(row["error"] or f"status {row['status']}" for row in board)
         why = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common())
         raise SweepFailed(f"all {len(board)} trials failed: {why or 'no trial ran'}. Details: {out / SUMMARY_FILE}")
     best = summary["best"]
-    seeds = best.get("seeds")
+    seeds, refitted = best.get("seeds"), best.get("refit")
     print(f"\nbest: {best['trial']} ({best['family']}) {_fmt(best['hparams'])}\n"
           f"  valid {metric} {best['valid'][metric]:.4f} at epoch {best['epoch']}, "
-          f"test {metric} {best['test'][metric]:.4f}\n"
-          + (f"  over {seeds['runs']} fresh seed(s): valid {plus_minus(seeds['valid'].get(metric))}, "
+          f"test {metric} {best['test'][metric]:.4f}"
+          + (f" (refitted on {refitted['on']} for {refitted['epochs']} epoch(s))" if refitted else "") + "\n"
+          + (f"  over {seeds['runs']} fresh seed(s){', trained on train' if refitted else ''}: "
+             f"valid {plus_minus(seeds['valid'].get(metric))}, "
              f"test {plus_minus(seeds['test'].get(metric))} (mean ± 95% CI where there are several)\n"
              if seeds else "") +
           f"trials: {_fmt(summary['trials'])}; {summary['wall_seconds']:.0f}s\n"
@@ -99,40 +109,50 @@ def finish(plan: SweepPlan, split: Split, phases: Phases) -> dict[str, Any]:
     return summary
 
 
-def export_best(plan: SweepPlan, trial: Trial, split: Split, seeds: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_best(plan: SweepPlan, trial: Trial, split: Split, seeds: dict[str, Any] | None = None,
+                refitted: Trial | None = None) -> dict[str, Any]:
     """Rebuild the winner from its best epoch's state, evaluate it on the test split and save it
-    as ``best/``; ``seeds``: its configuration's re-evaluation, recorded beside. Without a
-    re-evaluation this is the only time the sweep touches the test split."""
+    as ``best/``; ``seeds``: its configuration's re-evaluation, recorded beside. ``refitted``:
+    the refit of its configuration on train + valid (``recsearch.tuning.refit``), tested and
+    saved instead; the validation figures stay the winner's. Without a re-evaluation this is the
+    only time the sweep touches the test split."""
     from recsearch.evaluation import Evaluator
     from recsearch.models.factory import build_model
-    from recsearch.training import load_serialized
+    from recsearch.training import load_serialized, refit_record
 
     config = plan.configs[trial.family]
     task = config["task"]
+    if refitted is not None and refitted.status != "TERMINATED":
+        raise SweepFailed(f"the refit of {trial.name} did not finish ({refitted.error or refitted.status})")
+    data, source = (split, trial) if refitted is None else (split.train_and_valid(), refitted)
     model = build_model(config["model"], seed=config["seed"], device=config["device"], task=task["name"],
                         **trial.hparams)
-    model.prepare(split.train)
-    with checkpoint.latest(trial.path) as directory:
+    model.prepare(data.train)
+    with checkpoint.latest(source.path) as directory:
         if directory is None:
-            raise SweepFailed(f"trial {trial.name} has no checkpoint left in {trial.path}")
+            raise SweepFailed(f"trial {source.name} has no checkpoint left in {source.path}")
         saved = checkpoint.read(directory)
     load_serialized(model, saved.best_state)
-    row = next(r for r in trial.history if r["epoch"] == saved.best_epoch)  # the exported epoch's own metrics
-    test = Evaluator.for_task(task, batch_size=config["train"]["eval_batch_size"]).evaluate(model, split, "test")
+    epoch = saved.best_epoch if refitted is None else refitted.hparams["run"]["epochs"]  # the epoch chosen
+    row = next(r for r in trial.history if r["epoch"] == epoch)  # the chosen epoch's own metrics
+    test = Evaluator.for_task(task, batch_size=config["train"]["eval_batch_size"]).evaluate(model, data, "test")
     valid = valid_metrics(row)
     best = {
         "trial": trial.name,
         "family": trial.family,
         "hparams": trial.hparams,
         "model": {**config["model"], **trial.hparams},
-        "epoch": saved.best_epoch,
+        "epoch": epoch,
         "valid": valid,
         "test": test,
         "model_dir": "best",
     }
     metadata = {"sweep": plan.name, "trial": trial.name, "data": config["data"]["name"],
-                "selected_by": selection(config), "epoch": saved.best_epoch, "valid": valid, "test": test,
+                "selected_by": selection(config), "epoch": epoch, "valid": valid, "test": test,
                 "selected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if refitted is not None:  # the test figures are the refitted model's, the validation ones its selection's
+        folder = refitted.path.rstrip("/").rsplit("/", 1)[-1]  # Tune's name for it: <winner>_refit
+        best["refit"] = metadata["refit"] = {**refit_record(data, saved.best_epoch), "trial": folder}
     if seeds is not None:  # the model is the sweep trial's; the means are over its configuration's fresh seeds
         best["seeds"] = metadata["seeds"] = {key: seeds[key] for key in ("seeds", "runs", "valid", "test")}
         metadata["selected_by"] = f"mean {selection(config)} over {seeds['runs']} fresh seeds"

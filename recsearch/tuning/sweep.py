@@ -20,11 +20,11 @@ from recsearch.data.dataset import Split
 from recsearch.errors import ConfigError, RecsearchError
 from recsearch.evaluation.metrics import metric_mode, valid_key
 from recsearch.output import check_writable
-from recsearch.tuning import reevaluation
+from recsearch.tuning import reevaluation, refit
 from recsearch.tuning.leaderboard import leaderboard
 from recsearch.tuning.plan import PLAN_FILE, SweepPlan, plan_sweep, trial_setup
 from recsearch.tuning.results import collect_trials
-from recsearch.tuning.selection import Phases, finish, selection
+from recsearch.tuning.selection import Phases, SweepFailed, finish, rank, selection
 from recsearch.tuning.space import default_point
 
 # set by Ray in the environment of a job's driver (the entrypoint of `ray job submit`, `recsearch submit`)
@@ -81,6 +81,8 @@ def run_sweep(plan: SweepPlan, resume: bool = False, split: Split | None = None)
                     _fit_family(plan, family, split_ref, resume)
             with phases("reevaluation"):
                 _reevaluate(plan, split_ref, resume)
+            with phases("refit"):
+                _refit(plan, split_ref, resume)
             with phases("ray_stop"):
                 ray_up.close()
     except KeyboardInterrupt:
@@ -197,6 +199,52 @@ def _reevaluate(plan: SweepPlan, split_ref, resume: bool) -> None:
                                f"`recsearch resume {plan.out}`")
 
 
+def run_points(plan: SweepPlan, experiment: str, trainable_fn, points: list[dict[str, Any]], trial_name,
+               split_ref, resume: bool, title: str, what: str) -> None:
+    """Run (or continue) one more Tune experiment after the families' (``<storage>/<experiment>``):
+    the re-evaluation, the refit. A grid of ``points`` (each a trial's ``config["run"]``), trained
+    by ``trainable_fn(config, split, setups)`` with every family's setup and named by
+    ``trial_name(trial)``; real trials on the cluster that checkpoint and resume like the sweep's."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    ray_cfg = plan.first["ray"]
+    setups = {family: trial_setup(plan, family) for family in plan.configs}
+    trainable = tune.with_resources(tune.with_parameters(trainable_fn, split=split_ref, setups=setups),
+                                    {"cpu": ray_cfg["cpus_per_trial"], "gpu": ray_cfg["gpus_per_trial"]})
+    trainable._progress_metrics = progress_metrics(plan.first["task"]["metric"])
+    path = plan.experiment_path(experiment)
+    if resume and tune.Tuner.can_restore(path):
+        print(f"\n== {title}: resuming {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        print(f"\n== {title}: {what}", flush=True)
+        # no metric: nothing here ranks or stops trials, and some report none (a trial resumed after
+        # its last epoch reports only its test metrics; a refit has no validation)
+        tune_config = tune.TuneConfig(scheduler=FIFOScheduler(), reuse_actors=True,
+                                      max_concurrent_trials=ray_cfg["max_concurrent_trials"],
+                                      trial_name_creator=trial_name, trial_dirname_creator=trial_name)
+        tuner = tune.Tuner(trainable, param_space={"run": tune.grid_search(points)}, tune_config=tune_config,
+                           run_config=run_config(plan, experiment, ray_cfg))
+    tuner.fit()
+
+
+def _refit(plan: SweepPlan, split_ref, resume: bool) -> None:
+    """With ``search.refit``, retrain the winner's configuration on train + valid
+    (``recsearch.tuning.refit``); the export then tests that model."""
+    if not refit.enabled(plan):
+        return
+    *_, winner = rank(plan)
+    if winner is None:  # no trial finished: ``finish`` says why
+        return
+    trial = refit.run(plan, winner, split_ref, resume)
+    if trial is None or trial.status not in ("TERMINATED", "ERROR"):
+        raise SweepInterrupted(f"refit: unfinished; continue with `recsearch resume {plan.out}`")
+    if trial.status == "ERROR":
+        raise SweepFailed(f"the refit of {winner.name} on train + valid failed: {trial.error}. "
+                          f"Details: {trial.path}")
+
+
 def progress_metrics(metric: str) -> list[str]:
     """What Tune's progress output shows of each result (instead of every metric at every cutoff)."""
     return ["epoch", "loss", valid_key(metric)]
@@ -252,7 +300,7 @@ def _tune_config(plan: SweepPlan, family: str):
 
 
 def run_config(plan: SweepPlan, name: str, ray_cfg: dict[str, Any], *callbacks):
-    """Tune's run settings of the sweep's experiment ``name`` (a family, or the re-evaluation),
+    """Tune's run settings of the sweep's experiment ``name`` (a family, the re-evaluation, the refit),
     with Tune ``callbacks`` besides TensorBoard's."""
     from ray import tune
     from ray.tune.logger import TBXLoggerCallback

@@ -9,7 +9,8 @@ Every epoch is also recorded as Ray metrics, tagged with the sweep, family and t
 
 ``run_trial`` is a sweep's trial; ``run_reevaluation`` retrains one of the sweep's best
 configurations on another seed (``recsearch.tuning.reevaluation``) and, once trained, also
-reports its test metrics, under ``test/<metric>``.
+reports its test metrics, under ``test/<metric>``; ``run_refit`` retrains the chosen one on
+train + valid for a set number of epochs, with no validation (``recsearch.tuning.refit``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,16 @@ def run_reevaluation(config: dict[str, Any], split: Split, setups: dict[str, dic
     _train_reporting(point["hparams"], split, setups[point["family"]], point["seed"], test=True)
 
 
-def _train_reporting(hparams: dict[str, Any], split: Split, setup: dict[str, Any], seed: int, test: bool) -> None:
+def run_refit(config: dict[str, Any], split: Split, setups: dict[str, dict[str, Any]]) -> None:
+    """Retrain the chosen configuration (``config["run"]``: ``trial``, ``family``, ``hparams``,
+    ``seed``, ``epochs``) on train + valid for ``epochs`` epochs; its test is the export's."""
+    point = config["run"]
+    _train_reporting(point["hparams"], split, setups[point["family"]], point["seed"], test=False,
+                     refit_epochs=point["epochs"])
+
+
+def _train_reporting(hparams: dict[str, Any], split: Split, setup: dict[str, Any], seed: int, test: bool,
+                     refit_epochs: int | None = None) -> None:
     import ray
     from ray import tune
 
@@ -53,6 +63,8 @@ def _train_reporting(hparams: dict[str, Any], split: Split, setup: dict[str, Any
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     if isinstance(split, ray.ObjectRef):
         split = ray.get(split)
+    if refit_epochs is not None:
+        split = split.train_and_valid()
     # the split's arrays are the object store's read-only shared memory, which models only read:
     # torch's warning that its tensors over them must not be written would greet every trial
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -81,8 +93,9 @@ def _train_reporting(hparams: dict[str, Any], split: Split, setup: dict[str, Any
             tune.report({**end.row, **placement}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     evaluator = Evaluator.for_task(task, batch_size=loop["eval_batch_size"])
-    result = train(model, split, evaluator, task["metric"], loop["max_epochs"], Stopping.of(loop), on_epoch=report,
-                   resume=resume)
+    # a refit has no stopping rule: exactly that many epochs, no validation
+    max_epochs, stopping = (loop["max_epochs"], Stopping.of(loop)) if refit_epochs is None else (refit_epochs, None)
+    result = train(model, split, evaluator, task["metric"], max_epochs, stopping, on_epoch=report, resume=resume)
     if test:  # the best epoch's state is restored: the last epoch's row again, with its test metrics
         tested = evaluator.evaluate(model, split, "test")
         row = last or {"epoch": resume.epoch}  # resumed after its last epoch: nothing re-ran, only this merges in

@@ -1,0 +1,56 @@
+"""The refit (``search.refit``): the sweep's chosen configuration retrained on train + valid
+before its test and export.
+
+Once validation has chosen the configuration and its number of epochs, the validation
+interactions are more training data, and a model exported for serving should have learnt from
+every interaction that is not test (the protocol of Ferrari Dacrema et al. 2019 and of
+scikit-learn's ``GridSearchCV(refit=True)``). The refit trains the winner's hyperparameters on
+its seed for exactly the epochs it was chosen at, its best epoch (closed-form models: one fit),
+with no early stopping: no validation is left (``recsearch.training.train`` without a stopping
+rule, on ``Split.train_and_valid``).
+
+It runs as one more Tune experiment (``<storage>/refit``), of one trial, like the re-evaluation:
+a GPU cluster refits on a GPU worker, and an interrupted sweep resumes it. The trial only trains
+and checkpoints; ``selection.export_best`` then tests its model, once, and exports it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recsearch.tuning.plan import SweepPlan
+from recsearch.tuning.results import Trial, experiment_trials
+
+EXPERIMENT = "refit"  # the Tune experiment's name under the sweep's storage
+
+
+def enabled(plan: SweepPlan) -> bool:
+    """``search.refit`` (plans saved before it existed: off)."""
+    return bool(plan.first["search"].get("refit"))
+
+
+def point(plan: SweepPlan, winner: Trial) -> dict[str, Any]:
+    """What the refit trial trains: the winner's family, hyperparameters and seed, for its best epoch."""
+    best = winner.best(plan.first["task"]["metric"])
+    return {"trial": winner.name, "family": winner.family, "hparams": winner.hparams,
+            "seed": plan.configs[winner.family]["seed"], "epochs": best["epoch"]}
+
+
+def run(plan: SweepPlan, winner: Trial, split_ref, resume: bool) -> Trial:
+    """Run (or continue) the refit of ``winner``; returns its trial as read back from the storage."""
+    from recsearch.tuning.sweep import run_points
+    from recsearch.tuning.trainable import run_refit
+
+    chosen = point(plan, winner)
+    run_points(plan, EXPERIMENT, run_refit, [chosen], _trial_name, split_ref, resume, "refit",
+               f"{winner.name} on train + valid for {chosen['epochs']} epoch(s)")
+    return trained(plan)
+
+
+def trained(plan: SweepPlan) -> Trial | None:
+    """The refit trial (None before it started)."""
+    return next(iter(experiment_trials(plan, EXPERIMENT)), None)
+
+
+def _trial_name(trial) -> str:
+    return f"{trial.config['run']['trial']}_refit"
