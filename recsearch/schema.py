@@ -84,6 +84,7 @@ class ReevaluateConfig(Section):
     enabled: bool
     top: PositiveInt
     seeds: PositiveInt
+    epochs: Literal["chosen", "early_stopping"]
 
 
 class SearchConfig(Section):

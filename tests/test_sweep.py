@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import ray
@@ -26,6 +27,7 @@ import torch
 
 from recsearch.cli import main
 from recsearch.models.base import IterativeRecommender, Recommender, register
+from recsearch.tuning import reevaluation
 from recsearch.tuning.plan import SweepPlan
 from recsearch.tuning.results import collect_trials, experiment_trials
 
@@ -247,6 +249,30 @@ def test_the_best_epoch_is_exported_from_the_newest_checkpoint(local_ray, tmp_pa
     model = Recommender.load(out / "best")
     assert model.metadata["epoch"] == best_epoch and float(model.strength) == pytest.approx(0.5 * best_epoch)
     assert json.loads((out / "summary.json").read_text())["best"]["valid"]["ndcg@10"] == max(values)
+
+
+def test_fresh_seeds_train_the_chosen_epochs_or_early_stop(local_ray, tmp_path):
+    """search.reevaluate.epochs=chosen (the default): the winner peaked at epoch 2 of 6, so its
+    fresh seed trains exactly 2 epochs and is validated once, at the end; early_stopping
+    instead validates every epoch and runs out its patience."""
+    out = tmp_path / "chosen"
+    code = main(["sweep", *TOY[:-1], f"out={out}", "search.num_samples=1", "scheduler=fifo", "train.patience=10",
+                 "search.space.rate.grid=[0.5]", "model.decline_after=2", "search.reevaluate.top=1",
+                 "search.reevaluate.seeds=1"])
+    assert code == 0
+    [fresh] = experiment_trials(SweepPlan.load(out), "reevaluate")
+    assert fresh.hparams["run"]["epochs"] == 2 and [row["epoch"] for row in fresh.history] == [1, 2]
+    assert [("valid/ndcg@10" in row, "test/ndcg@10" in row) for row in fresh.history] == [
+        (False, False), (True, True)], "validated and tested once, after the last epoch"
+    seeds = json.loads((out / "summary.json").read_text())["reevaluation"]
+    assert seeds["candidates"][0]["runs"] == 1 and seeds["chosen"] == seeds["candidates"][0]["trial"]
+
+    plan = SimpleNamespace(first={"seed": 42, "search": {"reevaluate": {
+        "enabled": True, "top": 1, "seeds": 2, "epochs": "early_stopping"}}}, configs={"mf": {"iterative": True}})
+    board = [{"rank": 1, "trial": "mf_00000", "family": "mf", "hparams": {}, "best_epoch": 7}]
+    assert [(p["seed"], p["epochs"]) for p in reevaluation.grid(plan, board)] == [(43, None), (44, None)]
+    plan.first["search"]["reevaluate"]["epochs"] = "chosen"
+    assert [(p["seed"], p["epochs"]) for p in reevaluation.grid(plan, board)] == [(43, 7), (44, 7)]
 
 
 def test_the_refit_retrains_the_winner_on_train_and_valid_for_its_best_epoch(local_ray, tmp_path, monkeypatch):

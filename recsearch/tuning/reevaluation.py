@@ -3,12 +3,21 @@
 seeds (``seed + 1``, ``seed + 2``, ...) and the best is chosen by its mean validation metric.
 
 The retraining runs as one more Tune experiment (``<storage>/reevaluate``): a grid of
-(configuration x seed) points, each a real trial with the loop's own early stopping and no
-scheduler, so it runs on the cluster, checkpoints and resumes like any other. Fresh seeds keep
-the sweep's selection out of the estimate: the seed a configuration won on would flatter it.
-Closed-form fits do not depend on the seed: they are refitted once.
+(configuration x seed) points, each a real trial with no scheduler, so it runs on the cluster,
+checkpoints and resumes like any other. Fresh seeds keep the sweep's selection out of the
+estimate: the seed a configuration won on would flatter it. Closed-form fits do not depend on
+the seed: they are refitted once.
 
-Each re-evaluation trial also evaluates its best epoch on the test split, so that the report can
+How long a fresh seed trains (``search.reevaluate.epochs``):
+
+* ``chosen`` (the default): exactly the epochs its sweep trial was chosen at (its best epoch),
+  validated once, at the end. What is measured is then the recipe that is exported (these
+  hyperparameters for this many epochs), not each seed's own luckiest epoch, and nothing is
+  spent on per-epoch validation or on the patience epochs after a peak.
+* ``early_stopping``: the loop's own early stopping, validated every epoch; each seed keeps its
+  best epoch, which flatters every configuration a little, and costs the patience epochs.
+
+Each re-evaluation trial also evaluates its kept epoch on the test split, so that the report can
 show the test metric's mean and interval beside the validation one. Those test figures are
 reported, never used: the choice is made on validation means alone, and only the chosen
 configuration's model is exported.
@@ -34,7 +43,8 @@ def settings(plan: SweepPlan) -> dict[str, Any] | None:
 
 def grid(plan: SweepPlan, board: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The (configuration x seed) points: the sweep's ``top`` ranked trials, each on ``seeds``
-    fresh seeds (closed-form ones on one)."""
+    fresh seeds (closed-form ones on one); ``epochs``: the trial's best epoch, which fresh seeds
+    train for (``search.reevaluate.epochs=chosen``), or None (their own early stopping)."""
     chosen = settings(plan)
     if chosen is None:
         return []
@@ -42,8 +52,9 @@ def grid(plan: SweepPlan, board: list[dict[str, Any]]) -> list[dict[str, Any]]:
     points = []
     for row in [r for r in board if r["rank"] is not None][: chosen["top"]]:
         n_seeds = chosen["seeds"] if plan.configs[row["family"]]["iterative"] else 1
-        points += [{"trial": row["trial"], "family": row["family"], "hparams": row["hparams"], "seed": seed + s}
-                   for s in range(1, n_seeds + 1)]
+        epochs = row["best_epoch"] if chosen.get("epochs", "early_stopping") == "chosen" else None
+        points += [{"trial": row["trial"], "family": row["family"], "hparams": row["hparams"], "seed": seed + s,
+                    "epochs": epochs} for s in range(1, n_seeds + 1)]
     return points
 
 
@@ -54,7 +65,8 @@ def run(plan: SweepPlan, points: list[dict[str, Any]], split_ref, resume: bool) 
 
     chosen = settings(plan)
     run_points(plan, EXPERIMENT, run_reevaluation, points, _trial_name, split_ref, resume, "re-evaluation",
-               f"the top {chosen['top']} configurations on {chosen['seeds']} fresh seeds ({len(points)} trials)")
+               f"the top {chosen['top']} configurations on {chosen['seeds']} fresh seeds ({len(points)} trials, "
+               f"{'each for its chosen epochs' if chosen.get('epochs') == 'chosen' else 'under early stopping'})")
     return experiment_trials(plan, EXPERIMENT)
 
 

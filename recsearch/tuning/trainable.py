@@ -30,31 +30,36 @@ def run_trial(config: dict[str, Any], split: Split, setup: dict[str, Any]) -> No
     """Train one configuration under Tune. ``config``: the sampled hyperparameters; ``split``:
     the shared training data (a Ray object reference resolved here); ``setup``: the family's
     plain-dict settings (see ``recsearch.tuning.plan.trial_setup``)."""
-    _train_reporting(config, split, setup, setup["seed"], test=False)
+    _train_reporting(config, split, setup, setup["seed"])
 
 
 def run_reevaluation(config: dict[str, Any], split: Split, setups: dict[str, dict[str, Any]]) -> None:
     """Retrain a sweep trial's configuration (``config["run"]``: ``trial``, ``family``, ``hparams``,
-    ``seed``) with its family's setup on that seed, then report its test metrics."""
+    ``seed``, ``epochs``: a set number, or None for early stopping) with its family's setup on
+    that seed, then report its test metrics."""
     point = config["run"]
-    _train_reporting(point["hparams"], split, setups[point["family"]], point["seed"], test=True)
+    _train_reporting(point["hparams"], split, setups[point["family"]], point["seed"], epochs=point.get("epochs"),
+                     test=True)
 
 
 def run_refit(config: dict[str, Any], split: Split, setups: dict[str, dict[str, Any]]) -> None:
     """Retrain the chosen configuration (``config["run"]``: ``trial``, ``family``, ``hparams``,
     ``seed``, ``epochs``) on train + valid for ``epochs`` epochs; its test is the export's."""
     point = config["run"]
-    _train_reporting(point["hparams"], split, setups[point["family"]], point["seed"], test=False,
-                     refit_epochs=point["epochs"])
+    _train_reporting(point["hparams"], split, setups[point["family"]], point["seed"], epochs=point["epochs"],
+                     refit=True)
 
 
-def _train_reporting(hparams: dict[str, Any], split: Split, setup: dict[str, Any], seed: int, test: bool,
-                     refit_epochs: int | None = None) -> None:
+def _train_reporting(hparams: dict[str, Any], split: Split, setup: dict[str, Any], seed: int, *,
+                     epochs: int | None = None, refit: bool = False, test: bool = False) -> None:
+    """Train under early stopping (``epochs`` None) or for exactly ``epochs`` epochs with no
+    validation until the end; ``refit``: on train + valid; ``test``: then report the kept
+    epoch's test metrics, and its validation ones when they were not measured on the way."""
     import ray
     from ray import tune
 
     from recsearch.evaluation import Evaluator
-    from recsearch.evaluation.metrics import TEST_PREFIX
+    from recsearch.evaluation.metrics import TEST_PREFIX, valid_key
     from recsearch.models.factory import build_model
     from recsearch.runtime import configure_threads, seed_everything
     from recsearch.training import EpochEnd, Stopping, train
@@ -63,7 +68,7 @@ def _train_reporting(hparams: dict[str, Any], split: Split, setup: dict[str, Any
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     if isinstance(split, ray.ObjectRef):
         split = ray.get(split)
-    if refit_epochs is not None:
+    if refit:
         split = split.train_and_valid()
     # the split's arrays are the object store's read-only shared memory, which models only read:
     # torch's warning that its tensors over them must not be written would greet every trial
@@ -93,11 +98,13 @@ def _train_reporting(hparams: dict[str, Any], split: Split, setup: dict[str, Any
             tune.report({**end.row, **placement}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     evaluator = Evaluator.for_task(task, batch_size=loop["eval_batch_size"])
-    # a refit has no stopping rule: exactly that many epochs, no validation
-    max_epochs, stopping = (loop["max_epochs"], Stopping.of(loop)) if refit_epochs is None else (refit_epochs, None)
+    # a set number of epochs has no stopping rule, and no validation on the way
+    max_epochs, stopping = (loop["max_epochs"], Stopping.of(loop)) if epochs is None else (epochs, None)
     result = train(model, split, evaluator, task["metric"], max_epochs, stopping, on_epoch=report, resume=resume)
     if test:  # the best epoch's state is restored: the last epoch's row again, with its test metrics
-        tested = evaluator.evaluate(model, split, "test")
         row = last or {"epoch": resume.epoch}  # resumed after its last epoch: nothing re-ran, only this merges in
+        if epochs is not None:
+            row.update({valid_key(name): value for name, value in evaluator.evaluate(model, split, "valid").items()})
+        tested = evaluator.evaluate(model, split, "test")
         tune.report({**row, "best_epoch": result.best_epoch,
                      **{f"{TEST_PREFIX}{name}": value for name, value in tested.items()}})
