@@ -27,7 +27,7 @@ import torch
 
 from recsearch.cli import main
 from recsearch.models.base import IterativeRecommender, Recommender, register
-from recsearch.tuning import reevaluation
+from recsearch.tuning import reevaluation, refit
 from recsearch.tuning.plan import SweepPlan
 from recsearch.tuning.results import collect_trials, experiment_trials
 
@@ -273,6 +273,18 @@ def test_fresh_seeds_train_the_chosen_epochs_or_early_stop(local_ray, tmp_path):
     assert [(p["seed"], p["epochs"]) for p in reevaluation.grid(plan, board)] == [(43, None), (44, None)]
     plan.first["search"]["reevaluate"]["epochs"] = "chosen"
     assert [(p["seed"], p["epochs"]) for p in reevaluation.grid(plan, board)] == [(43, 7), (44, 7)]
+
+
+def test_the_refit_trains_the_median_of_the_chosen_epochs():
+    """One seed's best epoch is a noisy guess of how long to train: the refit takes the median of
+    the sweep trial's best epoch and those its fresh seeds early-stopped at."""
+    winner = SimpleNamespace(name="mf_00000", family="mf", hparams={"dim": 8},
+                             best=lambda metric: {"epoch": 34, "valid/ndcg@10": 0.2})
+    plan = SimpleNamespace(first={"task": {"metric": "ndcg@10"}}, configs={"mf": {"seed": 42}})
+    assert refit.point(plan, winner)["epochs"] == 34
+    assert refit.point(plan, winner, {"epochs": [70, 81, 93]})["epochs"] == 76
+    assert refit.point(plan, winner, {"epochs": [34, 34, 34]}) == {
+        "trial": "mf_00000", "family": "mf", "hparams": {"dim": 8}, "seed": 42, "epochs": 34}
 
 
 def test_the_refit_retrains_the_winner_on_train_and_valid_for_its_best_epoch(local_ray, tmp_path, monkeypatch):

@@ -88,15 +88,17 @@ def outcome(plan: SweepPlan, board: list[dict[str, Any]]) -> dict[str, Any] | No
     candidates = []
     for row in (r for r in board if r["trial"] in {p["trial"] for p in points}):
         runs = [t for t in trials if t.hparams["run"]["trial"] == row["trial"]]
-        valid, test = [], []
+        valid, test, epochs = [], [], []
         for trial in runs:
             tested = next((r for r in trial.history if reported_test(r)), None)
             if trial.status == "TERMINATED" and tested is not None:
-                valid.append(valid_metrics(trial.best(metric)))
+                kept = trial.best(metric)
+                valid.append(valid_metrics(kept))
                 test.append(reported_test(tested))
+                epochs.append(kept["epoch"])
         candidates.append({"trial": row["trial"], "family": row["family"], "sweep_rank": row["rank"],
                            "hparams": row["hparams"], "seeds": [p["seed"] for p in points if p["trial"] == row["trial"]],
-                           "runs": len(valid), "valid": summarize(valid), "test": summarize(test),
+                           "runs": len(valid), "valid": summarize(valid), "test": summarize(test), "epochs": epochs,
                            "errors": [t.error for t in runs if t.error]})
     done = [c for c in candidates if c["runs"]]
     pick = max if metric_mode(metric) == "max" else min

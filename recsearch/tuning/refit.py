@@ -5,9 +5,12 @@ Once validation has chosen the configuration and its number of epochs, the valid
 interactions are more training data, and a model exported for serving should have learnt from
 every interaction that is not test (the protocol of Ferrari Dacrema et al. 2019 and of
 scikit-learn's ``GridSearchCV(refit=True)``). The refit trains the winner's hyperparameters on
-its seed for exactly the epochs it was chosen at, its best epoch (closed-form models: one fit),
-with no early stopping: no validation is left (``recsearch.training.train`` without a stopping
-rule, on ``Split.train_and_valid``).
+its seed for exactly the epochs it was chosen at (closed-form models: one fit), with no early
+stopping: no validation is left (``recsearch.training.train`` without a stopping rule, on
+``Split.train_and_valid``). Those epochs are its sweep trial's best epoch or, when its fresh
+seeds early-stopped on their own (``search.reevaluate.epochs=early_stopping``), the median of
+that epoch and theirs: one seed's best epoch is a noisy guess of how long the configuration
+should train.
 
 It runs as one more Tune experiment (``<storage>/refit``), of one trial, like the re-evaluation:
 a GPU cluster refits on a GPU worker, and an interrupted sweep resumes it. The trial only trains
@@ -16,6 +19,7 @@ and checkpoints; ``selection.export_best`` then tests its model, once, and expor
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from recsearch.tuning.plan import SweepPlan
@@ -29,19 +33,20 @@ def enabled(plan: SweepPlan) -> bool:
     return bool(plan.first["search"].get("refit"))
 
 
-def point(plan: SweepPlan, winner: Trial) -> dict[str, Any]:
-    """What the refit trial trains: the winner's family, hyperparameters and seed, for its best epoch."""
-    best = winner.best(plan.first["task"]["metric"])
+def point(plan: SweepPlan, winner: Trial, seeds: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the refit trial trains: the winner's family, hyperparameters and seed, for the median
+    of its best epoch and those its fresh seeds kept (``seeds``: its re-evaluation, if any)."""
+    epochs = [winner.best(plan.first["task"]["metric"])["epoch"], *(seeds or {}).get("epochs", [])]
     return {"trial": winner.name, "family": winner.family, "hparams": winner.hparams,
-            "seed": plan.configs[winner.family]["seed"], "epochs": best["epoch"]}
+            "seed": plan.configs[winner.family]["seed"], "epochs": round(statistics.median(epochs))}
 
 
-def run(plan: SweepPlan, winner: Trial, split_ref, resume: bool) -> Trial:
+def run(plan: SweepPlan, winner: Trial, seeds: dict[str, Any] | None, split_ref, resume: bool) -> Trial:
     """Run (or continue) the refit of ``winner``; returns its trial as read back from the storage."""
     from recsearch.tuning.sweep import run_points
     from recsearch.tuning.trainable import run_refit
 
-    chosen = point(plan, winner)
+    chosen = point(plan, winner, seeds)
     run_points(plan, EXPERIMENT, run_refit, [chosen], _trial_name, split_ref, resume, "refit",
                f"{winner.name} on train + valid for {chosen['epochs']} epoch(s)")
     return trained(plan)

@@ -133,8 +133,8 @@ def export_best(plan: SweepPlan, trial: Trial, split: Split, seeds: dict[str, An
             raise SweepFailed(f"trial {source.name} has no checkpoint left in {source.path}")
         saved = checkpoint.read(directory)
     load_serialized(model, saved.best_state)
-    epoch = saved.best_epoch if refitted is None else refitted.hparams["run"]["epochs"]  # the epoch chosen
-    row = next(r for r in trial.history if r["epoch"] == epoch)  # the chosen epoch's own metrics
+    row = trial.best(task["metric"])  # the chosen epoch's own metrics (a refit may train longer)
+    epoch = row["epoch"]
     test = Evaluator.for_task(task, batch_size=config["train"]["eval_batch_size"]).evaluate(model, data, "test")
     valid = valid_metrics(row)
     best = {

@@ -234,10 +234,10 @@ def _refit(plan: SweepPlan, split_ref, resume: bool) -> None:
     (``recsearch.tuning.refit``); the export then tests that model."""
     if not refit.enabled(plan):
         return
-    *_, winner = rank(plan)
+    *_, reevaluated, winner = rank(plan)
     if winner is None:  # no trial finished: ``finish`` says why
         return
-    trial = refit.run(plan, winner, split_ref, resume)
+    trial = refit.run(plan, winner, reevaluation.for_trial(reevaluated, winner.name), split_ref, resume)
     if trial is None or trial.status not in ("TERMINATED", "ERROR"):
         raise SweepInterrupted(f"refit: unfinished; continue with `recsearch resume {plan.out}`")
     if trial.status == "ERROR":
