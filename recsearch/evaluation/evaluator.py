@@ -8,13 +8,13 @@ a part (``cold_items``) ranks only those items. Users left without a target are 
 ``last_counts`` says how many were evaluated. Rating: the model predicts every (user, item)
 pair of the part.
 
-A model scores the validation part from its training state, and so the test part, unless its
-state is each user's time-ordered sequence (``Recommender.reads_sequence``: the LSTM and SASRec
-families): it then scores each test user from the training items followed by the validation
-items, merged in time order (``model.score_history``). On leave-one-out it so predicts the item
-after the last one the user had done, not two steps ahead, as in SASRec's paper and RecBole's
-sequential evaluation; the other families, like RecBole's general models, score the test part
-from the training state alone. Masks and targets are the same either way.
+Every model scores the validation part from its training state. The test part too, except a
+model whose state is each user's time-ordered sequence (``Recommender.reads_sequence``: the
+LSTM and SASRec families): it scores each test user from the training and validation items,
+merged in time order (``model.score_history``), so that on leave-one-out it predicts the item
+after the validation item, not two steps ahead, as SASRec's paper and RecBole's sequential
+evaluation do. The other families, like RecBole's general models, score it from their training
+state. Masks and targets are the same either way.
 
 Masks and targets depend only on the split, so they are built once per (split, part, device),
 those histories once per split, and reused across epochs; a split is treated as immutable once
@@ -190,8 +190,8 @@ def _ranking_part(split: Split, part: str, device: torch.device) -> _RankingPart
 
 
 def histories_before_test(split: Split, users: np.ndarray) -> list[np.ndarray]:
-    """Each of ``users``' training then validation items, merged in time order (ties: training
-    first, then original order): all the user had done when its test items came."""
+    """Each of ``users``' training and validation items, merged in time order (ties: training
+    first, then original order): on leave-one-out, all the user had done before its test item."""
     parts = (split.train.interactions, split.valid)
     items, offsets = time_ordered(*(np.concatenate([getattr(p, name) for p in parts])
                                     for name in ("user", "item", "timestamp")), split.n_users)
