@@ -124,11 +124,11 @@ class Evaluator:
         for start in range(0, len(data.users), self.batch_size):
             users = data.users[start : start + self.batch_size]
             if histories is None:
-                scores = model.score(users)
+                scores, method = model.score(users), "score"
             else:
-                scores = model.score_history(histories[start : start + self.batch_size])
+                scores, method = model.score_history(histories[start : start + self.batch_size]), "score_history"
             if scores.shape != (len(users), n_items):
-                raise ValueError(f"{type(model).__name__}.score returned shape {tuple(scores.shape)}, "
+                raise ValueError(f"{type(model).__name__}.{method} returned shape {tuple(scores.shape)}, "
                                  f"expected {(len(users), n_items)}")
             data.masked.mask(scores, users)  # in place: score() hands out a fresh tensor
             if data.excluded is not None:
