@@ -1,5 +1,6 @@
 """The Evaluator on splits: masking of training (and, for test, validation) items, skipped users,
-batching, the per-split cache, rating evaluation and an end-to-end run with Popularity."""
+batching, the per-split cache, what a sequence reader's test part is scored from, rating
+evaluation and an end-to-end run with Popularity."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from omegaconf import OmegaConf
 from recsearch.data.dataset import Interactions, Split
 from recsearch.errors import ConfigError
 from recsearch.evaluation import Evaluator, ranking_metrics
+from recsearch.evaluation.evaluator import histories_before_test
 from recsearch.models.base import Recommender
+from recsearch.models.ease import EASE
 from recsearch.models.pop import Popularity
+from recsearch.models.sequential import time_ordered
 
 ALL = ["ndcg", "recall", "precision", "f1", "hit", "mrr", "map", "coverage"]
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -47,6 +51,39 @@ class FixedScores(Recommender):
 
     def _predict(self, users, items):
         return self.table[users, items]
+
+
+class NextOnTheWalk(Recommender):
+    """A sequence reader that needs no training, for the planted data, whose users walk their
+    group's items 4 ids apart: after item ``i``, item ``i + 4`` scores highest, then ``i + 5``,
+    ``i + 6``, ... (mod n_items), so only the successor of a history's last item ranks first."""
+
+    family = "walk"  # not registered
+    reads_sequence = True
+    scores_history = True
+
+    def __init__(self, **common):
+        super().__init__(device="cpu", **common)
+
+    def fit_prepared(self, epochs=None):
+        train = self.train_data.interactions
+        items, offsets = time_ordered(train.user, train.item, train.timestamp, self.n_users)
+        self.last = items[offsets[1:] - 1]  # every planted user has training items
+
+    def state(self):
+        return {}
+
+    def load_state(self, state):
+        pass
+
+    def _score(self, users):
+        return self._after(self.last[users.numpy()])
+
+    def _score_history(self, histories):
+        return self._after(np.array([history[-1] for history in histories]))
+
+    def _after(self, last: np.ndarray) -> torch.Tensor:
+        return -torch.as_tensor((np.arange(self.n_items) - last[:, None] - 4) % self.n_items, dtype=torch.float32)
 
 
 def fitted(model: Recommender, split: Split) -> Recommender:
@@ -111,6 +148,42 @@ def test_oracle_scores_are_perfect_once_validation_items_are_masked(planted_spli
     evaluator = Evaluator("ranking", ["ndcg", "hit", "mrr"], [1, 10])
     for part in ("valid", "test"):
         assert evaluator.evaluate(model, split, part) == {name: 1.0 for name in evaluator.names}
+
+
+def test_histories_before_test_merge_training_and_validation_items_by_time(make_dataset):
+    # user 0 validated item 5 between its training items 1 and 2, and item 6 at the time of item 2
+    # (a tie: training first); user 1 has no validation item, user 2 nothing at all
+    train = make_dataset([0, 0, 1, 0], [2, 1, 3, 4], times=[30, 10, 5, 30], n_users=3, n_items=7)
+    valid = Interactions(np.array([0, 0]), np.array([6, 5]), np.ones(2), np.array([30, 20]))
+    split = Split(train, valid, valid, scheme="random")
+    got = histories_before_test(split, np.array([1, 0, 2]))
+    assert [history.tolist() for history in got] == [[3], [1, 5, 2, 4, 6], []]
+
+
+@pytest.mark.parametrize("batch_size", [7, 1024])  # 7 leaves a ragged last batch
+def test_a_sequence_reader_is_tested_after_its_validation_items(planted_split, batch_size, monkeypatch):
+    # each planted user's test item follows its validation item, which follows its training items
+    model = fitted(NextOnTheWalk(), planted_split)
+    evaluator = Evaluator("ranking", ["hit"], [1], batch_size)
+    assert evaluator.evaluate(model, planted_split, "valid") == {"hit@1": 1.0}
+    assert evaluator.evaluate(model, planted_split, "test") == {"hit@1": 1.0}
+    # scored from the training state instead, it ranks first the (masked) validation item's
+    # neighbour, never the test item, two steps ahead
+    monkeypatch.setattr(NextOnTheWalk, "reads_sequence", False)
+    assert evaluator.evaluate(model, planted_split, "test") == {"hit@1": 0.0}
+
+
+def test_other_families_are_tested_from_their_training_state(planted_split):
+    # EASE can score histories, but it is no sequence reader: its test part is ranked on score(users)
+    model = fitted(EASE(l2=10.0, device="cpu"), planted_split)
+    users = torch.arange(planted_split.n_users)
+    training_state = fitted(FixedScores(model.score(users)), planted_split)
+    histories = fitted(FixedScores(model.score_history(histories_before_test(planted_split, users.numpy()))),
+                       planted_split)
+    evaluator = Evaluator("ranking", ALL, [1, 5, 10])
+    got = evaluator.evaluate(model, planted_split, "test")
+    assert got == evaluator.evaluate(training_state, planted_split, "test")
+    assert got != evaluator.evaluate(histories, planted_split, "test")
 
 
 def test_popularity_end_to_end(planted_split):

@@ -1,5 +1,6 @@
 """The LSTM/GRU sequential recommender: its training windows, that it learns the planted
-next-item structure, history scoring, persistence and input checks."""
+next-item structure, that evaluation reads the validation item before the test item, history
+scoring, persistence and input checks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from recsearch.evaluation import Evaluator
 from recsearch.models.base import Recommender
 from recsearch.models.lstm import SequentialRecommender
 from recsearch.models.sequential import PAD, tail_inputs, time_ordered, training_windows, with_bos
@@ -66,6 +68,17 @@ def test_learns_the_planted_sequences(trained, planted_split):
     # the test item is two steps ahead of the training history (the validation item is unseen)
     test = held_out_ranks(trained, planted_split, "test")
     assert (test < 5).mean() > 0.6, np.bincount(test)
+
+
+def test_the_test_item_is_predicted_after_the_validation_item(trained, planted_split, monkeypatch):
+    # the evaluator feeds the validation item (the planted walk's step before the test item)
+    evaluator = Evaluator("ranking", ["hit", "ndcg"], [1, 5])
+    valid = evaluator.evaluate(trained, planted_split, "valid")
+    test = evaluator.evaluate(trained, planted_split, "test")
+    monkeypatch.setattr(SequentialRecommender, "reads_sequence", False)  # the training state alone
+    assert evaluator.evaluate(trained, planted_split, "valid") == valid  # the validation part is unchanged
+    two_steps_ahead = evaluator.evaluate(trained, planted_split, "test")
+    assert test["hit@1"] > 0.8 and test["hit@1"] > two_steps_ahead["hit@1"] + 0.3, (test, two_steps_ahead)
 
 
 def test_scores_an_unseen_history(trained, planted):

@@ -8,15 +8,24 @@ a part (``cold_items``) ranks only those items. Users left without a target are 
 ``last_counts`` says how many were evaluated. Rating: the model predicts every (user, item)
 pair of the part.
 
-Masks and targets depend only on the split, so they are built once per (split, part, device)
-and reused across epochs; a split is treated as immutable once evaluated.
+Every model scores the validation part from its training state. The test part too, except a
+model whose state is each user's time-ordered sequence (``Recommender.reads_sequence``: the
+LSTM and SASRec families): it scores each test user from the training and validation items,
+merged in time order (``model.score_history``), so that on leave-one-out it predicts the item
+after the validation item, not two steps ahead, as SASRec's paper and RecBole's sequential
+evaluation do. The other families, like RecBole's general models, score it from their training
+state. Masks and targets are the same either way.
+
+Masks and targets depend only on the split, so they are built once per (split, part, device),
+those histories once per split, and reused across epochs; a split is treated as immutable once
+evaluated.
 """
 
 from __future__ import annotations
 
 import numbers
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +43,7 @@ from recsearch.evaluation.metrics import (
     rating_metrics,
 )
 from recsearch.models.base import Recommender
+from recsearch.models.sequential import time_ordered
 from recsearch.ranking import SeenItems
 
 PARTS = ("valid", "test")
@@ -96,19 +106,29 @@ class Evaluator:
         if model.n_items != split.n_items or model.n_users != split.n_users:
             raise ValueError(f"the model knows {model.n_users} users x {model.n_items} items, "
                              f"the split has {split.n_users} x {split.n_items}")
+        data = self._part(split, part, model.device)
         if self.task == "rating":
-            return self._rate(model, self._part(split, part, model.device))
-        return self._rank(model, self._part(split, part, model.device), split.n_items)
+            return self._rate(model, data)
+        histories = None
+        if part == "test" and model.reads_sequence:
+            histories = self._cached(split, ("test", "histories"),
+                                     lambda: histories_before_test(split, data.users.cpu().numpy()))
+        return self._rank(model, data, split.n_items, histories)
 
     # -- ranking ------------------------------------------------------------------------------
-    def _rank(self, model: Recommender, data: _RankingPart, n_items: int) -> dict[str, float]:
+    def _rank(self, model: Recommender, data: _RankingPart, n_items: int,
+              histories: list[np.ndarray] | None) -> dict[str, float]:
+        """``histories``: what to score each evaluated user from, if not its training state."""
         k = max(self.ks)
         items, hits, n_targets = [], [], []
         for start in range(0, len(data.users), self.batch_size):
             users = data.users[start : start + self.batch_size]
-            scores = model.score(users)
+            if histories is None:
+                scores, method = model.score(users), "score"
+            else:
+                scores, method = model.score_history(histories[start : start + self.batch_size]), "score_history"
             if scores.shape != (len(users), n_items):
-                raise ValueError(f"{type(model).__name__}.score returned shape {tuple(scores.shape)}, "
+                raise ValueError(f"{type(model).__name__}.{method} returned shape {tuple(scores.shape)}, "
                                  f"expected {(len(users), n_items)}")
             data.masked.mask(scores, users)  # in place: score() hands out a fresh tensor
             if data.excluded is not None:
@@ -133,12 +153,14 @@ class Evaluator:
 
     # -- per-split cache ----------------------------------------------------------------------
     def _part(self, split: Split, part: str, device: torch.device) -> _RankingPart | _RatingPart:
+        build = _rating_part if self.task == "rating" else _ranking_part
+        return self._cached(split, (part, str(device)), lambda: build(split, part, device))
+
+    def _cached(self, split: Split, key: tuple[str, str], build: Callable[[], Any]) -> Any:
         if self._split is None or self._split() is not split:  # a weakref: a dead split's id may be reused
             self._split, self._parts = weakref.ref(split), {}
-        key = (part, str(device))
         if key not in self._parts:
-            build = _rating_part if self.task == "rating" else _ranking_part
-            self._parts[key] = build(split, part, device)
+            self._parts[key] = build()
         return self._parts[key]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -165,6 +187,15 @@ def _ranking_part(split: Split, part: str, device: torch.device) -> _RankingPart
         SeenItems.from_matrix(sp.csr_matrix(targets), device),
         excluded,
     )
+
+
+def histories_before_test(split: Split, users: np.ndarray) -> list[np.ndarray]:
+    """Each of ``users``' training and validation items, merged in time order (ties: training
+    first, then original order): on leave-one-out, all the user had done before its test item."""
+    parts = (split.train.interactions, split.valid)
+    items, offsets = time_ordered(*(np.concatenate([getattr(p, name) for p in parts])
+                                    for name in ("user", "item", "timestamp")), split.n_users)
+    return [items[offsets[user] : offsets[user + 1]] for user in users]
 
 
 def _rating_part(split: Split, part: str, device: torch.device) -> _RatingPart:

@@ -70,6 +70,9 @@ class Recommender(ABC):
     tasks: ClassVar[tuple[str, ...]] = ("ranking",)  # "ranking" and/or "rating"
     iterative: ClassVar[bool] = False  # trained by gradient, epoch by epoch
     scores_history: ClassVar[bool] = False  # can score a raw list of recent items natively
+    # its state is each user's time-ordered training sequence, scored from its last items: the
+    # evaluator scores the test part from the training then the validation items (score_history)
+    reads_sequence: ClassVar[bool] = False
     # scores a list of recent items by solving a new user's parameters from it (fold-in): a known
     # user's own history then scores close to, not exactly as, the user
     folds_in: ClassVar[bool] = False

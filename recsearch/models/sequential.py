@@ -97,6 +97,7 @@ class NextItemRecommender(TorchRecommender):
     ``output(states)``: one logit per item."""
 
     scores_history = True
+    reads_sequence = True
     default_epochs = 30
 
     def __init__(self, *, max_len: int = 50, dropout: float = 0.0, **rest: Any):
