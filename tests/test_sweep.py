@@ -44,17 +44,22 @@ class Toy(IterativeRecommender):
     ``decline_after`` (0: never) it shrinks by ``rate`` instead. The training loss is NaN at
     epoch ``nan_at`` (0: never); ``delay`` seconds of sleep per epoch keep trials running long
     enough to kill a driver in between. ``luck`` makes seed 42 (the sweep's) flatter a
-    configuration: its rate is ``rate * (1 + luck)`` there and ``rate * (1 - luck)`` elsewhere."""
+    configuration: its rate is ``rate * (1 + luck)`` there and ``rate * (1 - luck)`` elsewhere.
+    ``fail_above`` (0: never) refuses to train on more interactions than that: a refit's failure."""
 
     def __init__(self, rate: float = 0.1, nan_at: int = 0, delay: float = 0.0, decline_after: int = 0,
-                 luck: float = 0.0, **common):
-        super().__init__(rate=rate, nan_at=nan_at, delay=delay, decline_after=decline_after, luck=luck, **common)
+                 luck: float = 0.0, fail_above: int = 0, **common):
+        super().__init__(rate=rate, nan_at=nan_at, delay=delay, decline_after=decline_after, luck=luck,
+                         fail_above=fail_above, **common)
+        self.fail_above = int(fail_above)
         self.rate, self.nan_at, self.delay = float(rate), int(nan_at), float(delay)
         self.decline_after = int(decline_after)
         self.rate *= 1 + luck if self.seed == 42 else 1 - luck
 
     def prepare(self, train):
         super().prepare(train)
+        if 0 < self.fail_above < len(train.interactions):
+            raise ValueError(f"{len(train.interactions)} interactions, above fail_above={self.fail_above}")
         x = torch.as_tensor(train.matrix().toarray())
         affinity = x @ (x.T @ x)
         self.affinity = affinity / affinity.max(dim=1, keepdim=True).values.clamp(min=1e-9)
@@ -95,6 +100,7 @@ model:
   delay: 0.0
   decline_after: 0
   luck: 0.0
+  fail_above: 0
 train:
   max_epochs: 6
   patience: 3
@@ -332,6 +338,27 @@ def test_the_refit_retrains_the_winner_on_train_and_valid_for_its_best_epoch(loc
     assert main(["resume", str(out)]) == 0
     assert _result_lines(experiment_trials(plan, "refit")[0].path) == lines, "a finished refit is not re-run"
     assert json.loads((out / "summary.json").read_text())["best"]["test"] == best["test"]
+
+
+def test_a_failed_refit_loses_nothing(local_ray, tmp_path, capsys):
+    """The refit fails (the toy refuses train + valid's extra interactions): the sweep still writes
+    its summary, leaderboard and report, exports the winner as trained on train, says so, and
+    exits nonzero naming the refit's error."""
+    from recsearch.config import load_config, to_container
+    from recsearch.data import load_split
+
+    out = tmp_path / "refitfail"
+    cfg = load_config(TOY[:2])  # the planted data, split as the sweep splits it
+    train_size = len(load_split(to_container(cfg.data), cfg.seed).train.interactions)
+    code = main(["sweep", *TOY, f"out={out}", "search.num_samples=1", "scheduler=fifo", "search.space.rate.grid=[0.5]",
+                 f"model.fail_above={train_size}", "search.refit=true"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "the refit of" in err and "above fail_above" in err and "trained on train alone" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert "above fail_above" in summary["refit_error"]["error"] and "refit" not in summary["best"]
+    assert "refit" not in Recommender.load(out / "best").metadata
+    assert "The refit on train + valid failed" in (out / "report.html").read_text()
 
 
 def test_a_diverged_trial_errors_and_the_sweep_goes_on(local_ray, tmp_path):

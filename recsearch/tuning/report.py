@@ -67,6 +67,9 @@ def _header(plan: SweepPlan, board: list[dict[str, Any]], summary: dict[str, Any
                        f"({refitted['interactions']} interactions) for {refitted['epochs']} epoch(s), no early "
                        "stopping; the test figures are the refitted model's (exported as best/), the validation "
                        "ones the selection run's.")
+        if summary.get("refit_error"):
+            chosen += (f" The refit on train + valid failed ({summary['refit_error']['error']}): best/ is this "
+                       "model as trained on train alone.")
         lines.append(f"<p>Best: <b>{_e(best['trial'])}</b> ({_e(format_params(best['hparams']))}), epoch {best['epoch']}: "
                      f"validation {_e(metric)} {best['valid'][metric]:.4f}, "
                      f"test {_e(metric)} {best['test'][metric]:.4f} ({_e(tested)}).{_e(chosen)} "

@@ -81,10 +81,14 @@ def finish(plan: SweepPlan, split: Split, phases: Phases) -> dict[str, Any]:
         "reevaluation": reevaluated,
         "best": None,
     }
+    refitted = refit.trained(plan) if refit.enabled(plan) and winner is not None else None
+    if refitted is not None and refitted.status == "ERROR":
+        summary["refit_error"] = {"trial": refitted.name, "error": refitted.error, "path": refitted.path}
+        refitted = None  # the winner as trained on train is exported instead
     if winner is not None:
         with phases("test_and_export"):
             summary["best"] = export_best(plan, winner, split, reevaluation.for_trial(reevaluated, winner.name),
-                                          refit.trained(plan) if refit.enabled(plan) else None)
+                                          refitted)
     summary["wall_seconds"] = round(phases.total(), 1)  # the report's writing, not yet timed, is not in it
     summary["seconds"] = {name: round(value, 2) for name, value in phases.seconds.items()}
     write_json(out / SUMMARY_FILE, summary)
@@ -106,6 +110,9 @@ def finish(plan: SweepPlan, split: Split, phases: Phases) -> dict[str, Any]:
           f"trials: {_fmt(summary['trials'])}; {summary['wall_seconds']:.0f}s\n"
           f"wrote {out}/leaderboard.csv, summary.json, report.html and best/\n"
           f"TensorBoard: tensorboard --logdir {plan.storage}", flush=True)
+    if "refit_error" in summary:
+        raise SweepFailed(f"the refit of {best['trial']} on train + valid failed: {summary['refit_error']['error']}; "
+                          f"best/ holds the winner as trained on train alone. Details: {summary['refit_error']['path']}")
     return summary
 
 
