@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from record import machine, write_results
-from serve_load import run_wrk
+from serve_load import checked_wrk, run_wrk, wrk_arguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.ports import EXCLUSIVE_SERVE_PORTS, with_free_port  # noqa: E402
@@ -56,15 +55,7 @@ BODIES = {
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_dir", help="model, sweep or `recsearch train` output directory")
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 16], help="concurrent connections")
-    parser.add_argument("--seconds", type=int, default=6, help="wrk duration per phase and level")
-    parser.add_argument("--k", type=int, default=10, help="items per recommendation")
-    parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs of the one replica")
-    parser.add_argument("--wrk", default=shutil.which("wrk"), help="the wrk binary (default: wrk on PATH)")
-    parser.add_argument("--out", default="bench/results/events_latency", help="results stem (.json and .md)")
-    return parser.parse_args()
+    return wrk_arguments(__doc__, [1, 16], 6, "wrk duration per phase and level", "bench/results/events_latency").parse_args()
 
 
 def script(workdir: Path, name: str, path: str, users: list[str], items: list[str], k: int) -> Path:
@@ -106,8 +97,7 @@ def measure(args: argparse.Namespace, directory: Path, workdir: Path, server_nam
 
 def main() -> None:
     args = parse_args()
-    if not args.wrk or not Path(args.wrk).is_file():
-        sys.exit("bench/events_latency.py needs wrk (Debian/Ubuntu: apt-get install -y wrk) or --wrk PATH")
+    wrk_version = checked_wrk(args)
     directory = resolve_model_dir(args.model_dir)
     description = read_description(directory)
     data = Recommender.load(directory, device="cpu").serving_data
@@ -138,7 +128,7 @@ def main() -> None:
                   f"`recsearch serve` ({serving}) under wrk (-t1, {args.seconds} s per phase and level), one replica of "
                   f"{args.num_cpus:g} CPU, {description['family']} on {description.get('metadata', {}).get('data', '?')}; "
                   "ratios against the mean of the default server's two plain phases; client on the same machine",
-                  host={**machine(), "wrk": subprocess.run([args.wrk, "-v"], capture_output=True, text=True).stdout.split("\n")[0],
+                  host={**machine(), "wrk": wrk_version,
                         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()},
                   model={"path": str(directory), "family": description["family"]},
                   settings={"levels": args.levels, "seconds": args.seconds, "k": args.k, "replica_cpus": args.num_cpus})

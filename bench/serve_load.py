@@ -52,16 +52,31 @@ end
 """
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def wrk_arguments(doc: str, levels: list[int], seconds: int, seconds_help: str, out: str) -> argparse.ArgumentParser:
+    """The options every wrk benchmark of a served model takes (this one, events_latency.py)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", help="model, sweep or `recsearch train` output directory")
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64], help="concurrent connections")
-    parser.add_argument("--seconds", type=int, default=8, help="wrk duration per level (default: 8, as wrk -d8s)")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of load before the first level")
+    parser.add_argument("--levels", type=int, nargs="+", default=levels, help="concurrent connections")
+    parser.add_argument("--seconds", type=int, default=seconds, help=seconds_help)
     parser.add_argument("--k", type=int, default=10, help="items per recommendation")
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs of the one replica")
     parser.add_argument("--wrk", default=shutil.which("wrk"), help="the wrk binary (default: wrk on PATH)")
-    parser.add_argument("--out", default="bench/results/serve_load", help="results stem (.json and .md)")
+    parser.add_argument("--out", default=out, help="results stem (.json and .md)")
+    return parser
+
+
+def checked_wrk(args: argparse.Namespace) -> str:
+    """The wrk binary's version line; exits with how to get wrk when there is none."""
+    if not args.wrk or not Path(args.wrk).is_file():
+        sys.exit(f"bench/{Path(sys.argv[0]).name} needs wrk, a load generator in C: install it (Debian/Ubuntu: "
+                 "apt-get install -y wrk) or pass --wrk PATH")
+    return subprocess.run([args.wrk, "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = wrk_arguments(__doc__, [1, 16, 64], 8, "wrk duration per level (default: 8, as wrk -d8s)",
+                           "bench/results/serve_load")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of load before the first level")
     return parser.parse_args()
 
 
@@ -105,9 +120,7 @@ def measure(name: str, args: argparse.Namespace, directory: Path, script: Path, 
 
 def main() -> None:
     args = parse_args()
-    if not args.wrk or not Path(args.wrk).is_file():
-        sys.exit("bench/serve_load.py needs wrk, a load generator in C: install it (Debian/Ubuntu: "
-                 "apt-get install -y wrk) or pass --wrk PATH")
+    wrk_version = checked_wrk(args)
     directory = resolve_model_dir(args.model_dir)
     description = read_description(directory)
     users = Recommender.load(directory, device="cpu").serving_data.user_ids[:10].tolist()
@@ -126,7 +139,7 @@ def main() -> None:
                   f"`recsearch serve` under wrk (-t1, POST /recommend/user, k={args.k}, ten known users, "
                   f"{args.seconds} s per level), one replica of {args.num_cpus:g} CPU, "
                   f"{description['family']} on {description.get('metadata', {}).get('data', '?')}, client on the same machine",
-                  host={**machine(), "wrk": subprocess.run([args.wrk, "-v"], capture_output=True, text=True).stdout.split("\n")[0]},
+                  host={**machine(), "wrk": wrk_version},
                   model={"path": str(directory), "family": description["family"]},
                   settings={"levels": args.levels, "seconds": args.seconds, "k": args.k, "replica_cpus": args.num_cpus})
 
