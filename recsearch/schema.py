@@ -87,6 +87,12 @@ class ReevaluateConfig(Section):
     epochs: Literal["chosen", "early_stopping"]
 
 
+class BlendConfig(Section):
+    enabled: bool
+    weights: list[PositiveFloat] = Field(min_length=1)
+    max_steps: PositiveInt
+
+
 class SearchConfig(Section):
     models: list[str] | None
     family_overrides: dict[str, list[str]] | None
@@ -94,6 +100,7 @@ class SearchConfig(Section):
     algorithm: Literal["random", "optuna"]
     start_from_defaults: bool
     reevaluate: ReevaluateConfig
+    blend: BlendConfig
     refit: bool
     space: dict[str, Any]  # samplers, checked by recsearch.tuning.space
 

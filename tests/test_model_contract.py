@@ -23,6 +23,9 @@ SETTINGS: dict[str, tuple[dict, int]] = {  # family -> (hyperparameters, epochs)
     "sasrec": ({"dim": 32, "heads": 2, "layers": 1, "max_len": 12, "dropout": 0.1, "lr": 0.005, "batch_size": 32}, 30),
     "deepcf": ({"dim": 16, "lr": 0.01, "l2": 0.0, "batch_size": 256}, 10),
     "segpop": ({}, 1),
+    "blend": ({"members": [{"family": "itemknn", "hparams": {"k": 20}},
+                           {"family": "mf", "weight": 0.5, "epochs": 15,
+                            "hparams": {"dim": 16, "lr": 0.05, "batch_size": 256}}]}, 1),
 }
 FAMILIES = sorted(MODELS)
 PERSONALISED = [f for f in FAMILIES if f != "pop"]  # pop is the floor: it learns no tastes
@@ -41,8 +44,10 @@ PERSONALISED = [f for f in FAMILIES if f != "pop"]  # pop is the floor: it learn
 #   sasrec   0.942    0.942-1.000           0.963 0.954 0.946
 #   deepcf   1.000    1.000                 1.000 1.000 1.000
 #   segpop   1.000    1.000 (closed form)   1.000 1.000 1.000   (its segment, the user's group, is the taste)
+#   blend    1.000    1.000 (seeds 0-2)                          (itemknn + 0.5 mf)
 MIN_HIT_SHARE = {"ease": 0.72, "itemknn": 0.98, "userknn": 0.98, "ncf": 0.97, "lstm": 0.95, "mf": 0.64,
-                 "rp3beta": 0.98, "multvae": 0.97, "sasrec": 0.93, "deepcf": 0.98, "segpop": 0.98}
+                 "rp3beta": 0.98, "multvae": 0.97, "sasrec": 0.93, "deepcf": 0.98, "segpop": 0.98,
+                 "blend": 0.98}
 
 
 def test_every_family_has_contract_settings():

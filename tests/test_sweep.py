@@ -91,6 +91,15 @@ class Toy(IterativeRecommender):
         return self.strength * self.affinity[users] + self.noise[users]
 
 
+@register("sweeptoyb")
+class OtherToy(Toy):
+    """A second family: the toy with noise of its own, so that blending the two averages noise."""
+
+    def prepare(self, train):
+        super().prepare(train)
+        self.noise = torch.rand(self.n_users, self.n_items, generator=torch.Generator().manual_seed(self.seed + 1))
+
+
 EXTRA_CONF = {
     "model/sweeptoy.yaml": """# @package _global_
 model:
@@ -109,6 +118,19 @@ train:
   - base
 space:
   rate: {grid: [1.0, 0.5, 0.002, 0.001, 0.003, 0.0015]}
+""",
+    "model/sweeptoyb.yaml": """# @package _global_
+model:
+  _target_: test_sweep.OtherToy
+  rate: 0.1
+train:
+  max_epochs: 6
+  patience: 3
+""",
+    "search/sweeptoyb.yaml": """defaults:
+  - base
+space:
+  rate: {grid: [0.1]}
 """,
     "data/planted.yaml": """name: planted
 source:
@@ -359,6 +381,55 @@ def test_a_failed_refit_loses_nothing(local_ray, tmp_path, capsys):
     assert "above fail_above" in summary["refit_error"]["error"] and "refit" not in summary["best"]
     assert "refit" not in Recommender.load(out / "best").metadata
     assert "The refit on train + valid failed" in (out / "report.html").read_text()
+
+
+def test_a_blend_of_the_families_winners_is_chosen_refitted_tested_once_and_served(local_ray, tmp_path, monkeypatch):
+    """search.blend with two toy families whose noise differs: averaging their scores raises
+    validation over either, so the blend replaces the winner. With search.refit both members are
+    refitted on train + valid; the blend is tested once, exported as best/ and loads as a model
+    whose scores are its members' weighted standardised scores. A resumed sweep keeps it."""
+    from recsearch.evaluation import Evaluator
+    from recsearch.models.blend import standardised
+
+    tested, evaluate = [], Evaluator.evaluate
+
+    def counting(self, model, split, part):
+        tested.extend([(model.family, part)] if part == "test" else [])
+        return evaluate(self, model, split, part)
+
+    monkeypatch.setattr(Evaluator, "evaluate", counting)
+    out = tmp_path / "blend"
+    code = main(["sweep", "search.models=[sweeptoy,sweeptoyb]", *TOY[1:], f"out={out}", "search.num_samples=1",
+                 "scheduler=fifo", "search.family_overrides={sweeptoy:['search.space.rate.grid=[0.1]']}",
+                 "search.blend.enabled=true", "search.refit=true"])
+    assert code == 0 and tested == [("blend", "test")], "only the chosen blend meets the test split"
+    record = json.loads((out / "blend.json").read_text())
+    assert record["chosen"] and {m["family"] for m in record["members"]} == {"sweeptoy", "sweeptoyb"}
+    assert record["valid"]["ndcg@10"] > max(m["valid"] for m in record["members"])
+    plan = SweepPlan.load(out)
+    refits = refit.trained(plan)
+    assert sorted(refits) == sorted(m["trial"] for m in record["members"])
+    assert all(t.status == "TERMINATED" for t in refits.values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["family"] == "blend" and summary["blend"] == record
+    model = Recommender.load(out / "best")
+    assert model.family == "blend" and model.metadata["test"] == summary["best"]["test"]
+    assert [m.family for m in model.members] == [m["family"] for m in record["members"]]
+    assert [w for w in model.weights] == [m["weight"] for m in record["members"]]
+    assert model.serving_data.seen.nnz == summary["best"]["refit"]["interactions"], "members know train + valid"
+    users = torch.arange(5)
+    expected = sum(w * standardised(m.score(users)) for w, m in zip(model.weights, model.members, strict=True))
+    torch.testing.assert_close(model.score(users), expected)
+    assert "Blend of the families' winners" in (out / "report.html").read_text()
+
+    assert main(["resume", str(out)]) == 0
+    assert json.loads((out / "blend.json").read_text()) == record
+    assert json.loads((out / "summary.json").read_text())["best"]["test"] == summary["best"]["test"]
+
+
+def test_a_blend_needs_two_families_of_a_ranking_sweep(capsys):
+    assert main(["sweep", *TOY, "search.blend.enabled=true"]) == 2
+    assert "search.blend blends the winners of several families" in capsys.readouterr().err
 
 
 def test_a_diverged_trial_errors_and_the_sweep_goes_on(local_ray, tmp_path):

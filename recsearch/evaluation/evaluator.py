@@ -109,28 +109,38 @@ class Evaluator:
         data = self._part(split, part, model.device)
         if self.task == "rating":
             return self._rate(model, data)
-        histories = None
-        if part == "test" and model.reads_sequence:
+        if part == "test" and model.reads_sequence:  # scored from what precedes the test items
             histories = self._cached(split, ("test", "histories"),
                                      lambda: histories_before_test(split, data.users.cpu().numpy()))
-        return self._rank(model, data, split.n_items, histories)
+            return self._rank(data, split.n_items, lambda users, start: model.score_history(
+                histories[start : start + len(users)]), f"{type(model).__name__}.score_history")
+        return self._rank(data, split.n_items, lambda users, start: model.score(users),
+                          f"{type(model).__name__}.score")
+
+    def evaluate_scores(self, scores: torch.Tensor, split: Split, part: str) -> dict[str, float]:
+        """Ranking metrics of fixed ``scores`` (``(n_users, n_items)``, every user's row) on
+        ``part``, masked and cut as ``evaluate`` does a model's: for comparing many blends of
+        scores already computed (``recsearch.tuning.blending``)."""
+        if self.task != "ranking" or part not in PARTS:
+            raise ValueError(f"evaluate_scores ranks the valid or test part, not {self.task} {part!r}")
+        if scores.shape != (split.n_users, split.n_items):
+            raise ValueError(f"scores of shape {tuple(scores.shape)}, the split has {split.n_users} x {split.n_items}")
+        data = self._part(split, part, scores.device)
+        return self._rank(data, split.n_items, lambda users, start: scores[users], "scores")
 
     # -- ranking ------------------------------------------------------------------------------
-    def _rank(self, model: Recommender, data: _RankingPart, n_items: int,
-              histories: list[np.ndarray] | None) -> dict[str, float]:
-        """``histories``: what to score each evaluated user from, if not its training state."""
+    def _rank(self, data: _RankingPart, n_items: int, score: Callable[[torch.Tensor, int], torch.Tensor],
+              what: str) -> dict[str, float]:
+        """``score(users, start)``: a fresh score tensor for the batch of evaluated users that
+        begins at position ``start``; ``what`` names it in errors."""
         k = max(self.ks)
         items, hits, n_targets = [], [], []
         for start in range(0, len(data.users), self.batch_size):
             users = data.users[start : start + self.batch_size]
-            if histories is None:
-                scores, method = model.score(users), "score"
-            else:
-                scores, method = model.score_history(histories[start : start + self.batch_size]), "score_history"
+            scores = score(users, start)
             if scores.shape != (len(users), n_items):
-                raise ValueError(f"{type(model).__name__}.{method} returned shape {tuple(scores.shape)}, "
-                                 f"expected {(len(users), n_items)}")
-            data.masked.mask(scores, users)  # in place: score() hands out a fresh tensor
+                raise ValueError(f"{what} returned shape {tuple(scores.shape)}, expected {(len(users), n_items)}")
+            data.masked.mask(scores, users)  # in place: the score tensor is fresh
             if data.excluded is not None:
                 scores[:, data.excluded] = float("-inf")
             top = ranked_items(scores, k)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from recsearch.errors import RecsearchError
 from recsearch.training import EpochEnd, Resume
 from recsearch.tuning.storage import children, filesystem, read_text
 
@@ -68,3 +69,11 @@ def latest(trial_path: str) -> Iterator[Path | None]:
     with tempfile.TemporaryDirectory(prefix="recsearch-best-") as local:
         fs.copy_files(path, local, source_filesystem=fs_, destination_filesystem=fs.LocalFileSystem())
         yield Path(local)
+
+
+def newest(trial_path: str) -> Resume:
+    """The trial's newest kept checkpoint, read (its ``best_state`` is the best epoch's model)."""
+    with latest(trial_path) as directory:
+        if directory is None:
+            raise RecsearchError(f"the trial in {trial_path} has no checkpoint left")
+        return read(directory)

@@ -91,6 +91,9 @@ def plan_sweep(overrides: list[str]) -> SweepPlan:
     else:
         cfgs = {target_class(base.model).family: base}
     configs = {family: _check_family(family, cfg) for family, cfg in cfgs.items()}
+    if base.search.blend.enabled and (len(configs) < 2 or base.task.name != "ranking"):
+        raise ConfigError("search.blend blends the winners of several families of a ranking sweep: "
+                          "list two or more in search.models, e.g. search.models=[ease,mf]")
     ray_cfg = base.ray
     _check_ray(ray_cfg, base.device)
     out = Path(base.out)

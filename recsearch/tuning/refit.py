@@ -12,7 +12,8 @@ seeds early-stopped on their own (``search.reevaluate.epochs=early_stopping``), 
 that epoch and theirs: one seed's best epoch is a noisy guess of how long the configuration
 should train.
 
-It runs as one more Tune experiment (``<storage>/refit``), of one trial, like the re-evaluation:
+It runs as one more Tune experiment (``<storage>/refit``), of one trial (one per member of a
+chosen blend: ``recsearch.tuning.blending``), like the re-evaluation:
 a GPU cluster refits on a GPU worker, and an interrupted sweep resumes it. The trial only trains
 and checkpoints; ``selection.export_best`` then tests its model, once, and exports it.
 """
@@ -41,20 +42,23 @@ def point(plan: SweepPlan, winner: Trial, seeds: dict[str, Any] | None = None) -
             "seed": plan.configs[winner.family]["seed"], "epochs": round(statistics.median(epochs))}
 
 
-def run(plan: SweepPlan, winner: Trial, seeds: dict[str, Any] | None, split_ref, resume: bool) -> Trial:
-    """Run (or continue) the refit of ``winner``; returns its trial as read back from the storage."""
+def run(plan: SweepPlan, trials: list[Trial], reevaluated: dict[str, Any] | None, split_ref,
+        resume: bool) -> dict[str, Trial]:
+    """Run (or continue) the refit of ``trials`` (the winner, or a blend's members); returns
+    ``trained``."""
+    from recsearch.tuning.reevaluation import for_trial
     from recsearch.tuning.sweep import run_points
     from recsearch.tuning.trainable import run_refit
 
-    chosen = point(plan, winner, seeds)
-    run_points(plan, EXPERIMENT, run_refit, [chosen], _trial_name, split_ref, resume, "refit",
-               f"{winner.name} on train + valid for {chosen['epochs']} epoch(s)")
+    points = [point(plan, trial, for_trial(reevaluated, trial.name)) for trial in trials]
+    run_points(plan, EXPERIMENT, run_refit, points, _trial_name, split_ref, resume, "refit",
+               "; ".join(f"{p['trial']} on train + valid for {p['epochs']} epoch(s)" for p in points))
     return trained(plan)
 
 
-def trained(plan: SweepPlan) -> Trial | None:
-    """The refit trial (None before it started)."""
-    return next(iter(experiment_trials(plan, EXPERIMENT)), None)
+def trained(plan: SweepPlan) -> dict[str, Trial]:
+    """The refit trials started so far, by the name of the sweep trial each refits."""
+    return {trial.hparams["run"]["trial"]: trial for trial in experiment_trials(plan, EXPERIMENT)}
 
 
 def _trial_name(trial) -> str:

@@ -24,6 +24,7 @@ def write_report(plan: SweepPlan, trials: list[Trial], board: list[dict[str, Any
     parts = [_header(plan, board, summary),
              "<h2>Leaderboard</h2>", _leaderboard_table(board, task["metric"]),
              *_reevaluation(board, task["metric"]),
+             *_blend((summary or {}).get("blend")),
              "<h2>Best trial per family</h2>", _per_family(plan, board, task),
              "<h2>Learning curves</h2>",
              "<p>Validation metric per epoch. &times; marks a trial ASHA stopped, &#9675; one stopped by "
@@ -70,7 +71,9 @@ def _header(plan: SweepPlan, board: list[dict[str, Any]], summary: dict[str, Any
         if summary.get("refit_error"):
             chosen += (f" The refit on train + valid failed ({summary['refit_error']['error']}): best/ is this "
                        "model as trained on train alone.")
-        lines.append(f"<p>Best: <b>{_e(best['trial'])}</b> ({_e(format_params(best['hparams']))}), epoch {best['epoch']}: "
+        what = (f"the blend {best['blend']}" if best["family"] == "blend" else
+                f"{best['trial']} ({format_params(best['hparams'])}), epoch {best['epoch']}")
+        lines.append(f"<p>Best: <b>{_e(what)}</b>: "
                      f"validation {_e(metric)} {best['valid'][metric]:.4f}, "
                      f"test {_e(metric)} {best['test'][metric]:.4f} ({_e(tested)}).{_e(chosen)} "
                      f"Wall time {summary['wall_seconds']:.0f} s.</p>")
@@ -81,6 +84,22 @@ def _header(plan: SweepPlan, board: list[dict[str, Any]], summary: dict[str, Any
     else:
         lines.append("<p class='err'><b>Every trial failed.</b></p>")
     return "\n".join(lines)
+
+
+def _blend(record: dict[str, Any] | None) -> list[str]:
+    if record is None:
+        return []
+    lines = ["<h2>Blend of the families' winners</h2>"]
+    if not record["chosen"]:
+        return [*lines, f"<p>No blend: {_e(record['why'])}.</p>"]
+    metric = record["metric"]
+    lines.append("<p>Each member's per-user standardised scores, weighted; the weights searched greedily on "
+                 f"validation {_e(metric)} (each step adds the member and weight that raise it most). It beat "
+                 "every single model on validation, so it is the sweep's model (best/).</p>")
+    rows = [{"member": m["trial"], "family": m["family"], "weight": m["weight"], "epoch": m["epoch"],
+             f"valid {metric} alone": m["valid"]} for m in record["members"]]
+    rows.append({"member": "blend", "family": "", "weight": "", "epoch": "", f"valid {metric} alone": record["valid"][metric]})
+    return [*lines, _table(rows, ["member", "family", "weight", "epoch", f"valid {metric} alone"])]
 
 
 def _reevaluation(board: list[dict[str, Any]], metric: str) -> list[str]:

@@ -17,7 +17,7 @@ from recsearch.errors import RecsearchError
 from recsearch.evaluation.metrics import metric_mode, valid_key, valid_metrics
 from recsearch.output import write_json
 from recsearch.stats import plus_minus
-from recsearch.tuning import checkpoint, reevaluation, refit
+from recsearch.tuning import blending, checkpoint, reevaluation, refit
 from recsearch.tuning.leaderboard import add_reevaluation, leaderboard
 from recsearch.tuning.outputs import SUMMARY_FILE, write_outputs
 from recsearch.tuning.plan import SweepPlan
@@ -81,14 +81,19 @@ def finish(plan: SweepPlan, split: Split, phases: Phases) -> dict[str, Any]:
         "reevaluation": reevaluated,
         "best": None,
     }
-    refitted = refit.trained(plan) if refit.enabled(plan) and winner is not None else None
-    if refitted is not None and refitted.status == "ERROR":
-        summary["refit_error"] = {"trial": refitted.name, "error": refitted.error, "path": refitted.path}
-        refitted = None  # the winner as trained on train is exported instead
+    if blending.settings(plan):
+        summary["blend"] = blending.recorded(plan)
+    blend = blending.chosen(plan)
+    refits = refit.trained(plan) if refit.enabled(plan) and winner is not None else {}
+    failed = next((t for t in refits.values() if t.status == "ERROR"), None)
+    if failed is not None:
+        summary["refit_error"] = {"trial": failed.name, "error": failed.error, "path": failed.path}
+        refits = {}  # the models as trained on train are exported instead
     if winner is not None:
         with phases("test_and_export"):
-            summary["best"] = export_best(plan, winner, split, reevaluation.for_trial(reevaluated, winner.name),
-                                          refitted)
+            summary["best"] = (blending.export(plan, blend, split, {t.name: t for t in trials}, refits) if blend else
+                               export_best(plan, winner, split, reevaluation.for_trial(reevaluated, winner.name),
+                                           refits.get(winner.name)))
     summary["wall_seconds"] = round(phases.total(), 1)  # the report's writing, not yet timed, is not in it
     summary["seconds"] = {name: round(value, 2) for name, value in phases.seconds.items()}
     write_json(out / SUMMARY_FILE, summary)
@@ -99,10 +104,12 @@ def finish(plan: SweepPlan, split: Split, phases: Phases) -> dict[str, Any]:
         raise SweepFailed(f"all {len(board)} trials failed: {why or 'no trial ran'}. Details: {out / SUMMARY_FILE}")
     best = summary["best"]
     seeds, refitted = best.get("seeds"), best.get("refit")
-    print(f"\nbest: {best['trial']} ({best['family']}) {_fmt(best['hparams'])}\n"
-          f"  valid {metric} {best['valid'][metric]:.4f} at epoch {best['epoch']}, "
-          f"test {metric} {best['test'][metric]:.4f}"
-          + (f" (refitted on {refitted['on']} for {refitted['epochs']} epoch(s))" if refitted else "") + "\n"
+    print(f"\nbest: {best['blend'] if blend else best['trial']} ({best['family']})"
+          + ("" if blend else f" {_fmt(best['hparams'])}") + "\n"
+          f"  valid {metric} {best['valid'][metric]:.4f}" + ("" if blend else f" at epoch {best['epoch']}")
+          + f", test {metric} {best['test'][metric]:.4f}"
+          + (f" (refitted on {refitted['on']}" + ("" if blend else f" for {refitted['epochs']} epoch(s)") + ")"
+             if refitted else "") + "\n"
           + (f"  over {seeds['runs']} fresh seed(s){', trained on train' if refitted else ''}: "
              f"valid {plus_minus(seeds['valid'].get(metric))}, "
              f"test {plus_minus(seeds['test'].get(metric))} (mean ± 95% CI where there are several)\n"
@@ -111,8 +118,9 @@ def finish(plan: SweepPlan, split: Split, phases: Phases) -> dict[str, Any]:
           f"wrote {out}/leaderboard.csv, summary.json, report.html and best/\n"
           f"TensorBoard: tensorboard --logdir {plan.storage}", flush=True)
     if "refit_error" in summary:
-        raise SweepFailed(f"the refit of {best['trial']} on train + valid failed: {summary['refit_error']['error']}; "
-                          f"best/ holds the winner as trained on train alone. Details: {summary['refit_error']['path']}")
+        raise SweepFailed(f"the refit of {summary['refit_error']['trial']} on train + valid failed: "
+                          f"{summary['refit_error']['error']}; best/ holds the {'blend' if blend else 'winner'} as "
+                          f"trained on train alone. Details: {summary['refit_error']['path']}")
     return summary
 
 
@@ -135,10 +143,7 @@ def export_best(plan: SweepPlan, trial: Trial, split: Split, seeds: dict[str, An
     model = build_model(config["model"], seed=config["seed"], device=config["device"], task=task["name"],
                         **trial.hparams)
     model.prepare(data.train)
-    with checkpoint.latest(source.path) as directory:
-        if directory is None:
-            raise SweepFailed(f"trial {source.name} has no checkpoint left in {source.path}")
-        saved = checkpoint.read(directory)
+    saved = checkpoint.newest(source.path)
     load_serialized(model, saved.best_state)
     row = trial.best(task["metric"])  # the chosen epoch's own metrics (a refit may train longer)
     epoch = row["epoch"]

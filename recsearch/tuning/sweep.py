@@ -20,7 +20,7 @@ from recsearch.data.dataset import Split
 from recsearch.errors import ConfigError, RecsearchError
 from recsearch.evaluation.metrics import metric_mode, valid_key
 from recsearch.output import check_writable
-from recsearch.tuning import reevaluation, refit
+from recsearch.tuning import blending, reevaluation, refit
 from recsearch.tuning.leaderboard import leaderboard
 from recsearch.tuning.plan import PLAN_FILE, SweepPlan, plan_sweep, trial_setup
 from recsearch.tuning.results import collect_trials
@@ -81,6 +81,8 @@ def run_sweep(plan: SweepPlan, resume: bool = False, split: Split | None = None)
                     _fit_family(plan, family, split_ref, resume)
             with phases("reevaluation"):
                 _reevaluate(plan, split_ref, resume)
+            with phases("blend"):
+                _blend(plan, split, resume)
             with phases("refit"):
                 _refit(plan, split_ref, resume)
             with phases("ray_stop"):
@@ -229,18 +231,30 @@ def run_points(plan: SweepPlan, experiment: str, trainable_fn, points: list[dict
     tuner.fit()
 
 
+def _blend(plan: SweepPlan, split: Split, resume: bool) -> None:
+    """With ``search.blend``, search the blend of the families' winners on validation
+    (``recsearch.tuning.blending``); a resumed sweep keeps the blend it chose."""
+    if not blending.settings(plan) or (resume and blending.recorded(plan) is not None):
+        return
+    trials = collect_trials(plan)
+    blending.choose(plan, split, leaderboard(plan, trials), {t.name: t for t in trials})
+
+
 def _refit(plan: SweepPlan, split_ref, resume: bool) -> None:
-    """With ``search.refit``, retrain the winner's configuration on train + valid
-    (``recsearch.tuning.refit``); the export then tests that model."""
+    """With ``search.refit``, retrain the winner's configuration, or the chosen blend's members,
+    on train + valid (``recsearch.tuning.refit``); the export then tests those models."""
     if not refit.enabled(plan):
         return
-    *_, reevaluated, winner = rank(plan)
+    trials, _, reevaluated, winner = rank(plan)
     if winner is None:  # no trial finished: ``finish`` says why
         return
-    trial = refit.run(plan, winner, reevaluation.for_trial(reevaluated, winner.name), split_ref, resume)
-    if trial is None or trial.status not in ("TERMINATED", "ERROR"):
+    blend = blending.chosen(plan)
+    by_name = {t.name: t for t in trials}
+    targets = [by_name[m["trial"]] for m in blend["members"]] if blend else [winner]
+    refitted = refit.run(plan, targets, reevaluated, split_ref, resume)
+    if any(refitted.get(t.name) is None or refitted[t.name].status not in ("TERMINATED", "ERROR") for t in targets):
         raise SweepInterrupted(f"refit: unfinished; continue with `recsearch resume {plan.out}`")
-    # a failed refit loses nothing: ``finish`` exports the winner as trained on train, then fails
+    # a failed refit loses nothing: ``finish`` exports the models as trained on train, then fails
 
 
 def progress_metrics(metric: str) -> list[str]:
