@@ -34,10 +34,12 @@ from recsearch.config import load_config, to_container
 from recsearch.data import load_split
 from recsearch.evaluation import Evaluator
 from recsearch.models.base import Recommender
+from recsearch.models.blend import standardised
 from recsearch.models.factory import build_model
 from recsearch.output import format_table
 from recsearch.runtime import configure_threads, seed_everything
 from recsearch.training import Stopping, refit_record, train
+from recsearch.tuning.blending import combined, greedy
 
 HERE = Path(__file__).resolve().parent
 MEMBERS = {  # name -> (family, hyperparameters over conf/model/<family>.yaml, where they come from)
@@ -53,28 +55,6 @@ WEIGHTS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # a member's weight relative to the fi
 COLUMNS = ["model", "trained on", "hyperparameters", "valid ndcg@10", "test ndcg@10", "test recall@10"]
 
 
-class Blend(Recommender):
-    """Weighted sum of fixed, per-user standardised score matrices (members already fitted)."""
-
-    family = "blend"
-
-    def __init__(self, parts: list[tuple[float, torch.Tensor]]):
-        super().__init__(device="cpu")
-        self.parts = parts
-
-    def fit_prepared(self, epochs=None) -> None:
-        pass
-
-    def state(self):
-        return {}
-
-    def load_state(self, state) -> None:
-        pass
-
-    def _score(self, users: torch.Tensor) -> torch.Tensor:
-        return sum(weight * scores[users] for weight, scores in self.parts)
-
-
 def fitted(family: str, hparams: dict, split, evaluator: Evaluator, metric: str,
            epochs: int | None = None) -> tuple[Recommender, int]:
     """The model trained under early stopping, and its best epoch; with ``epochs``, trained for
@@ -87,9 +67,8 @@ def fitted(family: str, hparams: dict, split, evaluator: Evaluator, metric: str,
     return model, result.best_epoch
 
 
-def standardised(model: Recommender, n_users: int) -> torch.Tensor:
-    scores = torch.cat([model.score(torch.arange(s, min(s + 512, n_users))) for s in range(0, n_users, 512)])
-    return (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp(min=1e-12)
+def standardised_scores(model: Recommender, n_users: int) -> torch.Tensor:
+    return standardised(torch.cat([model.score(torch.arange(s, min(s + 512, n_users))) for s in range(0, n_users, 512)]))
 
 
 def main() -> None:
@@ -106,7 +85,7 @@ def main() -> None:
     for name, (family, hparams, origin) in MEMBERS.items():
         started = time.perf_counter()
         model, best_epoch = fitted(family, hparams, split, evaluator, metric)
-        scores[name] = standardised(model, split.n_users)
+        scores[name] = standardised_scores(model, split.n_users)
         valid[name] = evaluator.evaluate(model, split, "valid")[metric]
         test = evaluator.evaluate(model, split, "test")
         rows.append({"model": name, "trained on": "train", "hyperparameters": f"{origin}: {model.hparams}",
@@ -115,7 +94,7 @@ def main() -> None:
         print(rows[-1], flush=True)
         started = time.perf_counter()
         model, _ = fitted(family, hparams, refit_split, evaluator, metric, epochs=best_epoch)
-        refit_scores[name] = standardised(model, split.n_users)
+        refit_scores[name] = standardised_scores(model, split.n_users)
         test = evaluator.evaluate(model, refit_split, "test")
         refit_rows.append({**rows[-1], "trained on": f"train + valid, {best_epoch} epoch(s)",
                            "test ndcg@10": test["ndcg@10"], "test recall@10": test["recall@10"],
@@ -123,32 +102,18 @@ def main() -> None:
                            "seconds": round(time.perf_counter() - started, 1)})
         print(refit_rows[-1], flush=True)
 
-    def blend_valid(parts: list[tuple[float, str]]) -> float:
-        return evaluator.evaluate(blended(parts), split, "valid")[metric]
-
-    def blended(parts: list[tuple[float, str]], members: dict[str, torch.Tensor] = scores, data=split) -> Blend:
-        model = Blend([(weight, members[name]) for weight, name in parts])
-        model.prepare(data.train)
-        return model
-
-    chosen = [(1.0, max(valid, key=valid.get))]
-    best, steps = valid[chosen[0][1]], []
-    while True:
-        options = [(blend_valid([*chosen, (w, name)]), w, name) for name in MEMBERS for w in WEIGHTS]
-        value, weight, name = max(options)
-        if value <= best:
-            break
-        chosen.append((weight, name))
-        best = value
-        steps.append({"added": name, "weight": weight, "valid ndcg@10": value})
-        print(steps[-1], flush=True)
-    test = evaluator.evaluate(blended(chosen), split, "test")
-    weights = {name: sum(w for w, n in chosen if n == name) for name in dict.fromkeys(n for _, n in chosen)}
-    recipe = " + ".join(f"{w:g} {name}" for name, w in weights.items())
+    names = list(MEMBERS)
+    members = [scores[name] for name in names]
+    weights, _, steps = greedy(lambda w: evaluator.evaluate_scores(combined(members, w), split, "valid")[metric],
+                               len(names), WEIGHTS, max_steps=100)
+    best = evaluator.evaluate_scores(combined(members, weights), split, "valid")[metric]
+    steps = [{"added": names[s["member"]], "weight": s["weight"], "valid ndcg@10": s["valid"]} for s in steps]
+    test = evaluator.evaluate_scores(combined(members, weights), split, "test")
+    recipe = " + ".join(f"{w:g} {name}" for name, w in zip(names, weights, strict=True) if w)
     rows.append({"model": "greedy ensemble", "trained on": "train", "hyperparameters": recipe, "valid ndcg@10": best,
                  "test ndcg@10": test["ndcg@10"], "test recall@10": test["recall@10"], "steps": steps})
     # the same weights, over the members refitted on train + valid
-    test = evaluator.evaluate(blended(chosen, refit_scores, refit_split), refit_split, "test")
+    test = evaluator.evaluate_scores(combined([refit_scores[name] for name in names], weights), refit_split, "test")
     refit_rows.append({**rows[-1], "trained on": "train + valid (members refitted)",
                        "test ndcg@10": test["ndcg@10"], "test recall@10": test["recall@10"]})
     rows += refit_rows

@@ -30,6 +30,7 @@ from recsearch.data.dataset import ServingData
 from recsearch.models.base import Recommender, model_class, register
 
 MEMBER_KEYS = {"family", "weight", "hparams", "epochs"}
+DEFAULT_MEMBERS = ({"family": "ease", "weight": 1.0}, {"family": "itemknn", "weight": 0.5})  # closed-form, quick
 
 
 def standardised(scores: torch.Tensor) -> torch.Tensor:
@@ -40,7 +41,8 @@ def standardised(scores: torch.Tensor) -> torch.Tensor:
 
 @register("blend")
 class Blend(Recommender):
-    def __init__(self, members: list[dict[str, Any]] | None = None, **kwargs: Any):
+    def __init__(self, members: list[dict[str, Any]] = DEFAULT_MEMBERS, **kwargs: Any):
+        members = [dict(spec) if isinstance(spec, dict) else spec for spec in members]
         super().__init__(members=members, **kwargs)
         from recsearch.models.factory import create
 

@@ -179,7 +179,7 @@ def export(plan: SweepPlan, record: dict[str, Any], split: Split, trials: dict[s
         load_serialized(member, state.best_state)
     test = Evaluator.for_task(config["task"], batch_size=config["train"]["eval_batch_size"]).evaluate(blend, data, "test")
     best = {"trial": "blend", "family": "blend", "hparams": blend.hparams, "model": blend.hparams, "epoch": None,
-            "valid": record["valid"], "test": test, "model_dir": "best", "blend": describe(record)}
+            "valid": record["valid"], "test": test, "model_dir": "best", "blend": recipe(record)}
     metadata = {"sweep": plan.name, "trial": "blend", "data": config["data"]["name"],
                 "selected_by": f"{selection(config)}, member weights searched greedily", "valid": record["valid"],
                 "test": test, "blend": record}
@@ -191,9 +191,13 @@ def export(plan: SweepPlan, record: dict[str, Any], split: Split, trials: dict[s
     return best
 
 
+def recipe(record: dict[str, Any]) -> str:
+    """The chosen blend as ``1.1 ease_00000 + 0.3 mf_00002``."""
+    return " + ".join(f"{m['weight']:g} {m['trial']}" for m in record["members"])
+
+
 def describe(record: dict[str, Any]) -> str:
     """One line: the recipe and its validation, or why there is no blend."""
     if not record["chosen"]:
         return f"none ({record['why']})"
-    recipe = " + ".join(f"{m['weight']:g} {m['trial']}" for m in record["members"])
-    return f"{recipe}: valid {record['metric']} {record['valid'][record['metric']]:.4f}"
+    return f"{recipe(record)}: valid {record['metric']} {record['valid'][record['metric']]:.4f}"

@@ -102,26 +102,34 @@ def finish(plan: SweepPlan, split: Split, phases: Phases) -> dict[str, Any]:
         reasons = Counter(row["error"] or f"status {row['status']}" for row in board)
         why = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common())
         raise SweepFailed(f"all {len(board)} trials failed: {why or 'no trial ran'}. Details: {out / SUMMARY_FILE}")
-    best = summary["best"]
-    seeds, refitted = best.get("seeds"), best.get("refit")
-    print(f"\nbest: {best['blend'] if blend else best['trial']} ({best['family']})"
-          + ("" if blend else f" {_fmt(best['hparams'])}") + "\n"
-          f"  valid {metric} {best['valid'][metric]:.4f}" + ("" if blend else f" at epoch {best['epoch']}")
-          + f", test {metric} {best['test'][metric]:.4f}"
-          + (f" (refitted on {refitted['on']}" + ("" if blend else f" for {refitted['epochs']} epoch(s)") + ")"
-             if refitted else "") + "\n"
-          + (f"  over {seeds['runs']} fresh seed(s){', trained on train' if refitted else ''}: "
-             f"valid {plus_minus(seeds['valid'].get(metric))}, "
-             f"test {plus_minus(seeds['test'].get(metric))} (mean ± 95% CI where there are several)\n"
-             if seeds else "") +
-          f"trials: {_fmt(summary['trials'])}; {summary['wall_seconds']:.0f}s\n"
-          f"wrote {out}/leaderboard.csv, summary.json, report.html and best/\n"
-          f"TensorBoard: tensorboard --logdir {plan.storage}", flush=True)
+    print(_outcome(summary, metric, plan.storage), flush=True)
     if "refit_error" in summary:
         raise SweepFailed(f"the refit of {summary['refit_error']['trial']} on train + valid failed: "
                           f"{summary['refit_error']['error']}; best/ holds the {'blend' if blend else 'winner'} as "
                           f"trained on train alone. Details: {summary['refit_error']['path']}")
     return summary
+
+
+def _outcome(summary: dict[str, Any], metric: str, storage: str) -> str:
+    """What the sweep prints at its end: the model it chose, its figures, where it wrote them."""
+    best = summary["best"]
+    seeds, refitted = best.get("seeds"), best.get("refit")
+    if best["family"] == "blend":
+        lines = [f"best: blend {best['blend']}", f"  valid {metric} {best['valid'][metric]:.4f}"]
+    else:
+        lines = [f"best: {best['trial']} ({best['family']}) {_fmt(best['hparams'])}",
+                 f"  valid {metric} {best['valid'][metric]:.4f} at epoch {best['epoch']}"]
+    lines[-1] += f", test {metric} {best['test'][metric]:.4f}"
+    if refitted:
+        lines[-1] += f" (refitted on {refitted['on']}" + (f" for {refitted['epochs']} epoch(s))" if refitted["epochs"] else ")")
+    if seeds:
+        lines.append(f"  over {seeds['runs']} fresh seed(s){', trained on train' if refitted else ''}: "
+                     f"valid {plus_minus(seeds['valid'].get(metric))}, test {plus_minus(seeds['test'].get(metric))} "
+                     "(mean ± 95% CI where there are several)")
+    lines += [f"trials: {_fmt(summary['trials'])}; {summary['wall_seconds']:.0f}s",
+              f"wrote {summary['directory']}/leaderboard.csv, summary.json, report.html and best/",
+              f"TensorBoard: tensorboard --logdir {storage}"]
+    return "\n" + "\n".join(lines)
 
 
 def export_best(plan: SweepPlan, trial: Trial, split: Split, seeds: dict[str, Any] | None = None,
