@@ -80,3 +80,13 @@ def test_ranking_fixed_scores_equals_evaluating_the_model(planted_split):
         assert evaluator.evaluate_scores(scores, planted_split, part) == evaluator.evaluate(model, planted_split, part)
     with pytest.raises(ValueError, match="scores of shape"):
         evaluator.evaluate_scores(scores[:5], planted_split, "valid")
+
+
+def test_a_blend_scores_histories_natively_or_by_fold_in_as_its_members_do(planted_split):
+    native = create(model_class("blend"), {}, seed=0, device="cpu").fit(planted_split.train)  # EASE + ItemKNN
+    assert native.scores_history and not native.folds_in
+    users = [3, 7, 11]
+    own = native.score_history([native.user_history(u) for u in users])
+    torch.testing.assert_close(own, native.score(torch.tensor(users)), rtol=1e-5, atol=1e-5)
+    folding = blend()  # ItemKNN + MF, which folds a history in
+    assert folding.folds_in and not folding.scores_history

@@ -15,9 +15,11 @@ greedily on validation); ``model=blend`` trains one from a recipe::
 Each member is built by the one factory from its family's constructor defaults and ``hparams``
 (not from conf/model/<family>.yaml), on the blend's seed, device and training data; an
 iterative member trains ``epochs`` epochs (its family's default when left out), with no early
-stopping. A blend ranks only, and scores known users only: sequential members (whose test
-histories differ from their training ones) are refused, and histories, profiles and events
-fall back as for any family without those paths.
+stopping. Sequential members are refused: the evaluator scores their test part from other
+histories than their training ones. A list of recent items (``/recommend/history``, a user's
+events) is scored by every member's history path, natively when each has one (EASE, KNN,
+RP3beta, Mult-VAE), by fold-in when MF is among them, and blended alike; new users' profiles
+and new items go to the serving fallbacks.
 """
 
 from __future__ import annotations
@@ -83,6 +85,16 @@ class Blend(Recommender):
     def reads_features(self) -> bool:
         return any(member.reads_features for member in self.members)
 
+    @property
+    def scores_history(self) -> bool:
+        """Natively when every member does (EASE, KNN, RP3beta, Mult-VAE)."""
+        return all(member.scores_history for member in self.members)
+
+    @property
+    def folds_in(self) -> bool:
+        """When some member folds a history in (MF) and every other scores it natively."""
+        return not self.scores_history and all(m.scores_history or m.folds_in for m in self.members)
+
     def prepare(self, train) -> None:
         super().prepare(train)
         for member in self.members:
@@ -108,4 +120,10 @@ class Blend(Recommender):
             member.restore(data, state[str(n)])
 
     def _score(self, users: torch.Tensor) -> torch.Tensor:
-        return sum(weight * standardised(member.score(users)) for weight, member in zip(self.weights, self.members, strict=True))
+        return self._blended([member.score(users) for member in self.members])
+
+    def _score_history(self, histories) -> torch.Tensor:  # histories checked by score_history
+        return self._blended([member._score_history(histories) for member in self.members])
+
+    def _blended(self, scores: list[torch.Tensor]) -> torch.Tensor:
+        return sum(weight * standardised(part) for weight, part in zip(self.weights, scores, strict=True))
