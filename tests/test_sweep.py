@@ -193,7 +193,7 @@ def test_asha_sweep_ranks_trials_exports_the_best_and_reports(local_ray, tmp_pat
     assert best["hparams"]["rate"] >= 0.5 and best["family"] == "sweeptoy"
     assert set(best["test"]) >= {"ndcg@10", "recall@10"} and best["valid"]["ndcg@10"] > 0.3
     phases = summary["seconds"]  # where the sweep's time went, in the order it went there
-    assert list(phases) == ["load_data", "ray_start", "put_data", "trials/sweeptoy", "reevaluation", "refit",
+    assert list(phases) == ["load_data", "ray_start", "put_data", "trials/sweeptoy", "reevaluation", "blend", "refit",
                             "ray_stop", "rank", "test_and_export"]
     assert phases["trials/sweeptoy"] == max(phases.values())
     assert summary["wall_seconds"] == pytest.approx(sum(phases.values()), abs=0.1)
