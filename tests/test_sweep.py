@@ -420,7 +420,8 @@ def test_a_blend_of_the_families_winners_is_chosen_refitted_tested_once_and_serv
     users = torch.arange(5)
     expected = sum(w * standardised(m.score(users)) for w, m in zip(model.weights, model.members, strict=True))
     torch.testing.assert_close(model.score(users), expected)
-    assert "Blend of the families' winners" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "Blend of the families' winners" in report and "each member retrained on train + valid" in report
 
     assert main(["resume", str(out)]) == 0
     assert json.loads((out / "blend.json").read_text()) == record

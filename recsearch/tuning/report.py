@@ -64,10 +64,11 @@ def _header(plan: SweepPlan, board: list[dict[str, Any]], summary: dict[str, Any
                   f"{plus_minus(seeds['valid'].get(metric))}." if seeds else "")
         refitted = best.get("refit")
         if refitted:
-            chosen += (f" Refitted before its test: this configuration retrained on {refitted['on']} "
-                       f"({refitted['interactions']} interactions) for {refitted['epochs']} epoch(s), no early "
-                       "stopping; the test figures are the refitted model's (exported as best/), the validation "
-                       "ones the selection run's.")
+            how = (f"each member retrained on {refitted['on']} ({refitted['interactions']} interactions) for its own "
+                   "chosen epochs" if refitted["epochs"] is None else f"this configuration retrained on "
+                   f"{refitted['on']} ({refitted['interactions']} interactions) for {refitted['epochs']} epoch(s)")
+            chosen += (f" Refitted before its test: {how}, no early stopping; the test figures are the refitted "
+                       "model's (exported as best/), the validation ones the selection run's.")
         if summary.get("refit_error"):
             chosen += (f" The refit on train + valid failed ({summary['refit_error']['error']}): best/ is this "
                        "model as trained on train alone.")
