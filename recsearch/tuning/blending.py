@@ -17,6 +17,7 @@ test split.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,6 @@ def settings(plan: SweepPlan) -> dict[str, Any] | None:
 
 def recorded(plan: SweepPlan) -> dict[str, Any] | None:
     """What ``choose`` wrote (None before it ran)."""
-    import json
-
     path = Path(plan.out) / BLEND_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -137,15 +136,10 @@ def combined(scores: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.
 def member_scores(plan: SweepPlan, trial: Trial, split: Split) -> torch.Tensor:
     """Every user's standardised scores by ``trial``'s model at its best epoch."""
     from recsearch.models.blend import standardised
-    from recsearch.models.factory import build_model
-    from recsearch.training import load_serialized
     from recsearch.tuning import checkpoint
+    from recsearch.tuning.selection import restored
 
-    config = plan.configs[trial.family]
-    model = build_model(config["model"], seed=config["seed"], device=config["device"],
-                        task=config["task"]["name"], **trial.hparams)
-    model.prepare(split.train)
-    load_serialized(model, checkpoint.newest(trial.path).best_state)
+    model = restored(plan, trial, split, checkpoint.newest(trial.path).best_state)
     return torch.cat([standardised(model.score(torch.arange(start, min(start + SCORE_BATCH, split.n_users))))
                       for start in range(0, split.n_users, SCORE_BATCH)]).cpu()
 

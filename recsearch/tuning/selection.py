@@ -140,19 +140,15 @@ def export_best(plan: SweepPlan, trial: Trial, split: Split, seeds: dict[str, An
     saved instead; the validation figures stay the winner's. Without a re-evaluation this is the
     only time the sweep touches the test split."""
     from recsearch.evaluation import Evaluator
-    from recsearch.models.factory import build_model
-    from recsearch.training import load_serialized, refit_record
+    from recsearch.training import refit_record
 
     config = plan.configs[trial.family]
     task = config["task"]
     if refitted is not None and refitted.status != "TERMINATED":
         raise SweepFailed(f"the refit of {trial.name} did not finish ({refitted.error or refitted.status})")
     data, source = (split, trial) if refitted is None else (split.train_and_valid(), refitted)
-    model = build_model(config["model"], seed=config["seed"], device=config["device"], task=task["name"],
-                        **trial.hparams)
-    model.prepare(data.train)
     saved = checkpoint.newest(source.path)
-    load_serialized(model, saved.best_state)
+    model = restored(plan, trial, data, saved.best_state)
     row = trial.best(task["metric"])  # the chosen epoch's own metrics (a refit may train longer)
     epoch = row["epoch"]
     test = Evaluator.for_task(task, batch_size=config["train"]["eval_batch_size"]).evaluate(model, data, "test")
@@ -180,6 +176,19 @@ def export_best(plan: SweepPlan, trial: Trial, split: Split, seeds: dict[str, An
     shutil.rmtree(target, ignore_errors=True)
     model.save(target, metadata=metadata)
     return best
+
+
+def restored(plan: SweepPlan, trial: Trial, data: Split, state: bytes):
+    """``trial``'s model prepared on ``data.train`` with ``state`` (a checkpoint's)."""
+    from recsearch.models.factory import build_model
+    from recsearch.training import load_serialized
+
+    config = plan.configs[trial.family]
+    model = build_model(config["model"], seed=config["seed"], device=config["device"],
+                        task=config["task"]["name"], **trial.hparams)
+    model.prepare(data.train)
+    load_serialized(model, state)
+    return model
 
 
 def selection(config: dict[str, Any]) -> str:
