@@ -90,3 +90,16 @@ def test_a_blend_scores_histories_natively_or_by_fold_in_as_its_members_do(plant
     torch.testing.assert_close(own, native.score(torch.tensor(users)), rtol=1e-5, atol=1e-5)
     folding = blend()  # ItemKNN + MF, which folds a history in
     assert folding.folds_in and not folding.scores_history
+
+
+def test_export_prunes_the_members_with_an_item_item_matrix(planted_split, tmp_path):
+    from recsearch.models.base import Recommender, UnsupportedOperation
+    from recsearch.serving.export import export_model
+
+    model = blend()  # ItemKNN (pruned) + MF (kept)
+    model.fit(planted_split.train)
+    pruned = Recommender.load(export_model(model.save(tmp_path / "full"), tmp_path / "top3", top_k=3), device="cpu")
+    assert int((pruned.members[0].neighbour_sim != 0).sum()) <= 3 * planted_split.n_items
+    torch.testing.assert_close(pruned.members[1].score(torch.arange(4)), model.members[1].score(torch.arange(4)))
+    with pytest.raises(UnsupportedOperation, match="no member of this blend"):
+        blend([{"family": "mf", "epochs": 1}]).fit(planted_split.train).pruned_state(3)

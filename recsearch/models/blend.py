@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from recsearch.data.dataset import ServingData
-from recsearch.models.base import Recommender, model_class, register
+from recsearch.models.base import Recommender, UnsupportedOperation, model_class, register
 
 MEMBER_KEYS = {"family", "weight", "hparams", "epochs"}
 DEFAULT_MEMBERS = ({"family": "ease", "weight": 1.0}, {"family": "itemknn", "weight": 0.5})  # closed-form, quick
@@ -113,6 +113,19 @@ class Blend(Recommender):
 
     def serving_state(self) -> dict[str, Any]:
         return {str(n): member.serving_state() for n, member in enumerate(self.members)}
+
+    def pruned_state(self, top_k: int) -> dict[str, Any]:
+        """The serving state with the item-item matrices of its members that have one (EASE,
+        KNN, RP3beta) cut to ``top_k`` entries per item; the other members' as they are."""
+        state, pruned = {}, False
+        for n, member in enumerate(self.members):
+            try:
+                state[str(n)], pruned = member.pruned_state(top_k), True
+            except UnsupportedOperation:
+                state[str(n)] = member.serving_state()
+        if not pruned:
+            raise UnsupportedOperation("no member of this blend has an item-item matrix to prune")
+        return state
 
     def restore(self, data: ServingData, state: dict[str, Any]) -> None:
         self._attach(data)
