@@ -3,7 +3,8 @@
 SOURCE is anything ``recsearch serve`` accepts (a model directory, a sweep directory, a
 ``recsearch train`` output). TARGET becomes a model directory that ``recsearch serve`` and
 ``serve deploy`` load like any other: the weights in fp32, fp16 or int8 (``--precision``), the
-item-item matrix of EASE and the KNN models cut to each item's ``--top-k`` largest entries.
+item-item matrix of EASE, RP3beta and the KNN models (a blend: of its members that have one) cut
+to each item's ``--top-k`` largest entries.
 An older directory (format 1, with the whole training set) exported in fp32 becomes a minimal
 bundle. ``model.json`` records the compression under ``metadata.compression``; the metrics it
 carries are still the source model's.
@@ -25,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="how weights are stored: fp16 halves them, int8 quantises each matrix row (default: fp32)")
     parser.add_argument("--top-k", type=int, default=None, metavar="K",
-                        help="EASE, ItemKNN, UserKNN: keep each item's (user's) K largest item-item weights")
+                        help="EASE, RP3beta, ItemKNN, UserKNN (and those members of a blend): keep each item's (user's) "
+                             "K largest item-item weights")
 
 
 def export_model(source: str | Path, target: str | Path, precision: str = "fp32", top_k: int | None = None) -> Path:
