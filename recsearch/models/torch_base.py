@@ -130,17 +130,22 @@ class TorchRecommender(IterativeRecommender):
         total = torch.zeros((), device=self.device)
         n = self.n_examples()
         for index in self.batches(n):
-            with self.autocast():
-                loss = self.batch_loss(index)
-            for optimizer in self.optimizers.values():
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in self.optimizers.values():
-                optimizer.step()
-            total += loss.detach().float() * len(index)
+            total += self.train_step(index).float() * len(index)
         self.net.eval()
         self.epochs_done += 1
         return float(total) / max(n, 1)  # one device sync per epoch, not per batch
+
+    def train_step(self, index: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on the examples ``index``; returns their mean loss (detached).
+        Here by autograd of ``batch_loss``; a family may compute its gradient itself."""
+        with self.autocast():
+            loss = self.batch_loss(index)
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        return loss.detach()
 
     def state(self) -> dict[str, Any]:
         return {
