@@ -15,6 +15,7 @@ from torch import nn
 from recsearch.data.dataset import Dataset, ServingData
 from recsearch.models.base import IterativeRecommender, UnsupportedOperation
 from recsearch.models.sampling import NegativeSampler
+from recsearch.runtime import keep_freed_memory
 
 
 def bf16_is_native(device: torch.device) -> bool:
@@ -95,6 +96,7 @@ class TorchRecommender(IterativeRecommender):
     # -- shared machinery -----------------------------------------------------------------
     def prepare(self, train: Dataset) -> None:
         super().prepare(train)
+        keep_freed_memory()  # the steps' temporaries: reused, not faulted in anew
         torch.manual_seed(self.seed)
         self.net = self.build_network(self.serving_data).to(self.device)
         self.net.eval()
