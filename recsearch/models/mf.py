@@ -13,7 +13,8 @@ positive (u, i):
 
 Every loss adds  l2 · Σ ||e||² / batch  over the embedding rows and biases the batch touches,
 a user once per interaction and an item once per use (so rarely seen users and items are not
-shrunk at every step). Scoring all items for a batch of users is one matrix product; a rating
+shrunk at every step). BPR trains on its gradient in closed form (``pairwise_gradient``), the
+others by autograd. Scoring all items for a batch of users is one matrix product; a rating
 model scores with its predicted ratings.
 
 Fold-in (task=ranking; ``score_history``: serving a user known only by recent items, or a known

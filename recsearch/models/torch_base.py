@@ -55,8 +55,9 @@ class TorchRecommender(IterativeRecommender):
     """A recommender whose parameters live in ``self.net`` and are fitted by mini-batch descent.
 
     Subclasses build the network (``build_network``), say how many training examples an epoch
-    has (``n_examples``) and compute the loss of a batch of example indices (``batch_loss``).
-    Examples are indexed, never materialised per sample: batches are slices of one shuffled
+    has (``n_examples``) and compute the loss of a batch of example indices (``batch_loss``);
+    ``train_step`` steps on its autograd gradient unless a family computes the gradient itself
+    (MF's BPR). Examples are indexed, never materialised per sample: batches are slices of one shuffled
     index tensor on the device, so the hot loop has no Python per example. ``l2`` is left to
     ``batch_loss`` (applied to the embeddings a batch touches, as in BPR), not to the optimiser,
     whose weight decay would shrink every embedding row at every step. Embeddings with sparse
