@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 
@@ -50,6 +51,25 @@ def configure_threads(cpus: int | None = None) -> int:
     cpus = max(1, int(cpus or available_cpus()))
     torch.set_num_threads(cpus)
     return cpus
+
+
+# mallopt's parameters (glibc's malloc.h) and glibc's own ceiling for its adaptive thresholds
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 << 20
+
+
+def keep_freed_memory() -> None:
+    """Pin glibc's malloc thresholds at the ceiling its adaptive ones climb to (mmap 32 MiB, trim
+    2x that). Below it, a training step's temporaries (a few MB, freed at the end of each step)
+    could be handed back to the OS at every step and faulted in again at the next: the ml-100k
+    BPR epoch then took 39,000 page faults and 0.12 s instead of 80 and 0.07 s, depending on which
+    state the adaptive thresholds happened to settle in. A no-op where the C library is not glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+    mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)
 
 
 def seed_everything(seed: int) -> None:

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from recsearch.models import Recommender
 from recsearch.models.base import UnsupportedOperation
@@ -102,17 +101,27 @@ def test_divergence_shows_as_a_non_finite_loss(planted_split):
     assert not math.isfinite(model.train_epoch())
 
 
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("negatives", [1, 3])
-def test_the_fused_pairwise_loss_matches_autograd_of_the_formula(negatives):
-    from recsearch.models.mf import PairwiseLoss
-
-    torch.manual_seed(0)
-    u = torch.randn(6, 5, dtype=torch.double, requires_grad=True)
-    v = torch.randn(6, 1 + negatives, 5, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: PairwiseLoss.apply(a, b, 0.3), (u, v))
-    s = (u[:, None, :4] * v[..., :4]).sum(-1) + v[..., 4]  # b_i + p_u . q_i
-    formula = F.softplus(s[:, 1:] - s[:, :1]).mean() + 0.3 * (u.square().sum() + v.square().sum()) / 6
-    torch.testing.assert_close(PairwiseLoss.apply(u, v, 0.3), formula)
+def test_the_closed_form_bpr_gradient_is_autograds(negatives, sparse, planted_split, monkeypatch):
+    """``bpr_backward`` (what BPR trains on) against autograd of ``batch_loss`` on the same batch
+    and negatives: the same loss and the same gradients, dense or sparse (large) tables."""
+    monkeypatch.setattr("recsearch.models.torch_base.SPARSE_ABOVE", 0 if sparse else 1 << 20)
+    model = MatrixFactorization(seed=0, device="cpu", dim=5, negatives=negatives, l2=0.3)
+    model.prepare(planted_split.train)
+    model.net.double()
+    tables = [model.net.user.weight, model.net.item.weight]
+    assert [table.sparse for table in (model.net.user, model.net.item)] == [sparse, sparse]
+    index, sampling = torch.randperm(len(model.users))[:64], model.generator.get_state()
+    expected_loss = model.batch_loss(index)
+    expected_loss.backward()
+    expected = [table.grad.to_dense().clone() for table in tables]
+    model.generator.set_state(sampling)  # the same negatives
+    torch.testing.assert_close(model.bpr_backward(index), expected_loss.detach(), rtol=1e-12, atol=0)
+    for table, gradient in zip(tables, expected, strict=True):
+        assert table.grad.is_sparse == sparse
+        torch.testing.assert_close(table.grad.to_dense(), gradient, rtol=1e-10, atol=1e-15)
+    assert math.isfinite(model.train_epoch())  # and the table's own optimiser steps on it
 
 
 @pytest.fixture(scope="module")

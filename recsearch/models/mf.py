@@ -13,7 +13,8 @@ positive (u, i):
 
 Every loss adds  l2 · Σ ||e||² / batch  over the embedding rows and biases the batch touches,
 a user once per interaction and an item once per use (so rarely seen users and items are not
-shrunk at every step). Scoring all items for a batch of users is one matrix product; a rating
+shrunk at every step). BPR trains on its gradient in closed form (``pairwise_gradient``), the
+others by autograd. Scoring all items for a batch of users is one matrix product; a rating
 model scores with its predicted ratings.
 
 Fold-in (task=ranking; ``score_history``: serving a user known only by recent items, or a known
@@ -67,9 +68,10 @@ class BiasedMF(nn.Module):
         self.register_buffer("mean", torch.tensor(0.0))  # the training mean rating, for task=rating
 
 
-class PairwiseLoss(torch.autograd.Function):
-    """BPR's loss and its gradient in a handful of tensor ops, where autograd's graph of the same
-    expression takes several times as many (the epoch of a small catalogue is all per-op cost).
+def pairwise_gradient(u: torch.Tensor, v: torch.Tensor, l2: float) -> tuple[torch.Tensor, ...]:
+    """BPR's loss and its gradient with respect to the rows it read, in closed form, without
+    autograd: a step of a small catalogue is all per-op and memory-pass cost, and the graph (the
+    gathers' backward above all: a sort-free but slow embedding backward per table) costs more.
 
     Inputs: user rows ``u`` (b, d + 1) = [p_u, b_u] and item rows ``v`` (b, 1 + k, d + 1) =
     [q, b_i], the positive first, then k negatives. With s = q · p_u + b_i and x_j = s_j - s_pos:
@@ -78,35 +80,34 @@ class PairwiseLoss(torch.autograd.Function):
         dL/dx_j = σ(x_j) / (b k),   dL/ds_pos = -Σ_j dL/dx_j
         dL/dp_u = Σ_i dL/ds_i q_i,  dL/dq_i = dL/ds_i p_u,  dL/db_i = dL/ds_i  (+ 2 l2 / b times the row)
 
-    At least in float32: the arithmetic is trivial next to the gathers, bf16 would gain nothing."""
+    Returns (L, dL/du, dL/dv)."""
+    b, d = len(u), u.shape[1] - 1
+    p1 = u.clone()
+    p1[:, d] = 1  # [p_u, 1]: s = v · p1
+    s = torch.bmm(v, p1[:, :, None]).squeeze(2)  # (b, 1 + k)
+    x = s[:, 1:] - s[:, :1]
+    loss = F.softplus(x).mean() + l2 * (torch.dot(u.view(-1), u.view(-1)) + torch.dot(v.view(-1), v.view(-1))) / b
+    ds = torch.empty_like(s)
+    torch.sigmoid(x, out=ds[:, 1:]).div_(x.numel())
+    ds[:, 0] = -ds[:, 1:].sum(1)
+    shrink = 2 * l2 / b
+    du = torch.sum(ds[..., None] * v, 1)
+    du[:, d] = 0  # b_u: only the shrink
+    du.add_(u, alpha=shrink)
+    dv = torch.mul(ds[..., None], p1[:, None]).add_(v, alpha=shrink)
+    return loss, du, dv
 
-    @staticmethod
-    def forward(ctx, u: torch.Tensor, v: torch.Tensor, l2: float) -> torch.Tensor:
-        dtype = torch.promote_types(u.dtype, torch.float32)  # bf16 rows (amp) are widened
-        u, v = u.to(dtype), v.to(dtype)
-        d = u.shape[1] - 1
-        # elementwise, not (b)addbmm: a batch of b (1 + k) x d products is per-matrix overhead on a CPU
-        s = torch.sum(v[..., :d] * u[:, None, :d], 2).add_(v[..., d])  # (b, 1 + k)
-        x = s[:, 1:] - s[:, :1]
-        ctx.save_for_backward(u, v, x)
-        ctx.l2 = l2
-        b = len(u)
-        return F.softplus(x).mean() + l2 * (u.square().sum() + v.square().sum()) / b
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        u, v, x = ctx.saved_tensors
-        b, d = len(u), u.shape[1] - 1
-        ds = torch.empty(v.shape[:2], dtype=u.dtype, device=u.device)
-        torch.sigmoid(x, out=ds[:, 1:]).mul_(grad / x.numel())
-        ds[:, 0] = -ds[:, 1:].sum(1)
-        shrink = 2 * ctx.l2 * grad / b
-        du = u * shrink
-        du[:, :d] += torch.sum(ds[..., None] * v[..., :d], 1)  # b_u: only the shrink
-        dv = v * shrink
-        dv[..., :d] += ds[..., None] * u[:, None, :d]
-        dv[..., d] += ds
-        return du, dv, None
+def set_gradient(table: nn.Embedding, index: torch.Tensor, rows: torch.Tensor) -> None:
+    """The table's gradient from the gradients of its rows ``index``, as its own backward would
+    make it: a sparse tensor of the rows, or the rows summed into a dense gradient (reused)."""
+    weight = table.weight
+    if table.sparse:
+        weight.grad = torch.sparse_coo_tensor(index[None], rows, weight.shape)
+    else:
+        if weight.grad is None:
+            weight.grad = torch.zeros_like(weight)
+        weight.grad.zero_().index_add_(0, index, rows)
 
 
 @register("mf")
@@ -143,17 +144,13 @@ class MatrixFactorization(PairTrainedRecommender):
 
     # -- training ---------------------------------------------------------------------------
     def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
-        users, items = self.users[index], self.items[index]
-        if self.task == "rating":
-            candidates = items[:, None]
-        else:  # (b, 1 + negatives), the positive first
-            candidates = torch.cat([items[:, None], self.sampler.sample(users, self.negatives, self.generator)], 1)
+        users, candidates = self._batch(index)
         user_rows, item_rows = self.net.user(users), self.net.item(candidates)  # gathered once: score and penalty
-        if self.loss == "bpr":  # -log σ(s_pos - s_neg) = softplus(s_neg - s_pos), penalty included
-            return PairwiseLoss.apply(user_rows, item_rows, self.l2)
         scores = self._pair_scores(user_rows[:, None, :], item_rows)  # (b, 1 + negatives)
         if self.task == "rating":
             data_loss = F.mse_loss(scores, self.ratings[index][:, None])
+        elif self.loss == "bpr":  # -log σ(s_pos - s_neg) = softplus(s_neg - s_pos)
+            data_loss = F.softplus(scores[:, 1:] - scores[:, :1]).mean()
         else:
             labels = torch.zeros_like(scores)
             labels[:, 0] = 1.0
@@ -162,6 +159,37 @@ class MatrixFactorization(PairTrainedRecommender):
         # for ranking b_u gets no gradient but this one: it stays at its initial 0
         penalty = user_rows.square().sum() + item_rows.square().sum()
         return data_loss + self.l2 * penalty / len(index)
+
+    def train_step(self, index: torch.Tensor) -> torch.Tensor:
+        """BPR steps on its closed-form gradient (``bpr_backward``), the other losses by autograd."""
+        if self.loss != "bpr":
+            return super().train_step(index)
+        loss = self.bpr_backward(index)
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        return loss
+
+    @torch.no_grad()
+    def bpr_backward(self, index: torch.Tensor) -> torch.Tensor:
+        """What ``batch_loss(index).backward()`` does for BPR, without autograd: returns the loss
+        and sets the tables' gradients (``pairwise_gradient``, ``set_gradient``)."""
+        users, candidates = self._batch(index)
+        items = candidates.view(-1)
+        user, item = self.net.user, self.net.item
+        user_rows = user.weight.index_select(0, users)
+        item_rows = item.weight.index_select(0, items).view(*candidates.shape, -1)
+        loss, user_grad, item_grad = pairwise_gradient(user_rows, item_rows, self.l2)
+        set_gradient(user, users, user_grad)
+        set_gradient(item, items, item_grad.flatten(0, 1))
+        return loss
+
+    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The users of the examples ``index`` and their candidate items (b, 1 + negatives), the
+        positive first (a rating model: only the rated item)."""
+        users, items = self.users[index], self.items[index]
+        if not self.samples_negatives:
+            return users, items[:, None]
+        return users, torch.cat([items[:, None], self.sampler.sample(users, self.negatives, self.generator)], 1)
 
     def _pair_scores(self, user_rows: torch.Tensor, item_rows: torch.Tensor) -> torch.Tensor:
         """Ratings μ + b_u + b_i + p_u · q_i (task=rating) or ranking scores b_i + p_u · q_i of

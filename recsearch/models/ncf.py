@@ -116,11 +116,14 @@ class NeuMFNetwork(nn.Module):
                     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Logits of users (b,) against items (b, m): shape (b, m); also the vectors used."""
         p, q = self.user(users)[:, None, :], self.item(items)
+        # the [GMF | MLP] halves by split, whose backward is one concatenation, where slicing's
+        # is a zero-filled full-width gradient per slice
+        p_halves, q_halves = p.split(self.dim, -1), q.split(self.dim, -1)
         h, logits = self.out.weight[0], self.out.bias
         if self.gmf:
-            logits = logits + (p[..., : self.dim] * q[..., : self.dim]) @ h[: self.dim]
+            logits = logits + (p_halves[0] * q_halves[0]) @ h[: self.dim]
         if self.mlp:
-            first = self.mlp_user(p[..., -self.dim :]) + self.mlp_item(q[..., -self.dim :])
+            first = self.mlp_user(p_halves[-1]) + self.mlp_item(q_halves[-1])
             logits = logits + self._tower(first, generator) @ h[-self.hidden_width :]
         return logits, (p, q)
 

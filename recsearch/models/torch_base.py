@@ -15,6 +15,7 @@ from torch import nn
 from recsearch.data.dataset import Dataset, ServingData
 from recsearch.models.base import IterativeRecommender, UnsupportedOperation
 from recsearch.models.sampling import NegativeSampler
+from recsearch.runtime import keep_freed_memory
 
 
 def bf16_is_native(device: torch.device) -> bool:
@@ -54,8 +55,9 @@ class TorchRecommender(IterativeRecommender):
     """A recommender whose parameters live in ``self.net`` and are fitted by mini-batch descent.
 
     Subclasses build the network (``build_network``), say how many training examples an epoch
-    has (``n_examples``) and compute the loss of a batch of example indices (``batch_loss``).
-    Examples are indexed, never materialised per sample: batches are slices of one shuffled
+    has (``n_examples``) and compute the loss of a batch of example indices (``batch_loss``);
+    ``train_step`` steps on its autograd gradient unless a family computes the gradient itself
+    (MF's BPR). Examples are indexed, never materialised per sample: batches are slices of one shuffled
     index tensor on the device, so the hot loop has no Python per example. ``l2`` is left to
     ``batch_loss`` (applied to the embeddings a batch touches, as in BPR), not to the optimiser,
     whose weight decay would shrink every embedding row at every step. Embeddings with sparse
@@ -95,6 +97,7 @@ class TorchRecommender(IterativeRecommender):
     # -- shared machinery -----------------------------------------------------------------
     def prepare(self, train: Dataset) -> None:
         super().prepare(train)
+        keep_freed_memory()  # the steps' temporaries: reused, not faulted in anew
         torch.manual_seed(self.seed)
         self.net = self.build_network(self.serving_data).to(self.device)
         self.net.eval()
@@ -130,17 +133,22 @@ class TorchRecommender(IterativeRecommender):
         total = torch.zeros((), device=self.device)
         n = self.n_examples()
         for index in self.batches(n):
-            with self.autocast():
-                loss = self.batch_loss(index)
-            for optimizer in self.optimizers.values():
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in self.optimizers.values():
-                optimizer.step()
-            total += loss.detach().float() * len(index)
+            total += self.train_step(index).float() * len(index)
         self.net.eval()
         self.epochs_done += 1
         return float(total) / max(n, 1)  # one device sync per epoch, not per batch
+
+    def train_step(self, index: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on the examples ``index``; returns their mean loss (detached).
+        Here by autograd of ``batch_loss``; a family may compute its gradient itself."""
+        with self.autocast():
+            loss = self.batch_loss(index)
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        return loss.detach()
 
     def state(self) -> dict[str, Any]:
         return {
