@@ -27,19 +27,17 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
 from record import write_results
 
 from recsearch.config import load_config, to_container
 from recsearch.data import load_split
 from recsearch.evaluation import Evaluator
 from recsearch.models.base import Recommender
-from recsearch.models.blend import standardised
 from recsearch.models.factory import build_model
 from recsearch.output import format_table
 from recsearch.runtime import configure_threads, seed_everything
 from recsearch.training import Stopping, refit_record, train
-from recsearch.tuning.blending import combined, greedy
+from recsearch.tuning.blending import greedy, standardised_scores, weighted_sum
 
 HERE = Path(__file__).resolve().parent
 MEMBERS = {  # name -> (family, hyperparameters over conf/model/<family>.yaml, where they come from)
@@ -65,10 +63,6 @@ def fitted(family: str, hparams: dict, split, evaluator: Evaluator, metric: str,
     stopping = Stopping.of(cfg.train) if epochs is None else None
     result = train(model, split, evaluator, metric, epochs or cfg.train.max_epochs, stopping)
     return model, result.best_epoch
-
-
-def standardised_scores(model: Recommender, n_users: int) -> torch.Tensor:
-    return standardised(torch.cat([model.score(torch.arange(s, min(s + 512, n_users))) for s in range(0, n_users, 512)]))
 
 
 def main() -> None:
@@ -104,16 +98,16 @@ def main() -> None:
 
     names = list(MEMBERS)
     members = [scores[name] for name in names]
-    weights, _, steps = greedy(lambda w: evaluator.evaluate_scores(combined(members, w), split, "valid")[metric],
+    weights, _, steps = greedy(lambda w: evaluator.evaluate_scores(weighted_sum(members, w), split, "valid")[metric],
                                len(names), WEIGHTS, max_steps=100)
-    best = evaluator.evaluate_scores(combined(members, weights), split, "valid")[metric]
+    best = evaluator.evaluate_scores(weighted_sum(members, weights), split, "valid")[metric]
     steps = [{"added": names[s["member"]], "weight": s["weight"], "valid ndcg@10": s["valid"]} for s in steps]
-    test = evaluator.evaluate_scores(combined(members, weights), split, "test")
+    test = evaluator.evaluate_scores(weighted_sum(members, weights), split, "test")
     recipe = " + ".join(f"{w:g} {name}" for name, w in zip(names, weights, strict=True) if w)
     rows.append({"model": "greedy ensemble", "trained on": "train", "hyperparameters": recipe, "valid ndcg@10": best,
                  "test ndcg@10": test["ndcg@10"], "test recall@10": test["recall@10"], "steps": steps})
     # the same weights, over the members refitted on train + valid
-    test = evaluator.evaluate_scores(combined([refit_scores[name] for name in names], weights), refit_split, "test")
+    test = evaluator.evaluate_scores(weighted_sum([refit_scores[name] for name in names], weights), refit_split, "test")
     refit_rows.append({**rows[-1], "trained on": "train + valid (members refitted)",
                        "test ndcg@10": test["ndcg@10"], "test recall@10": test["recall@10"]})
     rows += refit_rows

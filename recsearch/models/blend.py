@@ -41,6 +41,11 @@ def standardised(scores: torch.Tensor) -> torch.Tensor:
     return centred / centred.std(1, keepdim=True).clamp(min=1e-12)
 
 
+def weighted_sum(parts: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """Σ weight · part over the parts whose weight is not zero."""
+    return sum(weight * part for weight, part in zip(weights, parts, strict=True) if weight)
+
+
 @register("blend")
 class Blend(Recommender):
     def __init__(self, members: list[dict[str, Any]] = DEFAULT_MEMBERS, **kwargs: Any):
@@ -139,4 +144,4 @@ class Blend(Recommender):
         return self._blended([member._score_history(histories) for member in self.members])
 
     def _blended(self, scores: list[torch.Tensor]) -> torch.Tensor:
-        return sum(weight * standardised(part) for weight, part in zip(self.weights, scores, strict=True))
+        return weighted_sum([standardised(part) for part in scores], self.weights)

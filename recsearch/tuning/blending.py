@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from recsearch.data.dataset import Split
+from recsearch.models.blend import Blend, standardised, weighted_sum
 from recsearch.output import write_json
 from recsearch.tuning.plan import SweepPlan
 from recsearch.tuning.results import Trial
@@ -54,7 +55,6 @@ def chosen(plan: SweepPlan) -> dict[str, Any] | None:
 
 def blendable(plan: SweepPlan, board: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The leaderboard's best row of every family a blend can hold, best first."""
-    from recsearch.models.blend import Blend
     from recsearch.models.factory import target_class
 
     rows, seen = [], set()
@@ -88,7 +88,7 @@ def choose(plan: SweepPlan, split: Split, board: list[dict[str, Any]], trials: d
         scores = [member_scores(plan, trials[row["trial"]], split) for row in rows]
 
         def valid(weights: Sequence[float]) -> float:
-            return evaluator.evaluate_scores(combined(scores, weights), split, "valid")[metric]
+            return evaluator.evaluate_scores(weighted_sum(scores, weights), split, "valid")[metric]
 
         weights, singles, steps = greedy(valid, len(rows), blend["weights"], blend["max_steps"])
         record["members"] = [{"trial": row["trial"], "family": row["family"], "weight": weight,
@@ -97,7 +97,7 @@ def choose(plan: SweepPlan, split: Split, board: list[dict[str, Any]], trials: d
         record["steps"] = [{"added": rows[step["member"]]["trial"], "weight": step["weight"],
                             "valid": step["valid"]} for step in steps]
         record["chosen"] = len(record["members"]) > 1
-        record["valid"] = evaluator.evaluate_scores(combined(scores, weights), split, "valid")
+        record["valid"] = evaluator.evaluate_scores(weighted_sum(scores, weights), split, "valid")
         if not record["chosen"]:
             record["why"] = "no member added to the best single model raised validation"
     write_json(Path(plan.out) / BLEND_FILE, record)
@@ -129,19 +129,18 @@ def greedy(valid: Callable[[Sequence[float]], float], n_members: int, weights: S
     return current, singles, steps
 
 
-def combined(scores: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    return sum(weight * part for weight, part in zip(weights, scores, strict=True) if weight)
-
-
 def member_scores(plan: SweepPlan, trial: Trial, split: Split) -> torch.Tensor:
     """Every user's standardised scores by ``trial``'s model at its best epoch."""
-    from recsearch.models.blend import standardised
     from recsearch.tuning import checkpoint
     from recsearch.tuning.selection import restored
 
-    model = restored(plan, trial, split, checkpoint.newest(trial.path).best_state)
-    return torch.cat([standardised(model.score(torch.arange(start, min(start + SCORE_BATCH, split.n_users))))
-                      for start in range(0, split.n_users, SCORE_BATCH)]).cpu()
+    return standardised_scores(restored(plan, trial, split, checkpoint.newest(trial.path).best_state), split.n_users)
+
+
+def standardised_scores(model, n_users: int) -> torch.Tensor:
+    """``model``'s standardised scores of every user (``n_users``, n_items), on the CPU."""
+    return torch.cat([standardised(model.score(torch.arange(start, min(start + SCORE_BATCH, n_users))))
+                      for start in range(0, n_users, SCORE_BATCH)]).cpu()
 
 
 def export(plan: SweepPlan, record: dict[str, Any], split: Split, trials: dict[str, Trial],
@@ -152,7 +151,6 @@ def export(plan: SweepPlan, record: dict[str, Any], split: Split, trials: dict[s
 
     from recsearch.evaluation import Evaluator
     from recsearch.models.base import model_class
-    from recsearch.models.blend import Blend
     from recsearch.models.factory import create, hparams_of
     from recsearch.training import load_serialized, refit_record
     from recsearch.tuning import checkpoint
