@@ -83,3 +83,34 @@ def test_dashboards_go_where_rays_provider_reads(tmp_path, capsys):
     assert capsys.readouterr().out.count("installed ") == 2
     with pytest.raises(RecsearchError, match="not found: give --session"):
         install_dashboards(tmp_path / "no-session")
+
+
+class _Trial:
+    """What Tune's Trial gives a callback: its name (str) and config."""
+
+    def __init__(self, name: str, config: dict):
+        self.name, self.config = name, config
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def test_the_driver_records_every_reported_epoch_and_nothing_else(monkeypatch):
+    from recsearch import telemetry
+    from recsearch.tuning.monitor import SweepMonitor, TrialMetrics
+
+    recorded = []
+    monkeypatch.setattr(telemetry, "record_epoch", lambda row, tags: recorded.append((row["epoch"], tags)))
+    monkeypatch.setattr(SweepMonitor, "_export", lambda self: None)  # the sweep's gauges: not under test
+    epoch = {"epoch": 1, "loss": 0.5, "epoch_seconds": 0.1, "eval_seconds": 0.01, "valid/ndcg@10": 0.2}
+    closing_test = {**epoch, "epoch": 2, "best_epoch": 1, "test/ndcg@10": 0.3}  # a re-evaluation's last report
+
+    family = SweepMonitor("demo", "mf", {"task": {"metric": "ndcg@10"}, "train": {}})
+    family.on_trial_result(0, [], _Trial("mf_0001", {"lr": 0.1}), epoch)
+    points = TrialMetrics("demo")  # re-evaluation and refit trials: the family is the trial's own
+    points.on_trial_result(0, [], _Trial("reeval_mf_1", {"run": {"family": "ease"}}), epoch)
+    points.on_trial_result(0, [], _Trial("reeval_mf_1", {"run": {"family": "ease"}}), closing_test)
+    points.on_trial_result(0, [], _Trial("reeval_mf_1", {"run": {"family": "ease"}}), {"epoch": 3, "best_epoch": 3})
+
+    assert recorded == [(1, {"sweep": "demo", "family": "mf", "trial": "mf_0001"}),
+                        (1, {"sweep": "demo", "family": "ease", "trial": "reeval_mf_1"})]

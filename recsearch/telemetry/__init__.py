@@ -1,8 +1,8 @@
 """What recsearch tells Ray's metrics system: trial, sweep and serving metrics, recorded with
-``ray.util.metrics`` in the process where they happen (a Tune trial, the sweep's driver, a Serve
-replica) and exported in Prometheus text format by each node's metrics agent
-(``curl HOST:<metrics-export-port>/metrics``), which Prometheus scrapes and the Grafana
-dashboards of ``recsearch/telemetry/dashboards/`` plot.
+``ray.util.metrics`` in a long-lived process, the sweep's driver (trial metrics too, from what
+each trial reports: ``recsearch.tuning.monitor``) or a Serve replica, and exported in Prometheus
+text format by each node's metrics agent (``curl HOST:<metrics-export-port>/metrics``), which
+Prometheus scrapes and the Grafana dashboards of ``recsearch/telemetry/dashboards/`` plot.
 
 Ray prefixes every application metric with ``ray_``: ``recsearch_trial_loss`` is exported as
 ``ray_recsearch_trial_loss``; Ray also adds the labels ``SessionName``, ``NodeAddress`` and
@@ -40,7 +40,7 @@ BATCH_BOUNDS = (0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 16.5, 32.5, 64.5, 1
 LATENCY_BOUNDS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 SPECS: dict[str, Spec] = {
-    # every trial, every epoch (recorded in the trial's process)
+    # every trial, every epoch (recorded by the sweep's driver as the trial reports it)
     "recsearch_trial_epochs_total": Spec("counter", "epochs the trial finished", TRIAL),
     "recsearch_trial_loss": Spec("gauge", "training loss of the trial's latest epoch", TRIAL),
     "recsearch_trial_valid_metric": Spec("gauge", "validation metrics of the trial's latest epoch",

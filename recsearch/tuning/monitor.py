@@ -1,8 +1,15 @@
-"""The sweep's own metrics, recorded by its driver as Tune reports trial events: trials running,
-trials ended by outcome, and the best validation value so far (``recsearch.telemetry``).
+"""The sweep's metrics (``recsearch.telemetry``), recorded by its driver as Tune reports trial
+events: every epoch of every trial (``TrialMetrics``), and per family the trials running, the
+trials ended by outcome and the best validation value so far (``SweepMonitor``).
 
-The callback is pickled with Tune's ``RunConfig`` (and restored with it by ``recsearch resume``):
-it holds plain values only and looks its Ray metric objects up in the process it runs in.
+Trial epochs are recorded here, not in the trial's own process: a process's metrics reach its
+node's agent only at each report interval, and a trial that ended between two (stopped by ASHA
+or its patience, or finished) took its last epochs with it, a short trial all of them (seen on
+the multi-node test cluster: two of three trials absent from Prometheus). The driver lives
+through the whole experiment.
+
+The callbacks are pickled with Tune's ``RunConfig`` (and restored with it by ``recsearch resume``):
+they hold plain values only and look their Ray metric objects up in the process they run in.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from typing import Any
 from ray.tune import Callback
 
 from recsearch import telemetry
-from recsearch.evaluation.metrics import metric_mode, valid_key
+from recsearch.evaluation.metrics import metric_mode, reported_test, valid_key
 from recsearch.tuning.leaderboard import stopped_by
 from recsearch.tuning.results import Trial
 
@@ -20,9 +27,22 @@ from recsearch.tuning.results import Trial
 OUTCOMES = {"no": "completed", "asha": "asha", "patience": "patience", "error": "error"}
 
 
-class SweepMonitor(Callback):
-    def __init__(self, sweep: str, family: str, config: dict[str, Any]):
+class TrialMetrics(Callback):
+    """Records every epoch a trial reports, tagged with the sweep, the family (``family``, or a
+    re-evaluation or refit trial's own: ``config["run"]["family"]``) and the trial's name."""
+
+    def __init__(self, sweep: str, family: str | None = None):
         self.tags = {"sweep": sweep, "family": family}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "epoch_seconds" in result and not reported_test(result):  # an epoch, not a trial's closing test
+            family = self.tags["family"] or trial.config["run"]["family"]
+            telemetry.record_epoch(result, {**self.tags, "family": family, "trial": str(trial)})
+
+
+class SweepMonitor(TrialMetrics):
+    def __init__(self, sweep: str, family: str, config: dict[str, Any]):
+        super().__init__(sweep, family)
         self.config = config  # the family's composed config: what `stopped_by` reads
         self.metric = config["task"]["metric"]
         self.running: set[str] = set()
@@ -41,6 +61,7 @@ class SweepMonitor(Callback):
         self._set_running(trial.trial_id, False)  # waits to be started again from its checkpoint
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        super().on_trial_result(iteration, trials, trial, result, **info)
         value = result.get(valid_key(self.metric))
         if value is None:
             return

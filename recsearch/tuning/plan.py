@@ -114,12 +114,9 @@ def _compose(family: str, overrides: list[str]) -> DictConfig:
 
 
 def trial_setup(plan: SweepPlan, family: str) -> dict[str, Any]:
-    """What a trial of ``family`` needs besides its sampled hyperparameters, as plain values;
-    the sweep's name and the family tag its metrics."""
+    """What a trial of ``family`` needs besides its sampled hyperparameters, as plain values."""
     config = plan.configs[family]
     return {
-        "sweep": plan.name,
-        "family": family,
         "model": config["model"],
         "seed": config["seed"],
         "device": config["device"],

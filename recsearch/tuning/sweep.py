@@ -210,6 +210,8 @@ def run_points(plan: SweepPlan, experiment: str, trainable_fn, points: list[dict
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
+    from recsearch.tuning.monitor import TrialMetrics
+
     ray_cfg = plan.first["ray"]
     setups = {family: trial_setup(plan, family) for family in plan.configs}
     trainable = tune.with_resources(tune.with_parameters(trainable_fn, split=split_ref, setups=setups),
@@ -227,7 +229,7 @@ def run_points(plan: SweepPlan, experiment: str, trainable_fn, points: list[dict
                                       max_concurrent_trials=ray_cfg["max_concurrent_trials"],
                                       trial_name_creator=trial_name, trial_dirname_creator=trial_name)
         tuner = tune.Tuner(trainable, param_space={"run": tune.grid_search(points)}, tune_config=tune_config,
-                           run_config=run_config(plan, experiment, ray_cfg))
+                           run_config=run_config(plan, experiment, ray_cfg, TrialMetrics(plan.name)))
     tuner.fit()
 
 

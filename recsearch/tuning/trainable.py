@@ -4,8 +4,7 @@ A trial is ``recsearch.training.train`` with two additions: every epoch is repor
 with a checkpoint (``recsearch.tuning.checkpoint``), so that ASHA can stop the trial between
 epochs, and a killed or preempted trial resumes from its last checkpoint. Besides ASHA, the
 loop's own early stopping (``train.patience`` and the settings beside it) ends the trial.
-Every epoch is also recorded as Ray metrics, tagged with the sweep, family and trial
-(``recsearch.telemetry``).
+The sweep's driver records every reported epoch as Ray metrics (``recsearch.tuning.monitor``).
 
 ``run_trial`` is a sweep's trial; ``run_reevaluation`` retrains one of the sweep's best
 configurations on another seed (``recsearch.tuning.reevaluation``) and, once trained, also
@@ -21,7 +20,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from recsearch import telemetry
 from recsearch.data.dataset import Split
 from recsearch.tuning import checkpoint
 
@@ -83,15 +81,11 @@ def _train_reporting(hparams: dict[str, Any], split: Split, setup: dict[str, Any
             resume = checkpoint.read(Path(directory))
     last: dict[str, Any] = {}
 
-    # the leaderboard's trial name (family_id): what Prometheus series and leaderboard rows share
-    tags = {"sweep": setup["sweep"], "family": setup["family"], "trial": tune.get_context().get_trial_name()}
-
     # where the trial runs: the GPUs Ray assigned it (CUDA_VISIBLE_DEVICES holds just those, so
     # device=auto trains on them) and the device it trains on; on every row, for the leaderboard's readers
     placement = {"device": str(model.device), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
 
     def report(end: EpochEnd) -> None:
-        telemetry.record_epoch(end.row, tags)
         last.update(end.row)
         with tempfile.TemporaryDirectory(prefix="recsearch-ckpt-") as directory:
             checkpoint.write(Path(directory), end)
