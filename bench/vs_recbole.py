@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from perf import in_subprocess
+from perf import in_subprocess, neumf_tower_epoch_s
 from record import machine, write_results
 
 HERE = Path(__file__).resolve().parent
@@ -106,7 +106,23 @@ def main() -> None:
     host = {**machine(), "cpu_flags": cpu_flags()}
     write_results(HERE / "results" / "vs_recbole", rows, ["model", "measure", "recbole_s", "recsearch_s", "ratio", "target"],
                   f"RecBole 1.2.1 / recsearch on ml-100k, median of {args.rounds} alternating rounds; CPU flags "
-                  f"{' '.join(host['cpu_flags'])}", host=host, runs=runs)
+                  f"{' '.join(host['cpu_flags'])}", notes=neumf_floor(rows, runs), host=host, runs=runs)
+
+
+def neumf_floor(rows: list[dict], runs: dict) -> str:
+    """How far this CPU lets any NeuMF epoch go: its MLP tower's matrix products alone (fp32 and
+    bf16), against RecBole's epoch measured in this run."""
+    theirs = next((r.get("recbole_s") for r in rows if r["model"] == "NeuMF / ncf" and r["measure"] == "epoch_s"), None)
+    ours = next((o for _, o in runs.get("ncf", []) if "train_interactions" in o), None)
+    if theirs is None or ours is None:
+        return ""
+    pairs = 2 * ours["train_interactions"]  # each positive and its one sampled negative
+    floors = {dtype: neumf_tower_epoch_s(dtype, pairs) for dtype in ("float32", "bfloat16")}
+    return (f"NeuMF epoch floor on this CPU: the network's MLP tower alone (first layer's halves, their sum, "
+            f"ReLUs, hidden and output layers), forward and backward, over an epoch's {pairs:,} pairs take {floors['float32']:.3f} s in fp32 and {floors['bfloat16']:.3f} s in "
+            f"bf16 (perf.neumf_tower_epoch_s, measured after the rounds): no epoch of this network, with "
+            f"embeddings, loss and optimiser still to come, can be more than {theirs / floors['float32']:.1f}x "
+            f"RecBole's {theirs:.3f} s in fp32, {theirs / floors['bfloat16']:.1f}x in bf16.")
 
 
 if __name__ == "__main__":
