@@ -122,6 +122,9 @@ def test_bf16_autocast_on_the_cpu_learns_and_scores_in_fp32(planted):
     scores = model.score(np.arange(split.n_users))
     assert scores.dtype == torch.float32
     assert in_group_auc(model, np.arange(split.n_users), user_group, item_group) > 0.85
+    model.amp = False  # the same weights scored in fp32: bf16's rounding only (8 bits of mantissa)
+    exact = model.score(np.arange(split.n_users))
+    assert (scores - exact).abs().max() < 0.02 * exact.abs().max()
 
 
 def test_amp_is_ignored_where_bf16_is_not_native(monkeypatch):

@@ -40,8 +40,8 @@ from recsearch.ragged import gather_rows
 
 VARIANTS = ("gmf", "mlp", "neumf")
 INIT_STD = 0.01
-# (users x items x first layer) activations per scoring chunk: about the L2 cache on a CPU,
-# large enough on a GPU that a chunk keeps it busy
+# (users x items x first layer) fp32 activations per scoring chunk (as many bytes in bf16):
+# about the L2 cache on a CPU, large enough on a GPU that a chunk keeps it busy
 SCORE_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 
@@ -135,13 +135,21 @@ class NeuMFNetwork(nn.Module):
         if self.gmf:
             logits += (p[:, : self.dim] * h[: self.dim]) @ q[:, : self.dim].T
         if self.mlp:
-            with torch.autocast(users.device.type, enabled=False):  # the (b, n, width) sum is cheaper in fp32
-                user_part, item_part = self.mlp_user(p[:, -self.dim :]), self.mlp_item(q[:, -self.dim :])
-            budget = SCORE_CHUNK_ELEMENTS.get(users.device.type, SCORE_CHUNK_ELEMENTS["cpu"])
-            chunk = max(1, budget // (len(q) * user_part.shape[1]))
-            for start in range(0, len(users), chunk):
-                first = user_part[start : start + chunk, None, :] + item_part[None]
-                logits[start : start + chunk] += self._tower(first) @ h[-self.hidden_width :]
+            # Under autocast (amp) the tower runs in its precision from end to end, outside autocast:
+            # the halves are cast once, not every chunk's (b, n, width) sum, which autocast would
+            # make in fp32 and cast again at the next layer (ml-100k bf16 validation, CPU: 0.12-0.13 s
+            # against 0.17-0.19 s). Chunks of the same bytes whatever the precision.
+            device = users.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+            with torch.autocast(device, enabled=False):
+                user_part = self.mlp_user(p[:, -self.dim :]).to(dtype)
+                item_part = self.mlp_item(q[:, -self.dim :]).to(dtype)
+                budget = SCORE_CHUNK_ELEMENTS.get(device, SCORE_CHUNK_ELEMENTS["cpu"]) * 4 // dtype.itemsize
+                chunk = max(1, budget // (len(q) * user_part.shape[1]))
+                head = h[-self.hidden_width :].to(dtype)
+                for start in range(0, len(users), chunk):
+                    first = user_part[start : start + chunk, None, :] + item_part[None]
+                    logits[start : start + chunk] += self._tower(first) @ head
         return logits
 
     @property
@@ -149,10 +157,11 @@ class NeuMFNetwork(nn.Module):
         return self.hidden[-1].out_features if len(self.hidden) else self.mlp_item.out_features
 
     def _tower(self, first: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        # in place: neither the sum nor a linear layer needs its output for the backward pass
+        # in place: neither the sum nor a linear layer needs its output for the backward pass;
+        # the layers in the input's precision (``all_logits`` runs them in bf16 outside autocast)
         x = self._drop(F.relu_(first), generator)
         for layer in self.hidden:
-            x = self._drop(F.relu_(layer(x)), generator)
+            x = self._drop(F.relu_(F.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))), generator)
         return x
 
     def _drop(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
