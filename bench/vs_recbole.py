@@ -7,7 +7,8 @@ MovieLens 100K, random 0.8/0.1/0.1 split (GRU4Rec and our LSTM: leave-one-out), 
 batch 2048, one sampled negative (BPR, NeuMF), NeuMF layers [128, 64], GRU4Rec/LSTM hidden 64
 and 50 items of context. Each round runs every pair once, RecBole's case and ours one after the
 other, each in its own process, so a machine whose load drifts slows both sides alike; the
-table gives the median over rounds and the ratio RecBole / recsearch (higher: recsearch faster).
+table gives the median over rounds and the ratio RecBole / recsearch (higher: recsearch faster, or
+leaner for peak_rss_gib, each process's peak resident memory).
 
 RecBole needs numpy<2, so it runs in its own virtual environment, made here on first use at
 bench/.recbole (gitignored) with torch==2.13.0 (the CPU build on this machine's disk), RecBole's
@@ -33,12 +34,12 @@ VENV = HERE / ".recbole"
 RECBOLE = ["torch==2.13.0", "--no-deps recbole==1.2.1",
            "numpy<2 pandas<3 scipy tqdm colorlog==4.7.2 colorama==0.4.4 scikit-learn pyyaml tensorboard thop "
            "tabulate plotly texttable psutil"]
-PAIRS = [  # what is compared: RecBole model, our perf.py case, measures
-    ("BPR", "mf", ("epoch_s", "eval_s")),
-    ("NeuMF", "ncf", ("epoch_s", "eval_s")),
-    ("NeuMF", "ncf-bf16", ("epoch_s", "eval_s")),  # amp=true: bf16 where the CPU multiplies it natively
-    ("ItemKNN", "itemknn", ("fit_s", "eval_s")),
-    ("GRU4Rec", "lstm", ("epoch_s", "eval_s")),
+PAIRS = [  # what is compared: RecBole model, our perf.py case, measures (peak_rss_gib: the process's peak memory)
+    ("BPR", "mf", ("epoch_s", "eval_s", "peak_rss_gib")),
+    ("NeuMF", "ncf", ("epoch_s", "eval_s", "peak_rss_gib")),
+    ("NeuMF", "ncf-bf16", ("epoch_s", "eval_s", "peak_rss_gib")),  # amp=true: bf16 where the CPU multiplies it natively
+    ("ItemKNN", "itemknn", ("fit_s", "eval_s", "peak_rss_gib")),
+    ("GRU4Rec", "lstm", ("epoch_s", "eval_s", "peak_rss_gib")),
 ]
 TARGETS = {("mf", "epoch_s"): 5, ("mf", "eval_s"): 5, ("ncf", "epoch_s"): 5, ("ncf", "eval_s"): 5,
            ("ncf-bf16", "epoch_s"): 5, ("ncf-bf16", "eval_s"): 5,
@@ -98,7 +99,7 @@ def main() -> None:
                 theirs, ours = statistics.median(t for t, _ in pairs), statistics.median(o for _, o in pairs)
                 ratio = theirs / ours
                 target = TARGETS.get((case, measure))
-                row.update({"recbole_s": round(theirs, 4), "recsearch_s": round(ours, 4), "ratio": round(ratio, 1),
+                row.update({"recbole": round(theirs, 4), "recsearch": round(ours, 4), "ratio": round(ratio, 1),
                             "target": f"≥ {target}x {'met' if ratio >= target else 'MISSED'}" if target else ""})
             else:
                 errors = [r.get("error") for pair in runs[case] for r in pair if r.get("error")]
@@ -108,7 +109,7 @@ def main() -> None:
     # a subset of the pairs (--pairs) goes beside perf.py's partial runs, not over the full table
     results = HERE / "results" if len(wanted) == len(PAIRS) else HERE / "results" / "tmp"
     results.mkdir(parents=True, exist_ok=True)
-    write_results(results / "vs_recbole", rows, ["model", "measure", "recbole_s", "recsearch_s", "ratio", "target"],
+    write_results(results / "vs_recbole", rows, ["model", "measure", "recbole", "recsearch", "ratio", "target"],
                   f"RecBole 1.2.1 / recsearch on ml-100k, median of {args.rounds} alternating rounds; CPU flags "
                   f"{' '.join(host['cpu_flags'])}", notes=neumf_floor(rows, runs), host=host, runs=runs)
 
@@ -116,7 +117,7 @@ def main() -> None:
 def neumf_floor(rows: list[dict], runs: dict) -> str:
     """How far this CPU lets any NeuMF epoch go: its MLP tower's matrix products alone (fp32 and
     bf16), against RecBole's epoch measured in this run."""
-    theirs = next((r.get("recbole_s") for r in rows if r["model"] == "NeuMF / ncf" and r["measure"] == "epoch_s"), None)
+    theirs = next((r.get("recbole") for r in rows if r["model"] == "NeuMF / ncf" and r["measure"] == "epoch_s"), None)
     ours = next((o for _, o in runs.get("ncf", []) if "train_interactions" in o), None)
     if theirs is None or ours is None:
         return ""
