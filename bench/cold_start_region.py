@@ -1,0 +1,72 @@
+"""Does the zip code carry taste for cold users? ml-100k's config drops zip codes (near-unique);
+their first digit is a US region (ten of them). This adds that region as a user feature and
+scores held-out users of the ``cold_users`` split by segment popularity over segments with and
+without it, on the split seeds of ``bench/cold_start_seeds.py``. Writes
+``bench/results/cold_start_region.{json,md}``.
+
+    .venv/bin/python bench/cold_start_region.py [--seeds 42 1 2 3 4 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from record import write_results
+
+from recsearch.config import load_config, to_container
+from recsearch.data import load_split
+from recsearch.data.dataset import Feature
+from recsearch.evaluation import Evaluator
+from recsearch.models.pop import Popularity
+from recsearch.models.segpop import SegmentPopularity
+from recsearch.runtime import configure_threads
+from recsearch.stats import estimate, plus_minus
+
+SEGMENTS = [["age", "gender"], ["gender", "region"], ["age", "region"], ["age", "gender", "region"]]
+COLUMNS = ["model", "seeds", "valid ndcg@10", "test ndcg@10", "test per seed"]
+HERE = Path(__file__).resolve().parent
+
+
+def with_region(seed: int):
+    """The cold_users split of ml-100k with every user feature, and ``region``: the zip code's
+    first digit ("other" for the codes that are not US ones)."""
+    cfg = load_config(["data=ml-100k", f"seed={seed}", "data.split.scheme=cold_users", "data.source.exclude=[]"])
+    split = load_split(to_container(cfg.data), seed, None)
+    zips = split.train.user_features["zip_code"]
+    codes = zips.vocabulary[zips.values]  # single-valued: one code per user
+    split.train.user_features["region"] = Feature.from_lists(
+        [[code[0] if code[:1].isdigit() else "other"] for code in codes], multi=False)
+    return split
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4, 5], help="split seeds")
+    args = parser.parse_args()
+    configure_threads(1)
+    evaluator = Evaluator("ranking", ["ndcg"], [10])
+    models = {"popularity": lambda: Popularity(seed=0, device="cpu", task="ranking")}
+    models.update({f"segment popularity, {' x '.join(s)}": (lambda s=s: SegmentPopularity(
+        segment=s, seed=0, device="cpu", task="ranking")) for s in SEGMENTS})
+    scores = {name: {"valid": [], "test": []} for name in models}
+    for seed in args.seeds:
+        split = with_region(seed)
+        for name, make in models.items():
+            model = make().fit(split.train)
+            for part in ("valid", "test"):
+                scores[name][part].append(evaluator.evaluate(model, split, part)["ndcg@10"])
+        print(seed, {name: round(s["test"][-1], 4) for name, s in scores.items()}, flush=True)
+    rows = [{"model": name, "seeds": len(args.seeds), "valid": estimate(s["valid"]), "test": estimate(s["test"])}
+            for name, s in scores.items()]
+    shown = [{"model": r["model"], "seeds": r["seeds"], "valid ndcg@10": plus_minus(r["valid"]),
+              "test ndcg@10": plus_minus(r["test"]), "test per seed": ", ".join(f"{v:.4f}" for v in r["test"]["values"])}
+             for r in rows]
+    write_results(HERE / "results" / "cold_start_region", rows, COLUMNS,
+                  f"Cold users on ml-100k by segment popularity with the zip code's region, split seeds {args.seeds} "
+                  "(cold_users, 10% of users for valid, 10% for test); mean ± 95% t-interval over seeds",
+                  shown=shown, seeds=args.seeds)
+
+
+if __name__ == "__main__":
+    main()
