@@ -162,16 +162,15 @@ def neumf_tower_epoch_s(dtype_name: str, pairs: int, repeats: int = 3) -> float:
     """The floor of a NeuMF epoch (``NEUMF``) on this CPU, all threads: its MLP tower alone (the
     first layer's user and item halves, their sum, the ReLUs, the hidden and output layers), forward
     and backward, over ``pairs`` (user, item) pairs in batches of 2048 users with one sampled item
-    each beside the positive, as ``NeuMFNetwork`` computes them (the user's half of the first layer
-    once per user); no embeddings, loss or optimiser. The median of ``repeats`` epochs after a
-    warm-up one."""
+    each beside the positive, by ``NeuMFNetwork``'s own layers and tower (the user's half of the
+    first layer once per user); no embeddings, loss or optimiser. The median of ``repeats`` epochs
+    after a warm-up one."""
     import torch
-    from torch import nn
 
-    dim, (first, hidden), users = NEUMF["dim"], NEUMF["layers"], NEUMF["batch_size"]
-    candidates = 1 + NEUMF["negatives"]
-    user_part, item_part = nn.Linear(dim, first), nn.Linear(dim, first, bias=False)
-    tower, out = nn.Linear(first, hidden), nn.Linear(hidden, 1)
+    from recsearch.models.ncf import NeuMFNetwork
+
+    dim, users, candidates = NEUMF["dim"], NEUMF["batch_size"], 1 + NEUMF["negatives"]
+    net = NeuMFNetwork(1, 1, "mlp", dim, NEUMF["layers"], 0.0, [], [])  # the tower; no ids are read
     p = torch.randn(users, 1, dim, requires_grad=True)
     q = torch.randn(users, candidates, dim, requires_grad=True)
     autocast = torch.autocast("cpu", dtype=getattr(torch, dtype_name), enabled=dtype_name != "float32")
@@ -180,8 +179,7 @@ def neumf_tower_epoch_s(dtype_name: str, pairs: int, repeats: int = 3) -> float:
         start = time.perf_counter()
         for _ in range(-(-pairs // (users * candidates))):
             with autocast:
-                x = torch.relu(user_part(p) + item_part(q))
-                logits = out(torch.relu(tower(x)))
+                logits = net.out(net._tower(net.mlp_user(p) + net.mlp_item(q)))
             logits.float().sum().backward()
         return time.perf_counter() - start
 

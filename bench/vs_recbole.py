@@ -115,8 +115,8 @@ def main() -> None:
 
 
 def neumf_floor(rows: list[dict], runs: dict) -> str:
-    """How far this CPU lets any NeuMF epoch go: its MLP tower's matrix products alone (fp32 and
-    bf16), against RecBole's epoch measured in this run."""
+    """How far this CPU lets any NeuMF epoch go: its MLP tower alone, forward and backward (fp32
+    and bf16: ``perf.neumf_tower_epoch_s``), against RecBole's epoch measured in this run."""
     theirs = next((r.get("recbole") for r in rows if r["model"] == "NeuMF / ncf" and r["measure"] == "epoch_s"), None)
     ours = next((o for _, o in runs.get("ncf", []) if "train_interactions" in o), None)
     if theirs is None or ours is None:
