@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from recsearch.evaluation import Evaluator
 from recsearch.models.base import model_class
 from recsearch.models.blend import standardised
 from recsearch.models.factory import create
-from recsearch.tuning.blending import greedy
+from recsearch.tuning.blending import blendable, greedy
 
 MEMBERS = [{"family": "itemknn", "hparams": {"k": 20}},
            {"family": "mf", "weight": 0.5, "epochs": 3, "hparams": {"dim": 8, "batch_size": 256}}]
@@ -70,6 +72,27 @@ def test_greedy_keeps_the_single_best_when_nothing_helps():
     """Member 1's share of the weight: adding member 0 lowers it, more of member 1 only ties."""
     weights, singles, steps = greedy(lambda w: w[1] / sum(w), 2, [0.5, 1.0], max_steps=5)
     assert singles == [0.0, 1.0] and weights == [0.0, 1.0] and steps == []
+
+
+def test_each_family_joins_with_the_winner_its_re_evaluation_chose():
+    """mf's best single-seed trial lost on fresh seeds to its runner-up: the blend takes the
+    runner-up, as the sweep's own choice would; ease, not re-evaluated, joins with its best
+    ranked; a sequential family (lstm) cannot be blended."""
+    models = {"mf": "recsearch.models.mf.MatrixFactorization", "ease": "recsearch.models.ease.EASE",
+              "lstm": "recsearch.models.lstm.SequentialRecommender"}
+    plan = SimpleNamespace(first={"task": {"metric": "ndcg@10"}},
+                           configs={f: {"model": {"_target_": t}} for f, t in models.items()})
+    board = [{"trial": trial, "family": trial.split("_")[0], "rank": rank}
+             for rank, trial in enumerate(["lstm_0", "mf_0", "mf_1", "ease_0", "ease_1"], 1)]
+    board.append({"trial": "mf_2", "family": "mf", "rank": None})  # unfinished
+    reevaluated = {"candidates": [
+        {"trial": "lstm_0", "family": "lstm", "runs": 2, "valid": {"ndcg@10": {"mean": 0.40}}},
+        {"trial": "mf_0", "family": "mf", "runs": 2, "valid": {"ndcg@10": {"mean": 0.30}}},
+        {"trial": "mf_1", "family": "mf", "runs": 2, "valid": {"ndcg@10": {"mean": 0.31}}},
+        {"trial": "ease_0", "family": "ease", "runs": 0, "valid": {}},  # none of its runs finished
+    ]}
+    assert [r["trial"] for r in blendable(plan, board, reevaluated)] == ["mf_1", "ease_0"]
+    assert [r["trial"] for r in blendable(plan, board)] == ["mf_0", "ease_0"]
 
 
 def test_ranking_fixed_scores_equals_evaluating_the_model(planted_split):

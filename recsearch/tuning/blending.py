@@ -2,8 +2,10 @@
 
 On a small catalogue no single family is best for every user, and a weighted sum of the
 winners' scores beats each of them (``bench/small_catalogue.py``). After the trials and the
-re-evaluation, the best trial of each family that can be blended (ranking, not sequential:
-``recsearch.models.blend``) is restored at its best epoch and scores every user; the scores are
+re-evaluation, the winner of each family that can be blended (ranking, not sequential:
+``recsearch.models.blend``), chosen as the sweep chooses its own (by the mean over fresh seeds
+among the family's re-evaluated configurations, else the best-ranked trial), is restored at its
+best epoch and scores every user; the scores are
 standardised per user and kept in memory. Greedy forward selection with replacement (Caruana et
 al. 2004) then starts from the best single member and repeatedly adds the member and weight (from
 ``search.blend.weights``) that raise validation most, until none does or ``max_steps`` are taken.
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 
 from recsearch.data.dataset import Split
+from recsearch.evaluation.metrics import metric_mode
 from recsearch.models.blend import Blend, standardised, weighted_sum
 from recsearch.output import write_json
 from recsearch.tuning.plan import SweepPlan
@@ -53,28 +56,40 @@ def chosen(plan: SweepPlan) -> dict[str, Any] | None:
     return record if record and record["chosen"] else None
 
 
-def blendable(plan: SweepPlan, board: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The leaderboard's best row of every family a blend can hold, best first."""
+def blendable(plan: SweepPlan, board: list[dict[str, Any]],
+              reevaluated: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The winner of every family a blend can hold, best first: the family's configuration with
+    the best mean over fresh seeds when some were re-evaluated (as the sweep chooses its own
+    winner), else its best-ranked row."""
     from recsearch.models.factory import target_class
 
+    metric = plan.first["task"]["metric"]
+    pick = max if metric_mode(metric) == "max" else min
     rows, seen = [], set()
     for row in board:
         family = row["family"]
         if row["rank"] is None or family in seen:
             continue
         seen.add(family)
-        if Blend.accepts(target_class(plan.configs[family]["model"])):
-            rows.append(row)
+        if not Blend.accepts(target_class(plan.configs[family]["model"])):
+            continue
+        runs = [c for c in (reevaluated or {}).get("candidates", []) if c["family"] == family and c["runs"]]
+        if runs:
+            best = pick(runs, key=lambda c: c["valid"][metric]["mean"])["trial"]
+            row = next(r for r in board if r["trial"] == best)
+        rows.append(row)
     return rows
 
 
-def choose(plan: SweepPlan, split: Split, board: list[dict[str, Any]], trials: dict[str, Trial]) -> dict[str, Any]:
-    """Search the blend of the families' winners on validation; writes and returns its record."""
+def choose(plan: SweepPlan, split: Split, board: list[dict[str, Any]], trials: dict[str, Trial],
+           reevaluated: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Search the blend of the families' winners (``blendable``) on validation; writes and
+    returns its record."""
     from recsearch.evaluation import Evaluator
 
     blend, config = settings(plan), plan.first
     metric = config["task"]["metric"]
-    rows = blendable(plan, board)
+    rows = blendable(plan, board, reevaluated)
     record: dict[str, Any] = {"chosen": False, "metric": metric, "candidates": [r["trial"] for r in rows], "members": [], "steps": []}
     needed = len(rows) * split.n_users * split.n_items * 4
     if len(rows) < 2:

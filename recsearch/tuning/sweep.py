@@ -238,8 +238,8 @@ def _blend(plan: SweepPlan, split: Split, resume: bool) -> None:
     (``recsearch.tuning.blending``); a resumed sweep keeps the blend it chose."""
     if not blending.settings(plan) or (resume and blending.recorded(plan) is not None):
         return
-    trials = collect_trials(plan)
-    blending.choose(plan, split, leaderboard(plan, trials), {t.name: t for t in trials})
+    trials, board, reevaluated, _ = rank(plan)
+    blending.choose(plan, split, board, {t.name: t for t in trials}, reevaluated)
 
 
 def _refit(plan: SweepPlan, split_ref, resume: bool) -> None:
