@@ -104,7 +104,7 @@ def test_divergence_shows_as_a_non_finite_loss(planted_split):
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("negatives", [1, 3])
 def test_the_closed_form_bpr_gradient_is_autograds(negatives, sparse, planted_split, monkeypatch):
-    """``bpr_backward`` (what BPR trains on) against autograd of ``batch_loss`` on the same batch
+    """``backward`` (what BPR trains on) against autograd of ``batch_loss`` on the same batch
     and negatives: the same loss and the same gradients, dense or sparse (large) tables."""
     monkeypatch.setattr("recsearch.models.torch_base.SPARSE_ABOVE", 0 if sparse else 1 << 20)
     model = MatrixFactorization(seed=0, device="cpu", dim=5, negatives=negatives, l2=0.3)
@@ -117,7 +117,7 @@ def test_the_closed_form_bpr_gradient_is_autograds(negatives, sparse, planted_sp
     expected_loss.backward()
     expected = [table.grad.to_dense().clone() for table in tables]
     model.generator.set_state(sampling)  # the same negatives
-    torch.testing.assert_close(model.bpr_backward(index), expected_loss.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(model.backward(index), expected_loss.detach(), rtol=1e-12, atol=0)
     for table, gradient in zip(tables, expected, strict=True):
         assert table.grad.is_sparse == sparse
         torch.testing.assert_close(table.grad.to_dense(), gradient, rtol=1e-10, atol=1e-15)

@@ -160,27 +160,20 @@ class MatrixFactorization(PairTrainedRecommender):
         penalty = user_rows.square().sum() + item_rows.square().sum()
         return data_loss + self.l2 * penalty / len(index)
 
-    def train_step(self, index: torch.Tensor) -> torch.Tensor:
-        """BPR steps on its closed-form gradient (``bpr_backward``), the other losses by autograd."""
+    def backward(self, index: torch.Tensor) -> torch.Tensor:
+        """BPR: what autograd of ``batch_loss(index)`` does, in closed form (``pairwise_gradient``,
+        ``set_gradient``); the other losses by autograd."""
         if self.loss != "bpr":
-            return super().train_step(index)
-        loss = self.bpr_backward(index)
-        for optimizer in self.optimizers.values():
-            optimizer.step()
-        return loss
-
-    @torch.no_grad()
-    def bpr_backward(self, index: torch.Tensor) -> torch.Tensor:
-        """What ``batch_loss(index).backward()`` does for BPR, without autograd: returns the loss
-        and sets the tables' gradients (``pairwise_gradient``, ``set_gradient``)."""
-        users, candidates = self._batch(index)
-        items = candidates.view(-1)
-        user, item = self.net.user, self.net.item
-        user_rows = user.weight.index_select(0, users)
-        item_rows = item.weight.index_select(0, items).view(*candidates.shape, -1)
-        loss, user_grad, item_grad = pairwise_gradient(user_rows, item_rows, self.l2)
-        set_gradient(user, users, user_grad)
-        set_gradient(item, items, item_grad.flatten(0, 1))
+            return super().backward(index)
+        with torch.no_grad():
+            users, candidates = self._batch(index)
+            items = candidates.view(-1)
+            user, item = self.net.user, self.net.item
+            user_rows = user.weight.index_select(0, users)
+            item_rows = item.weight.index_select(0, items).view(*candidates.shape, -1)
+            loss, user_grad, item_grad = pairwise_gradient(user_rows, item_rows, self.l2)
+            set_gradient(user, users, user_grad)
+            set_gradient(item, items, item_grad.flatten(0, 1))
         return loss
 
     def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -139,15 +139,21 @@ class TorchRecommender(IterativeRecommender):
         return float(total) / max(n, 1)  # one device sync per epoch, not per batch
 
     def train_step(self, index: torch.Tensor) -> torch.Tensor:
-        """One optimiser step on the examples ``index``; returns their mean loss (detached).
-        Here by autograd of ``batch_loss``; a family may compute its gradient itself."""
+        """One optimiser step on the examples ``index``; returns their mean loss (detached)."""
+        loss = self.backward(index)
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        return loss
+
+    def backward(self, index: torch.Tensor) -> torch.Tensor:
+        """Set the parameters' gradients of the mean loss on the examples ``index`` and return
+        that loss (detached). Here by autograd of ``batch_loss``; a family may compute its
+        gradient itself."""
         with self.autocast():
             loss = self.batch_loss(index)
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for optimizer in self.optimizers.values():
-            optimizer.step()
         return loss.detach()
 
     def state(self) -> dict[str, Any]:
