@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 from recsearch.data.dataset import Split
-from recsearch.evaluation.metrics import metric_mode
 from recsearch.models.blend import Blend, standardised, weighted_sum
 from recsearch.output import write_json
 from recsearch.tuning.plan import SweepPlan
+from recsearch.tuning.reevaluation import best_candidate
 from recsearch.tuning.results import Trial
 
 BLEND_FILE = "blend.json"
@@ -63,8 +63,6 @@ def blendable(plan: SweepPlan, board: list[dict[str, Any]],
     winner), else its best-ranked row."""
     from recsearch.models.factory import target_class
 
-    metric = plan.first["task"]["metric"]
-    pick = max if metric_mode(metric) == "max" else min
     rows, seen = [], set()
     for row in board:
         family = row["family"]
@@ -73,11 +71,9 @@ def blendable(plan: SweepPlan, board: list[dict[str, Any]],
         seen.add(family)
         if not Blend.accepts(target_class(plan.configs[family]["model"])):
             continue
-        runs = [c for c in (reevaluated or {}).get("candidates", []) if c["family"] == family and c["runs"]]
-        if runs:
-            best = pick(runs, key=lambda c: c["valid"][metric]["mean"])["trial"]
-            row = next(r for r in board if r["trial"] == best)
-        rows.append(row)
+        candidates = [c for c in (reevaluated or {}).get("candidates", []) if c["family"] == family]
+        best = best_candidate(candidates, plan.first["task"]["metric"])
+        rows.append(next(r for r in board if r["trial"] == best["trial"]) if best else row)
     return rows
 
 

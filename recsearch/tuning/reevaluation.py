@@ -100,13 +100,19 @@ def outcome(plan: SweepPlan, board: list[dict[str, Any]]) -> dict[str, Any] | No
                            "hparams": row["hparams"], "seeds": [p["seed"] for p in points if p["trial"] == row["trial"]],
                            "runs": len(valid), "valid": summarize(valid), "test": summarize(test), "epochs": epochs,
                            "errors": [t.error for t in runs if t.error]})
-    done = [c for c in candidates if c["runs"]]
-    pick = max if metric_mode(metric) == "max" else min
-    best = pick(done, key=lambda c: c["valid"][metric]["mean"]) if done else None
+    best = best_candidate(candidates, metric)
     return {"top": chosen["top"], "seeds": chosen["seeds"],
             "selected_by": f"mean {valid_key(metric)} ({metric_mode(metric)}) over fresh seeds",
             "candidates": candidates, "chosen": best["trial"] if best else None,
             "trials_left": len(points) - sum(t.status in ("TERMINATED", "ERROR") for t in trials)}
+
+
+def best_candidate(candidates: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """The candidate with the best mean validation ``metric`` over its finished runs (None when
+    none has one)."""
+    done = [c for c in candidates if c["runs"]]
+    pick = max if metric_mode(metric) == "max" else min
+    return pick(done, key=lambda c: c["valid"][metric]["mean"]) if done else None
 
 
 def for_trial(reevaluation: dict[str, Any] | None, trial: str) -> dict[str, Any] | None:
