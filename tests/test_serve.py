@@ -402,16 +402,17 @@ def test_hot_swap_to_an_int8_export(server, models):
     assert answer["fallback"] is None and len(answer["items"]) == 4
 
 
-@pytest.fixture
-def secured(server, models) -> str:
-    """The ranking model as a second application at /secured whose replicas require TOKEN."""
+@pytest.fixture(scope="module")
+def secured(serve_instance, models) -> str:
+    """The ranking model as a second application at /secured whose replicas require TOKEN:
+    deployed once (a second ``serve.run`` is a rolling update, about half a minute here)."""
     from ray import serve
 
     settings = ServeSettings(model_dir=str(models["ranking"]))
     serve.run(build_app(settings, num_cpus=0.5, env_vars={TOKEN_ENV: TOKEN}), name="secured",
               route_prefix="/secured")
-    assert server.wait_for(lambda h: h["status"] == "ok", prefix="/secured")["auth"] == "bearer"
-    return f"{server.url}/secured"
+    assert serve_instance.wait_for(lambda h: h["status"] == "ok", prefix="/secured")["auth"] == "bearer"
+    return f"{serve_instance.url}/secured"
 
 
 def test_bearer_token_guards_all_but_health_before_any_parsing(server, secured):
