@@ -91,9 +91,10 @@ def pairwise_gradient(u: torch.Tensor, v: torch.Tensor, l2: float) -> tuple[torc
     torch.sigmoid(x, out=ds[:, 1:]).div_(x.numel())
     ds[:, 0] = -ds[:, 1:].sum(1)
     shrink = 2 * l2 / b
-    du = torch.sum(ds[..., None] * v, 1)
-    du[:, d] = 0  # b_u: only the shrink
-    du.add_(u, alpha=shrink)
+    du = torch.mul(u, shrink)
+    for j in range(v.shape[1]):  # one fused pass per candidate, not a (b, 1 + k, d + 1) product and its sum
+        du.addcmul_(v[:, j], ds[:, j : j + 1])
+    du[:, d] = u[:, d] * shrink  # b_u: only the shrink
     dv = torch.mul(ds[..., None], p1[:, None]).add_(v, alpha=shrink)
     return loss, du, dv
 
