@@ -56,7 +56,7 @@ class TorchRecommender(IterativeRecommender):
 
     Subclasses build the network (``build_network``), say how many training examples an epoch
     has (``n_examples``) and compute the loss of a batch of example indices (``batch_loss``);
-    ``train_step`` steps on its autograd gradient unless a family computes the gradient itself
+    ``backward`` sets the autograd gradient unless a family computes the gradient itself
     (MF's BPR). Examples are indexed, never materialised per sample: batches are slices of one shuffled
     index tensor on the device, so the hot loop has no Python per example. ``l2`` is left to
     ``batch_loss`` (applied to the embeddings a batch touches, as in BPR), not to the optimiser,
