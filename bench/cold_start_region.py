@@ -47,12 +47,10 @@ def with_region(seed: int):
     return split
 
 
-def naive_bayes(split, feature: str, beta: float) -> torch.Tensor:
-    """Every user's log score: the age x gender segment's share of item i, times the feature's
-    lift P(i | feature) / P(i) to the power ``beta``."""
-    users = torch.arange(split.n_users)
-    by_segment, by_feature = (SegmentPopularity(segment=s, seed=0, device="cpu", task="ranking").fit(split.train)
-                              for s in (["age", "gender"], [feature]))
+def naive_bayes(by_segment: SegmentPopularity, by_feature: SegmentPopularity, beta: float) -> torch.Tensor:
+    """Every user's log score: the segment's share of item i (``by_segment``), times the lift
+    P(i | feature) / P(i) (``by_feature``, segmented by the feature alone) to the power ``beta``."""
+    users = torch.arange(by_segment.n_users)
     lift = (by_feature.score(users) + TINY).log() - (by_feature.prior + TINY).log()  # items no one trained on: 0
     return by_segment.score(users).log() + beta * lift
 
@@ -71,13 +69,16 @@ def main() -> None:
     scores = {name: {"valid": [], "test": []} for name in [*models, *factored]}
     for seed in args.seeds:
         split = with_region(seed)
-        for name, make in models.items():
-            model = make().fit(split.train)
+        fitted = {name: make().fit(split.train) for name, make in models.items()}
+        for name, model in fitted.items():
             for part in ("valid", "test"):
                 scores[name][part].append(evaluator.evaluate(model, split, part)["ndcg@10"])
+        by_feature = {feature: SegmentPopularity(segment=[feature], seed=0, device="cpu", task="ranking").fit(split.train)
+                      for feature in {feature for feature, _ in FACTORS}}
         for name, (feature, beta) in factored.items():
+            combined = naive_bayes(fitted["segment popularity, age x gender"], by_feature[feature], beta)
             for part in ("valid", "test"):
-                scores[name][part].append(evaluator.evaluate_scores(naive_bayes(split, feature, beta), split, part)["ndcg@10"])
+                scores[name][part].append(evaluator.evaluate_scores(combined, split, part)["ndcg@10"])
         print(seed, {name: round(s["test"][-1], 4) for name, s in scores.items()}, flush=True)
     rows = [{"model": name, "seeds": len(args.seeds), "valid": estimate(s["valid"]), "test": estimate(s["test"])}
             for name, s in scores.items()]
