@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsearch.models import Recommender
+from recsearch.models import Recommender, kernels
 from recsearch.models.base import UnsupportedOperation
 from recsearch.models.mf import MatrixFactorization
 from recsearch.models.pop import Popularity
@@ -122,6 +122,39 @@ def test_the_closed_form_bpr_gradient_is_autograds(negatives, sparse, planted_sp
         assert table.grad.is_sparse == sparse
         torch.testing.assert_close(table.grad.to_dense(), gradient, rtol=1e-10, atol=1e-15)
     assert math.isfinite(model.train_epoch())  # and the table's own optimiser steps on it
+
+
+@pytest.mark.parametrize("negatives", [1, 3])
+def test_the_compiled_bpr_gradient_is_the_torch_one(negatives, planted_split, monkeypatch):
+    """On the CPU in float32 ``backward`` runs the compiled kernel: the same loss and gradients
+    as the torch path on the same batch and negatives, to float32 rounding, and the same training."""
+    def trained(compiled: bool) -> tuple[MatrixFactorization, list[torch.Tensor]]:
+        monkeypatch.setattr(kernels, "applies", lambda *tables: compiled)
+        model = MatrixFactorization(seed=0, device="cpu", dim=8, negatives=negatives, l2=0.3)
+        model.prepare(planted_split.train)
+        for table in (model.net.user.weight, model.net.item.weight):  # biases too, not their initial 0
+            table.data.normal_(generator=torch.Generator().manual_seed(1))
+        loss = model.backward(torch.arange(64))
+        gradients = [loss, model.net.user.weight.grad.clone(), model.net.item.weight.grad.clone()]
+        model.train_epoch()
+        return model, gradients
+
+    reference, expected = trained(compiled=False)
+    model, actual = trained(compiled=True)
+    for got, want in zip(actual, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(model.net.item.weight, reference.net.item.weight, rtol=1e-4, atol=1e-5)
+
+
+def test_the_compiled_path_is_taken_on_the_cpu_in_float32_with_dense_tables(planted_split, monkeypatch):
+    model = MatrixFactorization(seed=0, device="cpu")
+    model.prepare(planted_split.train)
+    assert kernels.applies(model.net.user, model.net.item)
+    model.net.double()
+    assert not kernels.applies(model.net.user, model.net.item)
+    monkeypatch.setattr("recsearch.models.torch_base.SPARSE_ABOVE", 0)
+    model.prepare(planted_split.train)
+    assert not kernels.applies(model.net.user, model.net.item)
 
 
 @pytest.fixture(scope="module")

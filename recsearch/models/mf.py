@@ -13,8 +13,8 @@ positive (u, i):
 
 Every loss adds  l2 · Σ ||e||² / batch  over the embedding rows and biases the batch touches,
 a user once per interaction and an item once per use (so rarely seen users and items are not
-shrunk at every step). BPR trains on its gradient in closed form (``pairwise_gradient``), the
-others by autograd. Scoring all items for a batch of users is one matrix product; a rating
+shrunk at every step). BPR trains on its gradient in closed form (``pairwise_gradient``; on the
+CPU compiled, ``kernels.bpr_gradient``), the others by autograd. Scoring all items for a batch of users is one matrix product; a rating
 model scores with its predicted ratings.
 
 Fold-in (task=ranking; ``score_history``: serving a user known only by recent items, or a known
@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsearch.data.dataset import ServingData
+from recsearch.models import kernels
 from recsearch.models.base import register
 from recsearch.models.torch_base import PairTrainedRecommender, embedding
 
@@ -162,14 +163,17 @@ class MatrixFactorization(PairTrainedRecommender):
         return data_loss + self.l2 * penalty / len(index)
 
     def backward(self, index: torch.Tensor) -> torch.Tensor:
-        """BPR: what autograd of ``batch_loss(index)`` does, in closed form (``pairwise_gradient``,
-        ``set_gradient``); the other losses by autograd."""
+        """BPR: what autograd of ``batch_loss(index)`` does, in closed form: compiled on the CPU
+        (``kernels.bpr_gradient``), else ``pairwise_gradient`` and ``set_gradient``; the other
+        losses by autograd."""
         if self.loss != "bpr":
             return super().backward(index)
         with torch.no_grad():
             users, candidates = self._batch(index)
-            items = candidates.view(-1)
             user, item = self.net.user, self.net.item
+            if kernels.applies(user, item):
+                return kernels.bpr_gradient(user.weight, item.weight, users, candidates, self.l2)
+            items = candidates.view(-1)
             user_rows = user.weight.index_select(0, users)
             item_rows = item.weight.index_select(0, items).view(*candidates.shape, -1)
             loss, user_grad, item_grad = pairwise_gradient(user_rows, item_rows, self.l2)
