@@ -98,3 +98,69 @@ def bpr_gradient(user: torch.Tensor, item: torch.Tensor, users: torch.Tensor, ca
     loss = _bpr_gradient(user.detach().numpy(), item.detach().numpy(), users.numpy(), candidates.numpy(), l2,
                          user.grad.numpy(), item.grad.numpy())
     return torch.tensor(loss)
+
+
+@numba.njit(fastmath=REASSOCIATE, **JIT)
+def _lazy_adam(rows, values, param, exp_avg, exp_avg_sq, slot, step_size, beta1, beta2, eps):
+    """SparseAdam's update of the rows a sparse gradient names, duplicates summed first (as its
+    coalesce does). ``slot`` (-1 per table row) marks where a row's sum is kept; left all -1."""
+    d = values.shape[1]
+    touched = np.empty(len(rows), np.int64)
+    summed = np.empty((len(rows), d), np.float32)
+    n = 0
+    for r in range(len(rows)):
+        row = rows[r]
+        if slot[row] < 0:
+            slot[row] = n
+            touched[n] = row
+            for f in range(d):
+                summed[n, f] = values[r, f]
+            n += 1
+        else:
+            for f in range(d):
+                summed[slot[row], f] += values[r, f]
+    keep1, keep2 = np.float32(1 - beta1), np.float32(1 - beta2)
+    for t in range(n):
+        row = touched[t]
+        slot[row] = -1
+        for f in range(d):
+            g = summed[t, f]
+            m = exp_avg[row, f] + (g - exp_avg[row, f]) * keep1
+            v = exp_avg_sq[row, f] + (g * g - exp_avg_sq[row, f]) * keep2
+            exp_avg[row, f] = m
+            exp_avg_sq[row, f] = v
+            param[row, f] -= np.float32(step_size) * m / (np.sqrt(v) + np.float32(eps))
+
+
+class SparseAdam(torch.optim.SparseAdam):
+    """torch's SparseAdam (same arguments, state and update, so checkpoints move between the two)
+    with its update compiled: torch coalesces each step's gradient (a sort and a reduction) and
+    updates through sparse tensors, some 20 ops a table; here one pass sums duplicate rows and
+    updates each touched row once. For CPU float32 tables (``torch_base`` picks it)."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        self._slots = {}  # per table: -1 per row, the kernel's scratch (not state: never saved)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise NotImplementedError("closures are not used by recsearch's training loop")
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                step = state["step"]
+                step_size = float(group["lr"]) * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
+                grad = -p.grad if group["maximize"] else p.grad
+                slot = self._slots.setdefault(p, np.full(len(p), -1, np.int64))
+                _lazy_adam(grad._indices()[0].numpy(), grad._values().contiguous().numpy(), p.numpy(),
+                           state["exp_avg"].numpy(), state["exp_avg_sq"].numpy(), slot, step_size, beta1, beta2,
+                           group["eps"])

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from recsearch.data.dataset import Dataset, ServingData
+from recsearch.models import kernels
 from recsearch.models.base import IterativeRecommender, UnsupportedOperation
 from recsearch.models.sampling import NegativeSampler
 from recsearch.runtime import keep_freed_memory
@@ -104,7 +105,10 @@ class TorchRecommender(IterativeRecommender):
         sparse = {id(p) for m in self.net.modules() if getattr(m, "sparse", False) for p in m.parameters()}
         groups = {"dense": [p for p in self.net.parameters() if id(p) not in sparse],
                   "sparse": [p for p in self.net.parameters() if id(p) in sparse]}
-        kinds = {"dense": OPTIMIZERS, "sparse": SPARSE_OPTIMIZERS}
+        sparse_kinds = SPARSE_OPTIMIZERS
+        if self.device.type == "cpu" and all(p.dtype == torch.float32 for p in groups["sparse"]):
+            sparse_kinds = {**SPARSE_OPTIMIZERS, "adam": kernels.SparseAdam}  # the same update, compiled
+        kinds = {"dense": OPTIMIZERS, "sparse": sparse_kinds}
         name = self.hparams["optimizer"]
         self.optimizers = {kind: kinds[kind][name](params, lr=self.lr) for kind, params in groups.items() if params}
         self.generator = torch.Generator(device=self.device)

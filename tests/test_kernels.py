@@ -1,0 +1,69 @@
+"""The compiled SparseAdam against torch's: the same update, the same state, interchangeable.
+(The BPR kernels are checked against the torch path in test_mf.py and test_sampling.py.)"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from recsearch.models import kernels
+from recsearch.models.ncf import NeuralCF
+
+
+def steps(optimizer_class, n_steps: int = 5, **options) -> tuple[nn.Embedding, torch.optim.Optimizer]:
+    """An embedding of 30 rows stepped on batches that repeat rows (duplicates in the sparse
+    gradient) and leave others untouched."""
+    torch.manual_seed(0)
+    table = nn.Embedding(30, 7, sparse=True)
+    optimizer = optimizer_class(table.parameters(), lr=0.05, **options)
+    batches = torch.Generator().manual_seed(1)
+    for _ in range(n_steps):
+        rows = torch.randint(0, 20, (25,), generator=batches)  # rows 20-29 never touched
+        optimizer.zero_grad()
+        (table(rows) ** 2).sum().backward()
+        optimizer.step()
+    return table, optimizer
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+def test_the_compiled_update_is_torchs(maximize):
+    expected, reference = steps(torch.optim.SparseAdam, maximize=maximize)
+    actual, optimizer = steps(kernels.SparseAdam, maximize=maximize)
+    torch.testing.assert_close(actual.weight, expected.weight, rtol=1e-5, atol=1e-6)
+    ours, theirs = optimizer.state_dict()["state"][0], reference.state_dict()["state"][0]
+    assert ours["step"] == theirs["step"] == 5
+    for moment in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(ours[moment], theirs[moment], rtol=1e-5, atol=1e-7)
+    untouched = torch.equal(actual.weight[20:], steps(kernels.SparseAdam, n_steps=0)[0].weight[20:])
+    assert untouched, "rows absent from every gradient keep their values"
+
+
+def test_checkpoints_move_between_torchs_and_the_compiled_one():
+    table, reference = steps(torch.optim.SparseAdam, n_steps=3)
+    resumed = kernels.SparseAdam(table.parameters(), lr=0.05)
+    resumed.load_state_dict(copy.deepcopy(reference.state_dict()))  # loading shares the moments' tensors
+    twin = nn.Embedding(30, 7, sparse=True)
+    twin.load_state_dict(table.state_dict())
+    continued = torch.optim.SparseAdam(twin.parameters(), lr=0.05)
+    continued.load_state_dict(copy.deepcopy(reference.state_dict()))
+    rows, table.weight.grad = torch.tensor([3, 3, 5]), None
+    for embedding, optimizer in ((table, resumed), (twin, continued)):
+        (embedding(rows) ** 2).sum().backward()
+        optimizer.step()
+    torch.testing.assert_close(table.weight, twin.weight, rtol=1e-5, atol=1e-6)
+
+
+def test_a_dense_gradient_is_refused_as_torch_does():
+    weight = nn.Parameter(torch.ones(4, 2))
+    weight.grad = torch.ones(4, 2)
+    with pytest.raises(RuntimeError, match="dense gradients"):
+        kernels.SparseAdam([weight]).step()
+
+
+def test_gradient_models_pick_the_compiled_one_on_the_cpu_in_float32(planted_split):
+    model = NeuralCF(seed=0, device="cpu", dim=8)
+    model.prepare(planted_split.train)
+    assert type(model.optimizers["sparse"]) is kernels.SparseAdam
