@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from recsearch.data.dataset import Feature
 from recsearch.models import Recommender, ncf
 from recsearch.models.ncf import EntityEncoder, NeuralCF
-from recsearch.models.torch_base import bf16_is_native
+from recsearch.models.torch_base import TorchRecommender, bf16_is_native
 from recsearch.training import load_serialized, serialized
 
 FAST = {"dim": 16, "layers": [32, 16], "lr": 0.01, "batch_size": 256}
@@ -106,6 +107,50 @@ def test_features_asked_of_a_dataset_without_them(planted_split):
     bare.user_features, bare.item_features = {}, {}
     with pytest.raises(ValueError, match="has no user or item features"):
         NeuralCF(device="cpu", use_features=True).prepare(bare)
+
+
+@pytest.mark.parametrize("variant", ["gmf", "mlp", "neumf"])
+@pytest.mark.parametrize(("negatives", "dropout"), [(1, 0.0), (3, 0.3)])
+def test_the_hand_written_step_is_autograds(variant, negatives, dropout, planted_split):
+    """``backward`` (the hand-written step on the CPU) against autograd of ``batch_loss`` on the
+    same batch, negatives and dropout draws, in float64: the same loss and gradients for every
+    parameter, two hidden layers deep, with ``l2``."""
+    model = NeuralCF(seed=0, device="cpu", variant=variant, dim=5, layers=[8, 6, 4], negatives=negatives,
+                     dropout=dropout, l2=0.3)
+    model.prepare(planted_split.train)
+    model.net.double().train()
+    parameters = dict(model.net.named_parameters())
+    index, draws = torch.randperm(len(model.users))[:64], model.generator.get_state()
+    expected_loss = model.batch_loss(index)
+    expected_loss.backward()
+    expected = {name: parameter.grad.to_dense() for name, parameter in parameters.items()}
+    model.generator.set_state(draws)  # the same negatives and dropout masks
+    model.net.zero_grad(set_to_none=True)
+    torch.testing.assert_close(model.backward(index), expected_loss.detach(), rtol=1e-12, atol=0)
+    for name, parameter in parameters.items():
+        assert parameter.grad.is_sparse == name.endswith("ids.weight"), name
+        torch.testing.assert_close(parameter.grad.to_dense(), expected[name], rtol=1e-10, atol=1e-15, msg=name)
+
+
+def test_the_hand_written_step_trains_as_autograd_does_in_float32(planted_split, monkeypatch):
+    """What runs on the CPU: float32 through the compiled kernels, against autograd's epochs."""
+    def losses(hand: bool) -> list[float]:
+        model = NeuralCF(seed=0, device="cpu", dropout=0.2, l2=0.01, **FAST)
+        if not hand:
+            monkeypatch.setattr(model, "backward", partial(TorchRecommender.backward, model))
+        model.prepare(planted_split.train)
+        return [model.train_epoch() for _ in range(3)]
+
+    assert losses(hand=True) == pytest.approx(losses(hand=False), rel=1e-5)
+
+
+def test_autograd_steps_where_the_hand_written_step_does_not_apply(planted_split, monkeypatch):
+    for params in ({"use_features": True}, {"amp": True}):
+        model = NeuralCF(seed=0, device="cpu", **FAST, **params)
+        model.amp = params.get("amp", False)  # whatever this CPU's bf16
+        model.prepare(planted_split.train)
+        monkeypatch.setattr(model.net, "pair_gradient", None)  # would fail if called
+        assert math.isfinite(model.train_epoch())
 
 
 def test_divergence_shows_as_a_non_finite_loss(planted_split):

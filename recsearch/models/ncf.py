@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsearch.data.dataset import Feature, ServingData
+from recsearch.models import kernels
 from recsearch.models.base import register
 from recsearch.models.torch_base import PairTrainedRecommender
 from recsearch.ragged import gather_rows
@@ -152,6 +153,61 @@ class NeuMFNetwork(nn.Module):
                     logits[start : start + chunk] += self._tower(first) @ head
         return logits
 
+    def pair_gradient(self, users: torch.Tensor, candidates: torch.Tensor, l2: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """What autograd of ``NeuralCF.batch_loss`` does (BCE of ``pair_logits``, the positive
+        first in each row of ``candidates``, plus ``l2``), by hand on the CPU: sets every
+        parameter's gradient (the id tables' sparse, as their ``sparse=True`` backward gives) and
+        returns the loss, with the same dropout draws in the same order. The matrix products are
+        torch's; the passes between them are compiled loops that each read the activations once
+        (``kernels``), where autograd's graph of the same step is about 100 torch ops. Without
+        feature bags (``use_features=False``)."""
+        b, m = candidates.shape
+        items = candidates.reshape(-1)
+        d, rate = self.dim, self.dropout if self.training else 0.0
+        # each half gathered on its own, contiguous: [GMF | MLP] halves as the tables hold them
+        user_halves = [half.index_select(0, users) for half in self.user.ids.weight.detach().split(d, 1)]
+        item_halves = [half.index_select(0, items) for half in self.item.ids.weight.detach().split(d, 1)]
+        activations = []  # each layer's output, the next one's input
+        if self.mlp:
+            x = F.linear(item_halves[-1], self.mlp_item.weight)
+            kernels.relu_dropout_(x, self._draws(x, generator), rate,
+                                  shift=F.linear(user_halves[-1], self.mlp_user.weight, self.mlp_user.bias))
+            activations.append(x)
+            for layer in self.hidden:
+                x = F.linear(x, layer.weight, layer.bias)
+                kernels.relu_dropout_(x, self._draws(x, generator), rate)
+                activations.append(x)
+        gmf = (user_halves[0], item_halves[0]) if self.gmf else None
+        loss, self.out.weight.grad, self.out.bias.grad, grad, *gmf_grads = kernels.bce_head(
+            activations[-1] if self.mlp else None, gmf, self.out.weight, self.out.bias, m, rate)
+        user_grads, item_grads = ([grad] for grad in gmf_grads) if self.gmf else ([], [])
+        if self.mlp:
+            for layer, inputs in zip(reversed(self.hidden), activations[-2::-1], strict=True):
+                layer.weight.grad, layer.bias.grad = grad.T @ inputs, grad.sum(0)
+                grad = grad @ layer.weight
+                kernels.relu_backward_(grad, inputs, rate)
+            self.mlp_item.weight.grad = grad.T @ item_halves[-1]
+            item_grads.append(grad @ self.mlp_item.weight)
+            grad = kernels.group_sum(grad, b)
+            self.mlp_user.weight.grad, self.mlp_user.bias.grad = grad.T @ user_halves[-1], grad.sum(0)
+            user_grads.append(grad @ self.mlp_user.weight)
+        if l2:
+            squares = sum(half.square().sum() for half in (*user_halves, *item_halves))
+            loss = loss + l2 * squares / b
+            for grads, halves in ((user_grads, user_halves), (item_grads, item_halves)):
+                for grad, half in zip(grads, halves, strict=True):
+                    grad.add_(half, alpha=2 * l2 / b)
+        for encoder, ids, grads in ((self.user, users, user_grads), (self.item, items, item_grads)):
+            encoder.ids.weight.grad = torch.sparse_coo_tensor(ids[None], torch.cat(grads, 1), encoder.ids.weight.shape)
+        return loss
+
+    def _draws(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
+        """``_drop``'s uniform draws for ``x``, from the same generator in the same order."""
+        if not self.training or self.dropout == 0:
+            return None
+        return torch.rand(x.shape, device=x.device, generator=generator)
+
     @property
     def hidden_width(self) -> int:
         return self.hidden[-1].out_features if len(self.hidden) else self.mlp_item.out_features
@@ -220,9 +276,7 @@ class NeuralCF(PairTrainedRecommender):
                             user_features, item_features)
 
     def batch_loss(self, index: torch.Tensor) -> torch.Tensor:
-        users = self.users[index]
-        negatives = self.sampler.sample(users, self.negatives, self.generator)
-        candidates = torch.cat([self.items[index][:, None], negatives], 1)  # (b, 1 + negatives)
+        users, candidates = self._batch(index)
         logits, (p, q) = self.net.pair_logits(users, candidates, self.generator)
         labels = torch.zeros_like(logits)
         labels[:, 0] = 1.0
@@ -230,6 +284,20 @@ class NeuralCF(PairTrainedRecommender):
         if self.l2:
             loss = loss + self.l2 * (p.square().sum() + q.square().sum()) / len(index)
         return loss
+
+    def backward(self, index: torch.Tensor) -> torch.Tensor:
+        """``NeuMFNetwork.pair_gradient`` where it applies (on the CPU, without feature bags or
+        autocast), else autograd."""
+        if self.use_features or self.amp or self.device.type != "cpu":
+            return super().backward(index)
+        with torch.no_grad():
+            return self.net.pair_gradient(*self._batch(index), self.l2, self.generator)
+
+    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The users of the examples ``index`` and their candidates (b, 1 + negatives), the positive first."""
+        users = self.users[index]
+        negatives = self.sampler.sample(users, self.negatives, self.generator)
+        return users, torch.cat([self.items[index][:, None], negatives], 1)
 
     def _score(self, users: torch.Tensor) -> torch.Tensor:
         return self.net.all_logits(users).float()
