@@ -158,29 +158,41 @@ def matmul_gflops(dtype_name: str) -> float:
     return 2 * a.shape[0] * 128 * 64 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def neumf_tower_epoch_s(dtype_name: str, pairs: int, repeats: int = 3) -> float:
-    """The floor of a NeuMF epoch (``NEUMF``) on this CPU, all threads: its MLP tower alone (the
-    first layer's user and item halves, their sum, the ReLUs, the hidden and output layers), forward
-    and backward, over ``pairs`` (user, item) pairs in batches of 2048 users with one sampled item
-    each beside the positive, by ``NeuMFNetwork``'s own layers and tower (the user's half of the
-    first layer once per user); no embeddings, loss or optimiser. The median of ``repeats`` epochs
-    after a warm-up one."""
+def neumf_products_epoch_s(dtype_name: str, pairs: int, repeats: int = 3) -> float:
+    """The floor of a NeuMF epoch (``NEUMF``) on this CPU, all threads: the matrix products of its
+    step alone (``NeuMFNetwork.pair_gradient``'s: the first layer's user and item halves and the
+    hidden layers, forward, and the two products of each one's backward) over ``pairs`` (user,
+    item) pairs in batches of 2048 users with one sampled item each beside the positive; nothing
+    between the products, no embeddings, loss or optimiser. The median of ``repeats`` epochs after
+    a warm-up one."""
     import torch
 
-    from recsearch.models.ncf import NeuMFNetwork
+    dtype = getattr(torch, dtype_name)
+    dim, layers, users = NEUMF["dim"], NEUMF["layers"], NEUMF["batch_size"]
+    rows = users * (1 + NEUMF["negatives"])
+    user_half, item_half = torch.randn(users, dim, dtype=dtype), torch.randn(rows, dim, dtype=dtype)
+    user_weight, item_weight = (torch.randn(layers[0], dim, dtype=dtype) for _ in range(2))
+    hidden = [torch.randn(b, a, dtype=dtype) for a, b in zip(layers[:-1], layers[1:], strict=True)]
 
-    dim, users, candidates = NEUMF["dim"], NEUMF["batch_size"], 1 + NEUMF["negatives"]
-    net = NeuMFNetwork(1, 1, "mlp", dim, NEUMF["layers"], 0.0, [], [])  # the tower; no ids are read
-    p = torch.randn(users, 1, dim, requires_grad=True)
-    q = torch.randn(users, candidates, dim, requires_grad=True)
-    autocast = torch.autocast("cpu", dtype=getattr(torch, dtype_name), enabled=dtype_name != "float32")
+    def step() -> None:
+        user_half @ user_weight.T
+        activations = [item_half @ item_weight.T]
+        for weight in hidden:
+            activations.append(activations[-1] @ weight.T)
+        grad = activations[-1]  # the output layer's gradient has its shape
+        for weight, inputs in zip(reversed(hidden), activations[-2::-1], strict=True):
+            grad.T @ inputs
+            grad = grad @ weight
+        grad.T @ item_half
+        grad @ item_weight
+        user_grad = grad[:users]  # the per-user sums have this shape
+        user_grad.T @ user_half
+        user_grad @ user_weight
 
     def epoch() -> float:
         start = time.perf_counter()
-        for _ in range(-(-pairs // (users * candidates))):
-            with autocast:
-                logits = net.out(net._tower(net.mlp_user(p) + net.mlp_item(q)))
-            logits.float().sum().backward()
+        for _ in range(-(-pairs // rows)):
+            step()
         return time.perf_counter() - start
 
     return statistics.median([epoch() for _ in range(repeats + 1)][1:])

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from perf import in_subprocess, neumf_tower_epoch_s
+from perf import in_subprocess, neumf_products_epoch_s
 from record import machine, write_results
 
 HERE = Path(__file__).resolve().parent
@@ -115,19 +115,21 @@ def main() -> None:
 
 
 def neumf_floor(rows: list[dict], runs: dict) -> str:
-    """How far this CPU lets any NeuMF epoch go: its MLP tower alone, forward and backward (fp32
-    and bf16: ``perf.neumf_tower_epoch_s``), against RecBole's epoch measured in this run."""
+    """How far this CPU lets a NeuMF epoch go: its step's matrix products alone (fp32 and bf16:
+    ``perf.neumf_products_epoch_s``), against RecBole's epoch measured in this run."""
     theirs = next((r.get("recbole") for r in rows if r["model"] == "NeuMF / ncf" and r["measure"] == "epoch_s"), None)
     ours = next((o for _, o in runs.get("ncf", []) if "train_interactions" in o), None)
     if theirs is None or ours is None:
         return ""
     pairs = 2 * ours["train_interactions"]  # each positive and its one sampled negative
-    floors = {dtype: neumf_tower_epoch_s(dtype, pairs) for dtype in ("float32", "bfloat16")}
-    return (f"NeuMF epoch floor on this CPU: the network's MLP tower alone (first layer's halves, their sum, "
-            f"ReLUs, hidden and output layers), forward and backward, over an epoch's {pairs:,} pairs take {floors['float32']:.3f} s in fp32 and {floors['bfloat16']:.3f} s in "
-            f"bf16 (perf.neumf_tower_epoch_s, measured after the rounds): no epoch of this network, with "
-            f"embeddings, loss and optimiser still to come, can be more than {theirs / floors['float32']:.1f}x "
-            f"RecBole's {theirs:.3f} s in fp32, {theirs / floors['bfloat16']:.1f}x in bf16.")
+    floors = {dtype: neumf_products_epoch_s(dtype, pairs) for dtype in ("float32", "bfloat16")}
+    return (f"NeuMF epoch floor on this CPU: the matrix products of its step alone (the first layer's "
+            f"halves and the hidden layer, forward, and the two products of each one's backward) over "
+            f"an epoch's {pairs:,} pairs take {floors['float32']:.3f} s in fp32 and {floors['bfloat16']:.3f} s "
+            f"in bf16 (perf.neumf_products_epoch_s, measured after the rounds): no epoch of this network, "
+            f"with everything between the products still to come, can be more than "
+            f"{theirs / floors['float32']:.1f}x RecBole's {theirs:.3f} s in fp32, "
+            f"{theirs / floors['bfloat16']:.1f}x in bf16.")
 
 
 if __name__ == "__main__":
