@@ -37,7 +37,7 @@ test: $(STAMP)  ## run the whole test suite (the command CI runs)
 # ml-100k, hours), and serve_load and events_latency (they load a model directory you name); run
 # them as `make bench BENCH=ml100k_sweeps` or `python bench/serve_load.py DIR`.
 BENCH ?= quality perf vs_recbole sweep_overhead asha_vs_fifo early_stopping crossval small_catalogue \
-         deepcf_rating cold_start cold_start_seeds cold_start_region history_scoring lstm_formulations bundles telemetry_overhead cluster_walkthrough \
+         deepcf_rating cold_start cold_start_seeds cold_start_region cold_start_blend history_scoring lstm_formulations bundles telemetry_overhead cluster_walkthrough \
          blend_sweep blend_seeds
 
 bench: $(STAMP)  ## run the benchmarks in BENCH (default: all but ml100k_sweeps, serve_load, events_latency) -> bench/results/

@@ -160,8 +160,8 @@ class NeuMFNetwork(nn.Module):
         parameter's gradient (the id tables' sparse, as their ``sparse=True`` backward gives) and
         returns the loss, with the same dropout draws in the same order. The matrix products are
         torch's; the passes between them are compiled loops that each read the activations once
-        (``kernels``), where autograd's graph of the same step is about 100 torch ops. Without
-        feature bags (``use_features=False``)."""
+        (``kernels``), where autograd's graph of the same step makes several torch passes over
+        them. Without feature bags (``use_features=False``)."""
         b, m = candidates.shape
         items = candidates.reshape(-1)
         d, rate = self.dim, self.dropout if self.training else 0.0
@@ -223,10 +223,8 @@ class NeuMFNetwork(nn.Module):
     def _drop(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Inverted dropout drawn from the model's generator (``nn.Dropout`` uses the global RNG,
         which would make a resumed run differ from an uninterrupted one)."""
-        if not self.training or self.dropout == 0:
-            return x
-        keep = torch.rand(x.shape, device=x.device, generator=generator) >= self.dropout
-        return x * keep / (1 - self.dropout)
+        draws = self._draws(x, generator)
+        return x if draws is None else x * (draws >= self.dropout) / (1 - self.dropout)
 
 
 def features_used(data: ServingData, use_features: bool) -> tuple[list[Feature], list[Feature]]:
