@@ -29,8 +29,11 @@ install: $(STAMP)  ## create .venv and install recsearch with its dev tools (TOR
 demo: $(STAMP)  ## the main job: an ASHA sweep of four families on synthetic data -> runs/demo/<time>/
 	$(BIN)/recsearch sweep +experiment=demo
 
+# Two pytest workers, each running whole files (module fixtures such as the multi-node cluster
+# start once): the Ray tests mostly wait (7.4 CPU-minutes in a 14-18 minute serial run), so two
+# at once take about 10 minutes on 2 cores. One file: `.venv/bin/python -m pytest tests/test_x.py`.
 test: $(STAMP)  ## run the whole test suite (the command CI runs)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The benchmarks `make bench` runs, each writing bench/results/<name>.{json,md}: every script that
 # needs no argument, a few hours in all. Left out by default: ml100k_sweeps (every family swept on
