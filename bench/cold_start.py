@@ -16,6 +16,7 @@ test. Writes ``bench/results/cold_start.{json,md}``.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from pathlib import Path
 
@@ -54,6 +55,7 @@ FAMILY = {"deepcf (no features)": "deepcf"}  # row -> registered family
 # segment popularity over all three fragments ml-100k's 755 training users too finely
 FEATURE_SETS = {"age, gender, occupation": [], "age, gender": ["data.source.exclude=[zip_code,occupation]"]}
 METRICS = ["ndcg@10", "recall@20"]
+SPLIT_SEEDS = [SEED, 1, 2, 3, 4, 5]  # the benches that repeat this one over split seeds draw these
 COLUMNS = ["split", "model", "user features", "hyperparameters", "best epoch", "valid ndcg@10", "valid recall@20", "test ndcg@10",
            "test recall@20", "chosen"]
 
@@ -73,6 +75,13 @@ def expected_random(split, part: str) -> dict[str, float]:
     ideal = np.cumsum(gains)[np.minimum(targets, 10).astype(np.int64) - 1]
     return {"ndcg@10": float(np.mean(targets / candidates * gains[:10].sum() / ideal)),
             "recall@20": min(20, candidates) / candidates}
+
+
+def split_seeds(doc: str) -> list[int]:
+    """The ``--seeds`` of a bench that repeats this one over split seeds (its docstring: ``doc``)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=SPLIT_SEEDS, help="split seeds")
+    return parser.parse_args().seeds
 
 
 def fitted(name: str, hparams: dict, split, evaluator) -> tuple[Recommender, int]:

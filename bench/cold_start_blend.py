@@ -12,11 +12,10 @@ issue's cold-user target is "above segment popularity". Writes
 
 from __future__ import annotations
 
-import argparse
 import ast
 
 import torch
-from cold_start import FEATURE_SETS, HERE, fitted
+from cold_start import FEATURE_SETS, HERE, fitted, split_seeds
 from cold_start_seeds import chosen_rows
 from record import write_results
 
@@ -48,14 +47,12 @@ class Standardised:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4, 5], help="split seeds")
-    args = parser.parse_args()
+    seeds = split_seeds(__doc__)
     configure_threads(1)
     evaluator = Evaluator("ranking", ["ndcg"], [10])
     chosen = {r["model"]: r for r in chosen_rows() if r["model"] in ("segpop", "deepcf")}
     rows = []
-    for seed in args.seeds:
+    for seed in seeds:
         seed_everything(seed)
         models, split = {}, None
         for name, row in chosen.items():
@@ -77,11 +74,11 @@ def main() -> None:
     summary = {"seed": "mean ± 95%", "chosen weight": "",
                **{c: plus_minus(estimate([r[c] for r in rows])) for c in COLUMNS[2:]}}
     write_results(HERE / "results" / "cold_start_blend", rows, COLUMNS,
-                  f"Cold users on ml-100k over split seeds {args.seeds}: segment popularity and deepcf "
+                  f"Cold users on ml-100k over split seeds {seeds}: segment popularity and deepcf "
                   "features-only (bench/cold_start.py's chosen configurations), scores standardised per user "
                   f"and mixed with deepcf's weight chosen on valid NDCG@10 from {WEIGHTS}; test for that weight; "
                   f"{sum(g > 0 for g in gaps)} of {len(gaps)} seeds above segment popularity on test",
-                  shown=[*rows, summary], seeds=args.seeds)
+                  shown=[*rows, summary], seeds=seeds)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ smoothed share of ``SegmentPopularity``; beta 0 is segment popularity. Writes
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
+from cold_start import split_seeds
 from record import write_results
 
 from recsearch.config import load_config, to_container
@@ -56,9 +56,7 @@ def naive_bayes(by_segment: SegmentPopularity, by_feature: SegmentPopularity, be
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4, 5], help="split seeds")
-    args = parser.parse_args()
+    seeds = split_seeds(__doc__)
     configure_threads(1)
     evaluator = Evaluator("ranking", ["ndcg"], [10])
     models = {"popularity": lambda: Popularity(seed=0, device="cpu", task="ranking")}
@@ -67,7 +65,7 @@ def main() -> None:
     factored = {f"age x gender segment popularity x {feature} factor, beta {beta}": (feature, beta)
                 for feature, beta in FACTORS}
     scores = {name: {"valid": [], "test": []} for name in [*models, *factored]}
-    for seed in args.seeds:
+    for seed in seeds:
         split = with_region(seed)
         fitted = {name: make().fit(split.train) for name, make in models.items()}
         for name, model in fitted.items():
@@ -80,15 +78,15 @@ def main() -> None:
             for part in ("valid", "test"):
                 scores[name][part].append(evaluator.evaluate_scores(combined, split, part)["ndcg@10"])
         print(seed, {name: round(s["test"][-1], 4) for name, s in scores.items()}, flush=True)
-    rows = [{"model": name, "seeds": len(args.seeds), "valid": estimate(s["valid"]), "test": estimate(s["test"])}
+    rows = [{"model": name, "seeds": len(seeds), "valid": estimate(s["valid"]), "test": estimate(s["test"])}
             for name, s in scores.items()]
     shown = [{"model": r["model"], "seeds": r["seeds"], "valid ndcg@10": plus_minus(r["valid"]),
               "test ndcg@10": plus_minus(r["test"]), "test per seed": ", ".join(f"{v:.4f}" for v in r["test"]["values"])}
              for r in rows]
     write_results(HERE / "results" / "cold_start_region", rows, COLUMNS,
-                  f"Cold users on ml-100k by segment popularity with the zip code's region or the occupation, split seeds {args.seeds} "
+                  f"Cold users on ml-100k by segment popularity with the zip code's region or the occupation, split seeds {seeds} "
                   "(cold_users, 10% of users for valid, 10% for test); mean ± 95% t-interval over seeds",
-                  shown=shown, seeds=args.seeds)
+                  shown=shown, seeds=seeds)
 
 
 if __name__ == "__main__":

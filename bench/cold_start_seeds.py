@@ -12,11 +12,10 @@ popularity: the comparison the issue's target makes, with its noise. Writes
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 
-from cold_start import FEATURE_SETS, HERE, fitted
+from cold_start import FEATURE_SETS, HERE, fitted, split_seeds
 from record import write_results
 
 from recsearch.config import load_config, to_container
@@ -36,14 +35,12 @@ def chosen_rows() -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4, 5], help="split seeds")
-    args = parser.parse_args()
+    seeds = split_seeds(__doc__)
     configure_threads(1)  # the machine is shared: two threads on its two cores oversubscribe it
     evaluator = Evaluator("ranking", ["ndcg"], [10])
     chosen = chosen_rows()
     scores = {r["model"]: {"valid": [], "test": []} for r in chosen}
-    for seed in args.seeds:
+    for seed in seeds:
         seed_everything(seed)
         for row in chosen:
             cfg = load_config(["data=ml-100k", f"seed={seed}", "data.split.scheme=cold_users",
@@ -59,17 +56,17 @@ def main() -> None:
         test = scores[row["model"]]["test"]
         gaps = [a - b for a, b in zip(test, baseline, strict=True)]
         rows.append({"model": row["model"], "user features": row["user features"],
-                     "hyperparameters": row["hyperparameters"], "seeds": len(args.seeds),
+                     "hyperparameters": row["hyperparameters"], "seeds": len(seeds),
                      "valid": estimate(scores[row["model"]]["valid"]), "test": estimate(test),
                      "gap": estimate(gaps), "above": sum(g > 0 for g in gaps)})
     shown = [{**{k: r[k] for k in COLUMNS[:4]}, "valid ndcg@10": plus_minus(r["valid"]),
               "test ndcg@10": plus_minus(r["test"]), f"test minus {BASELINE}": plus_minus(r["gap"]),
               f"seeds above {BASELINE} (test)": f"{r['above']} of {r['seeds']}"} for r in rows]
     write_results(HERE / "results" / "cold_start_seeds", rows, COLUMNS,
-                  f"Cold users on ml-100k over split seeds {args.seeds} (cold_users, 10% of users for valid, "
+                  f"Cold users on ml-100k over split seeds {seeds} (cold_users, 10% of users for valid, "
                   "10% for test); each model with the configuration bench/cold_start.py chose on validation "
                   "(seed 42); mean ± 95% t-interval over seeds, the gap to segment popularity paired by seed",
-                  shown=shown, seeds=args.seeds)
+                  shown=shown, seeds=seeds)
 
 
 if __name__ == "__main__":
