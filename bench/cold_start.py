@@ -4,6 +4,8 @@ bucket, gender, occupation); items held out whole (``cold_items``) only by their
 release decade, and each part ranks only its own held-out items.
 
 Rows: global popularity, segment popularity (``segpop``: age x gender, and every user feature),
+segment popularity smoothed across segments (``segpop (smoothed)``: neighbouring age buckets
+and, by a mismatch weight, other features' values lend their counts),
 the expected figures of a random ranking (cold items), ``deepcf`` without features (ids only:
 every held-out entity is the same nobody) and with features over a small grid. For cold items
 popularity and deepcf without features give every candidate the same score: their order is then
@@ -39,6 +41,10 @@ GRIDS = {  # scheme -> family -> list of hyperparameter sets, each trained and c
     "cold_users": {
         "pop": [{}],
         "segpop": [{"segment": ["age", "gender"]}, {"segment": None}],
+        # age buckets lend each other their counts by distance; other features by a mismatch weight
+        "segpop (smoothed)": [{"segment": segment, "bandwidth": bandwidth, "mismatch": mismatch}
+                              for segment, bandwidth, mismatch in itertools.product(
+                                  [["age", "gender"], None], [0.5, 1.0, 1.5, 2.0], [0.0, 0.2])],
         "deepcf (no features)": [{**DEEPCF, "use_features": False}],
         "deepcf": [{**DEEPCF, "loss": loss, "user_id_dropout": drop}
                    for loss, drop in [("bce", 1.0), ("softmax", 0.5), ("softmax", 1.0)]],
@@ -50,7 +56,7 @@ GRIDS = {  # scheme -> family -> list of hyperparameter sets, each trained and c
                    for loss, drop in itertools.product(["bce", "softmax"], [0.5, 1.0])],
     },
 }
-FAMILY = {"deepcf (no features)": "deepcf"}  # row -> registered family
+FAMILY = {"deepcf (no features)": "deepcf", "segpop (smoothed)": "segpop"}  # row -> registered family
 # which user features the data gives the models (a data choice, compared on valid like the rest):
 # segment popularity over all three fragments ml-100k's 755 training users too finely
 FEATURE_SETS = {"age, gender, occupation": [], "age, gender": ["data.source.exclude=[zip_code,occupation]"]}

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from recsearch.config import load_config
+from recsearch.data.dataset import Feature
 from recsearch.data.preprocess import split
 from recsearch.errors import ConfigError
 from recsearch.evaluation import Evaluator
@@ -93,6 +94,56 @@ def test_segment_popularity_scores_a_profile_as_its_segment(planted_split, plant
     assert np.argmax(unknown_segment[0].numpy()) == np.argmax(counts)
 
 
+def test_smoothed_segments_pool_neighbouring_age_buckets_by_distance(make_dataset):
+    """Hand-computed: each segment (age bucket x gender) lends its counts to the asked profile
+    with weight exp(-(d / bandwidth)^2 / 2) for d buckets apart in numeric order (which puts "<18"
+    beside "18-24", where a string sort puts it last), times ``mismatch`` if the gender differs."""
+    ages = ["18-24", "18-24", "25-34", "35-44", "<18", "25-34", "18-24"]
+    genders = ["M", "M", "M", "M", "M", "F", "F"]
+    users = [0, 0, 1, 2, 2, 3, 4, 4, 5, 6]
+    items = [0, 1, 1, 2, 3, 3, 4, 0, 2, 4]
+    data = make_dataset(users, items, n_items=5)
+    data.user_features = {"age": Feature.from_lists([[a] for a in ages], multi=False),
+                          "gender": Feature.from_lists([[g] for g in genders], multi=False)}
+    bandwidth, mismatch, shrinkage = 1.0, 0.5, 2.0
+    model = SegmentPopularity(bandwidth=bandwidth, mismatch=mismatch, shrinkage=shrinkage).fit(data)
+    rank = {"<18": 0, "18-24": 1, "25-34": 2, "35-44": 3}
+    seen = np.zeros((7, 5))
+    seen[users, items] = 1
+    prior = seen.sum(0) / seen.sum()
+    for age, gender, known_user in [("18-24", "M", 0), ("<18", "M", 4), ("25-34", "F", 5), ("35-44", "F", None)]:
+        weights = np.array([np.exp(-0.5 * ((rank[a] - rank[age]) / bandwidth) ** 2) * (1 if g == gender else mismatch)
+                            for a, g in zip(ages, genders, strict=True)])
+        pooled = weights @ seen
+        expected = (pooled + shrinkage * prior) / (pooled.sum() + shrinkage)
+        scored = model.score_profiles([model.profile_codes({"age": age, "gender": gender})])[0]
+        np.testing.assert_allclose(scored.numpy(), expected, rtol=1e-5)
+        if known_user is not None:  # a training user is scored as its profile
+            np.testing.assert_allclose(model.score([known_user])[0].numpy(), expected, rtol=1e-5)
+    # both 0: hard segments, the segment's own counts
+    hard = SegmentPopularity(shrinkage=shrinkage).fit(data)
+    own = seen[[0, 1]].sum(0)  # users 0 and 1: 18-24, M
+    np.testing.assert_allclose(hard.score([0])[0].numpy(), (own + shrinkage * prior) / (own.sum() + shrinkage),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("labels, positions", [
+    # from_lists sorts the labels as strings: "<18" last; positions are the numeric ranks
+    (["18-24", "25-34", "56+", "<18"], {"18-24": 1, "25-34": 2, "56+": 3, "<18": 0}),
+    (["1990-1999", "1920-1929"], {"1920-1929": 0, "1990-1999": 1}),
+    (["M", "F"], None),                                     # not ranges: no order
+    (["18", "18-24"], None),                                # one label not a range: no order
+])
+def test_range_features_know_their_numeric_order(labels, positions):
+    feature = Feature.from_lists([[label] for label in labels], multi=False)
+    found = feature.positions()
+    if positions is None:
+        assert found is None
+    else:
+        assert np.isnan(found[0])  # UNKNOWN has no place
+        assert found[1:].tolist() == [positions[str(label)] for label in feature.vocabulary[1:]]
+
+
 @pytest.mark.parametrize("profile, message", [
     ({"segment": "c99"}, "profile.segment: unknown value 'c99'; known: "),
     ({"segmnt": "c1"}, "profile.segmnt: not a feature of this model; known: segment"),
@@ -132,6 +183,8 @@ def test_deepcf_rates_cold_users_from_features(synthetic_small):
 
 @pytest.mark.parametrize("overrides, message", [
     (["model.user_id_dropout=1.5"], "model.user_id_dropout: Input should be less than or equal to 1"),
+    (["model=segpop", "model.mismatch=1.5"], "model.mismatch: Input should be less than or equal to 1"),
+    (["model=segpop", "model.bandwidth=-1"], "model.bandwidth: Input should be greater than or equal to 0"),
     (["model.loss=bce", "task=rating"], "loss 'bce' does not fit task=rating"),
     (["model.layers=[0]"], "model.layers.0: Input should be greater than 0"),
     (["data.split.scheme=cold_user"], "data.split.scheme: Input should be"),

@@ -8,6 +8,7 @@ an ``.npz`` that loads with ``allow_pickle=False`` (strings are stored as fixed-
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,6 +55,15 @@ class Feature:
     def n_entities(self) -> int:
         return len(self.offsets) - 1
 
+    def positions(self) -> np.ndarray | None:
+        """Each code's rank in numeric order when the vocabulary is of ranges, as the readers'
+        ``bins`` label them ("<18", "18-24", "56+", "1990-1999"): the order a string sort of
+        the labels loses; NaN for ``UNKNOWN``. None for any other feature (no order)."""
+        bounds = [_range_floor(str(label)) for label in self.vocabulary[1:]]
+        if self.multi or not bounds or None in bounds:
+            return None
+        return np.concatenate([[np.nan], np.argsort(np.argsort(bounds, kind="stable")).astype(np.float64)])
+
     def of(self, entity: int) -> list[str]:
         """The raw values of one entity."""
         return [str(self.vocabulary[c]) for c in self.values[self.offsets[entity] : self.offsets[entity + 1]]]
@@ -73,6 +83,17 @@ class Feature:
             known = ", ".join(str(v) for v in self.vocabulary[1:21]) + (", ..." if len(self.vocabulary) > 21 else "")
             raise ValueError(f"{where}: unknown value {unknown[0]!r:.80}; known: {known}")
         return [index[v] for v in values] or [0]
+
+
+_RANGE = re.compile(r"(<)?(-?\d+(?:\.\d+)?)(?:-(-?\d+(?:\.\d+)?)|(\+))?")
+
+
+def _range_floor(label: str) -> float | None:
+    """Where a range label starts ("<18": -inf, "18-24": 18, "56+": 56), None if it is not one."""
+    match = _RANGE.fullmatch(label)
+    if match is None or bool(match[1]) + bool(match[3]) + bool(match[4]) != 1:
+        return None
+    return -np.inf if match[1] else float(match[2])
 
 
 def encode_entity(features: Mapping[str, Feature], given: Mapping[str, str | list[str]], where: str
