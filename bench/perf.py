@@ -136,7 +136,16 @@ def run_case(case: str, scale: str) -> dict:
     result["eval_users"] = evaluator.last_counts["users"]
     result["eval_users_per_s"] = result["eval_users"] / result["eval_s"]
     result["valid"] = metrics
-    if family == "ncf":  # the floor: the MLP tower runs over every (user, item) pair
+    if family == "ncf":
+        # the step's first layer runs once per distinct user and item of a batch: how many, over
+        # one epoch's batches (drawn after the measurements, which they would otherwise shift)
+        from recsearch.models.kernels import distinct
+
+        batches = [model._batch(index) for index in model.batches(model.n_examples())]
+        result["distinct_per_step"] = {
+            "users": statistics.mean(len(distinct(users, data.n_users)[0]) for users, _ in batches),
+            "items": statistics.mean(len(distinct(pairs.reshape(-1), data.n_items)[0]) for _, pairs in batches)}
+        # the floor of validation: the MLP tower runs over every (user, item) pair
         widths = [hparams["layers"][0], *hparams["layers"]]
         macs = sum(a * b for a, b in zip(widths[1:-1], widths[2:], strict=True)) + widths[-1]
         result["eval_gflop"] = 2 * macs * result["eval_users"] * data.n_items / 1e9
@@ -158,36 +167,38 @@ def matmul_gflops(dtype_name: str) -> float:
     return 2 * a.shape[0] * 128 * 64 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def neumf_products_epoch_s(dtype_name: str, pairs: int, repeats: int = 3) -> float:
+def neumf_products_epoch_s(dtype_name: str, pairs: int, distinct: dict, repeats: int = 3) -> float:
     """The floor of a NeuMF epoch (``NEUMF``) on this CPU, all threads: the matrix products of its
-    step alone (``NeuMFNetwork.pair_gradient``'s: the first layer's user and item halves and the
-    hidden layers, forward, and the two products of each one's backward) over ``pairs`` (user,
-    item) pairs in batches of 2048 users with one sampled item each beside the positive; nothing
-    between the products, no embeddings, loss or optimiser. The median of ``repeats`` epochs after
-    a warm-up one."""
+    step alone (``NeuMFNetwork.pair_gradient``'s: the first layer's user and item halves over a
+    batch's ``distinct`` users and items, the hidden layers over its pairs, forward, and the two
+    products of each one's backward) over ``pairs`` (user, item) pairs in batches of 2048 users
+    with one sampled item each beside the positive; nothing between the products, no embeddings,
+    loss or optimiser. The median of ``repeats`` epochs after a warm-up one."""
     import torch
 
     dtype = getattr(torch, dtype_name)
-    dim, layers, users = NEUMF["dim"], NEUMF["layers"], NEUMF["batch_size"]
-    rows = users * (1 + NEUMF["negatives"])
-    user_half, item_half = torch.randn(users, dim, dtype=dtype), torch.randn(rows, dim, dtype=dtype)
+    dim, layers = NEUMF["dim"], NEUMF["layers"]
+    rows = NEUMF["batch_size"] * (1 + NEUMF["negatives"])
+    users, items = round(distinct["users"]), round(distinct["items"])
+    user_half, item_half = torch.randn(users, dim, dtype=dtype), torch.randn(items, dim, dtype=dtype)
     user_weight, item_weight = (torch.randn(layers[0], dim, dtype=dtype) for _ in range(2))
     hidden = [torch.randn(b, a, dtype=dtype) for a, b in zip(layers[:-1], layers[1:], strict=True)]
+    first = torch.randn(rows, layers[0], dtype=dtype)  # the first layer's output per pair, from its halves
 
     def step() -> None:
         user_half @ user_weight.T
-        activations = [item_half @ item_weight.T]
+        item_half @ item_weight.T
+        activations = [first]
         for weight in hidden:
             activations.append(activations[-1] @ weight.T)
         grad = activations[-1]  # the output layer's gradient has its shape
         for weight, inputs in zip(reversed(hidden), activations[-2::-1], strict=True):
             grad.T @ inputs
             grad = grad @ weight
-        grad.T @ item_half
-        grad @ item_weight
-        user_grad = grad[:users]  # the per-user sums have this shape
-        user_grad.T @ user_half
-        user_grad @ user_weight
+        for half, weight in ((item_half, item_weight), (user_half, user_weight)):
+            entity_grad = grad[: len(half)]  # the per-entity sums have this shape
+            entity_grad.T @ half
+            entity_grad @ weight
 
     def epoch() -> float:
         start = time.perf_counter()

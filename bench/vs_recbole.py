@@ -122,9 +122,12 @@ def neumf_floor(rows: list[dict], runs: dict) -> str:
     if theirs is None or ours is None:
         return ""
     pairs = 2 * ours["train_interactions"]  # each positive and its one sampled negative
-    floors = {dtype: neumf_products_epoch_s(dtype, pairs) for dtype in ("float32", "bfloat16")}
+    floors = {dtype: neumf_products_epoch_s(dtype, pairs, ours["distinct_per_step"])
+              for dtype in ("float32", "bfloat16")}
+    distinct = ours["distinct_per_step"]
     return (f"NeuMF epoch floor on this CPU: the matrix products of its step alone (the first layer's "
-            f"halves and the hidden layer, forward, and the two products of each one's backward) over "
+            f"halves over a batch's {distinct['users']:.0f} distinct users and {distinct['items']:.0f} items, "
+            f"the hidden layer over its pairs, forward, and the two products of each one's backward) over "
             f"an epoch's {pairs:,} pairs take {floors['float32']:.3f} s in fp32 and {floors['bfloat16']:.3f} s "
             f"in bf16 (perf.neumf_products_epoch_s, measured after the rounds): no epoch of this network, "
             f"with everything between the products still to come, can be more than "

@@ -1,8 +1,9 @@
 """Hot loops of the gradient models' steps on the CPU, compiled by numba: BPR's negative
 sampling (``first_unseen``) and closed-form gradient with its scatter (``bpr_gradient``),
 SparseAdam's update of the rows a sparse gradient touches (``SparseAdam``), and the passes
-between NCF's matrix products in its hand-written step (``ncf.NeuMFNetwork.pair_gradient``:
-ReLU with dropout and their backward, the output layer with its loss, sums over a user's pairs).
+between NCF's matrix products in its hand-written step (``ncf.NeuMFNetwork.pair_gradient``: a
+batch's distinct entities, the first layer from their halves, ReLU with dropout and their
+backward, the output layer with its loss, gradients summed per entity).
 
 Why compiled: on a small catalogue a step is a few thousand rows of 65-128 numbers, and in torch
 ops it is tens of kernel launches of per-op and memory-pass cost (ml-100k BPR: 2.2-2.8 ms a step
@@ -143,15 +144,34 @@ def _lazy_adam(rows, values, param, exp_avg, exp_avg_sq, slot, step_size, beta1,
             w[f] -= size * m[f] / (np.sqrt(v[f]) + tiny)
 
 
+@numba.njit(**JIT)
+def _distinct(ids, slot, rows, inverse, counts):
+    n = 0
+    for r in range(len(ids)):
+        s = slot[ids[r]]
+        if s < 0:
+            s = slot[ids[r]] = n
+            rows[n], counts[n] = ids[r], 0
+            n += 1
+        inverse[r] = s
+        counts[s] += 1
+    for k in range(n):
+        slot[rows[k]] = -1
+    return n
+
+
+def distinct(ids: torch.Tensor, n_entities: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct ``ids`` in order of first appearance, where each of ``ids`` is among them, and
+    how often each occurs (``torch.unique``'s three answers, in one pass, unsorted)."""
+    rows, inverse, counts = (np.empty(len(ids), np.int64) for _ in range(3))
+    n = _distinct(ids.numpy(), np.full(n_entities, -1, np.int64), rows, inverse, counts)
+    return torch.from_numpy(rows[:n]), torch.from_numpy(inverse), torch.from_numpy(counts[:n])
+
+
 @numba.njit(fastmath=REASSOCIATE, error_model="numpy", **JIT)
-def _relu_dropout(x, shift, draws, rate, keep):
-    group = len(x) // max(len(shift), 1)
+def _relu_dropout(x, draws, rate, keep):
     for r in range(len(x)):
         row = x[r]
-        if len(shift):
-            offset = shift[r // group]
-            for f in range(row.shape[0]):
-                row[f] += offset[f]
         for f in range(row.shape[0]):
             if row[f] < 0:  # not max(): NaN stays NaN, as in torch
                 row[f] = 0
@@ -161,14 +181,37 @@ def _relu_dropout(x, shift, draws, rate, keep):
                 row[f] = row[f] / keep if kept[f] >= rate else 0
 
 
-def relu_dropout_(x: torch.Tensor, draws: torch.Tensor | None, rate: float, shift: torch.Tensor | None = None) -> None:
-    """In place on ``x`` (rows, width): ReLU of ``x`` (plus, with ``shift`` (groups, width), the
-    row's group's shift: ``rows / groups`` consecutive rows a group), then inverted dropout that
-    drops where ``draws`` (uniform, like ``x``) fall below ``rate`` (none without ``draws``)."""
+def relu_dropout_(x: torch.Tensor, draws: torch.Tensor | None, rate: float) -> None:
+    """In place on ``x`` (rows, width): ReLU, then inverted dropout that drops where ``draws``
+    (uniform, like ``x``) fall below ``rate`` (none without ``draws``)."""
     scalar = x.numpy().dtype.type
     empty = np.empty((0, x.shape[1]), x.numpy().dtype)
-    _relu_dropout(x.numpy(), empty if shift is None else shift.numpy(), empty if draws is None else draws.numpy(),
-                  scalar(rate), scalar(1 - rate))
+    _relu_dropout(x.numpy(), empty if draws is None else draws.numpy(), scalar(rate), scalar(1 - rate))
+
+
+@numba.njit(fastmath=REASSOCIATE, error_model="numpy", **JIT)
+def _first_layer(out, item_part, item_of, user_part, user_of, draws, rate, keep):
+    group = len(out) // len(user_of)
+    for r in range(len(out)):
+        row, a, c = out[r], item_part[item_of[r]], user_part[user_of[r // group]]
+        for f in range(row.shape[0]):
+            v = a[f] + c[f]
+            row[f] = 0 if v < 0 else v  # NaN stays NaN
+        if len(draws):
+            kept = draws[r]
+            for f in range(row.shape[0]):
+                row[f] = row[f] / keep if kept[f] >= rate else 0
+
+
+def first_layer_(out: torch.Tensor, item_part: torch.Tensor, item_of: torch.Tensor, user_part: torch.Tensor,
+                 user_of: torch.Tensor, draws: torch.Tensor | None, rate: float) -> None:
+    """NCF's first layer from its halves computed once per distinct entity, into ``out`` (pairs,
+    width): row r = ``relu_dropout_`` of item_part[item_of[r]] + user_part[user_of[r // group]],
+    the pairs in groups of ``len(out) / len(user_of)`` candidates of one user."""
+    scalar = out.numpy().dtype.type
+    empty = np.empty((0, out.shape[1]), out.numpy().dtype)
+    _first_layer(out.numpy(), item_part.numpy(), item_of.numpy(), user_part.numpy(), user_of.numpy(),
+                 empty if draws is None else draws.numpy(), scalar(rate), scalar(1 - rate))
 
 
 @numba.njit(fastmath=REASSOCIATE, error_model="numpy", **JIT)
@@ -185,16 +228,38 @@ def relu_backward_(grad: torch.Tensor, out: torch.Tensor, rate: float) -> None:
     _relu_backward(grad.numpy(), out.numpy(), grad.numpy().dtype.type(1 - rate))
 
 
+@numba.njit(fastmath=REASSOCIATE, **JIT)
+def _sum_by_entity(grad, item_of, user_of, item_grad, user_grad):
+    group = len(grad) // len(user_of)
+    item_grad[:] = 0
+    user_grad[:] = 0
+    for r in range(len(grad)):
+        g, gi, gu = grad[r], item_grad[item_of[r]], user_grad[user_of[r // group]]
+        for f in range(g.shape[0]):
+            gi[f] += g[f]
+            gu[f] += g[f]
+
+
+def sum_by_entity(grad: torch.Tensor, item_of: torch.Tensor, user_of: torch.Tensor, n_items: int, n_users: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of ``first_layer_``'s item and user halves, (n_items, width) and (n_users,
+    width), from that of its pre-activations ``grad`` (pairs, width): each entity's pairs summed."""
+    item_grad, user_grad = (torch.empty(n, grad.shape[1], dtype=grad.dtype) for n in (n_items, n_users))
+    _sum_by_entity(grad.numpy(), item_of.numpy(), user_of.numpy(), item_grad.numpy(), user_grad.numpy())
+    return item_grad, user_grad
+
+
 @numba.njit(fastmath=REASSOCIATE, error_model="numpy", **JIT)
-def _bce_head(last, h_last, gmf_user, gmf_item, h_gmf, bias, group, keep, last_grad, gmf_user_grad,
+def _bce_head(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, bias, keep, last_grad, gmf_user_grad,
               gmf_item_grad, h_grad_last, h_grad_gmf):
-    rows = max(len(last), len(gmf_item))
+    rows = len(item_of)
+    group = rows // len(user_of)
     slopes = np.empty(rows, last_grad.dtype)  # d loss / d logit, in the arrays' precision
     loss = bias_grad = 0.0
     for r in range(rows):
         x = bias  # the arrays' precision too (a float32 bias keeps the sums below in float32)
         if len(gmf_item):
-            p, q = gmf_user[r // group], gmf_item[r]
+            p, q = gmf_user[user_of[r // group]], gmf_item[item_of[r]]
             for f in range(len(h_gmf)):
                 x += p[f] * q[f] * h_gmf[f]
         if len(last):
@@ -208,15 +273,16 @@ def _bce_head(last, h_last, gmf_user, gmf_item, h_gmf, bias, group, keep, last_g
     h_grad_last[:] = 0
     h_grad_gmf[:] = 0
     gmf_user_grad[:] = 0
+    gmf_item_grad[:] = 0
     for r in range(rows):
         slope = slopes[r]
         if len(gmf_item):
-            p, q = gmf_user[r // group], gmf_item[r]
-            gp, gq = gmf_user_grad[r // group], gmf_item_grad[r]
+            p, q = gmf_user[user_of[r // group]], gmf_item[item_of[r]]
+            gp, gq = gmf_user_grad[user_of[r // group]], gmf_item_grad[item_of[r]]
             for f in range(len(h_gmf)):
                 h_grad_gmf[f] += slope * p[f] * q[f]
                 gp[f] += slope * h_gmf[f] * q[f]
-                gq[f] = slope * h_gmf[f] * p[f]
+                gq[f] += slope * h_gmf[f] * p[f]
         if len(last):
             a, g = last[r], last_grad[r]
             for f in range(len(h_last)):
@@ -225,47 +291,32 @@ def _bce_head(last, h_last, gmf_user, gmf_item, h_gmf, bias, group, keep, last_g
     return loss / rows, bias_grad
 
 
-def bce_head(last: torch.Tensor | None, gmf: tuple[torch.Tensor, torch.Tensor] | None, weight: torch.Tensor,
-             bias: torch.Tensor, group: int, rate: float) -> tuple[torch.Tensor, ...]:
+def bce_head(last: torch.Tensor | None, gmf: tuple[torch.Tensor, torch.Tensor] | None, user_of: torch.Tensor,
+             item_of: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rate: float) -> tuple[torch.Tensor, ...]:
     """NCF's output layer and its BCE loss, forward and backward: two passes over the pairs.
-    Rows come in groups of ``group`` candidates of one user, the positive first; ``last`` (rows,
-    width): the MLP tower's last activations (``relu_dropout_``'s output at ``rate``); ``gmf``:
-    the users' (users, dim) and the pairs' (rows, dim) GMF vectors; ``weight`` (1, dim + width)
-    and ``bias`` (1,): the output layer's. Returns the mean loss and the gradients of the output
-    weight and bias, of the tower's last pre-activations (ReLU and dropout undone) and of the GMF
-    user and pair vectors (each None where its input is)."""
+    Pairs come in groups of ``len(item_of) / len(user_of)`` candidates of one user, the positive
+    first; pair r is user ``user_of[r // group]`` and item ``item_of[r]`` (rows of the distinct
+    entities'). ``last`` (pairs, width): the MLP tower's last activations (``relu_dropout_``'s
+    output at ``rate``); ``gmf``: the distinct users' and items' GMF vectors; ``weight`` (1, dim
+    + width) and ``bias`` (1,): the output layer's. Returns the mean loss and the gradients of
+    the output weight and bias, of the tower's last pre-activations (ReLU and dropout undone)
+    and of the GMF user and item vectors, each summed over its entity's pairs (each None where
+    its input is)."""
     dtype = weight.detach().numpy().dtype
     dim = gmf[0].shape[1] if gmf is not None else 0
     h = weight.detach().numpy()[0]
-    users, pairs = (g.numpy() for g in gmf) if gmf is not None else (np.empty((0, 0), dtype),) * 2
+    users, items = (g.numpy() for g in gmf) if gmf is not None else (np.empty((0, 0), dtype),) * 2
     tower = last.numpy() if last is not None else np.empty((0, 0), dtype)
-    tower_grad, user_grad, pair_grad = np.empty_like(tower), np.empty_like(users), np.empty_like(pairs)
+    tower_grad, user_grad, item_grad = np.empty_like(tower), np.empty_like(users), np.empty_like(items)
     weight_grad = np.empty_like(h)
-    loss, bias_grad = _bce_head(tower, h[dim:], users, pairs, h[:dim], dtype.type(bias.item()), group,
-                                dtype.type(1 - rate), tower_grad, user_grad, pair_grad, weight_grad[dim:],
-                                weight_grad[:dim])
+    loss, bias_grad = _bce_head(tower, h[dim:], users, user_of.numpy(), items, item_of.numpy(), h[:dim],
+                                dtype.type(bias.item()), dtype.type(1 - rate), tower_grad, user_grad, item_grad,
+                                weight_grad[dim:], weight_grad[:dim])
     out = [torch.tensor(loss, dtype=weight.dtype), torch.from_numpy(weight_grad)[None],
            torch.tensor([bias_grad], dtype=weight.dtype)]
     out.append(torch.from_numpy(tower_grad) if last is not None else None)
-    out.extend((torch.from_numpy(user_grad), torch.from_numpy(pair_grad)) if gmf is not None else (None, None))
+    out.extend((torch.from_numpy(user_grad), torch.from_numpy(item_grad)) if gmf is not None else (None, None))
     return tuple(out)
-
-
-@numba.njit(fastmath=REASSOCIATE, **JIT)
-def _group_sum(x, out):
-    group = len(x) // len(out)
-    out[:] = 0
-    for r in range(len(x)):
-        source, target = x[r], out[r // group]
-        for f in range(source.shape[0]):
-            target[f] += source[f]
-
-
-def group_sum(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Sums of ``x``'s rows in ``groups`` runs of consecutive rows (``x.view(groups, -1, width).sum(1)``)."""
-    out = torch.empty(groups, x.shape[1], dtype=x.dtype)
-    _group_sum(x.numpy(), out.numpy())
-    return out
 
 
 class SparseAdam(torch.optim.SparseAdam):
