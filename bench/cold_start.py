@@ -4,8 +4,8 @@ bucket, gender, occupation); items held out whole (``cold_items``) only by their
 release decade, and each part ranks only its own held-out items.
 
 Rows: global popularity, segment popularity (``segpop``: age x gender, and every user feature),
-segment popularity smoothed across segments (``segpop (smoothed)``: neighbouring age buckets
-and, by a mismatch weight, other features' values lend their counts),
+the same segments smoothed (``segpop (smoothed)``: neighbouring age buckets lend each other
+their counts, weighted by distance),
 the expected figures of a random ranking (cold items), ``deepcf`` without features (ids only:
 every held-out entity is the same nobody) and with features over a small grid. For cold items
 popularity and deepcf without features give every candidate the same score: their order is then
@@ -41,10 +41,8 @@ GRIDS = {  # scheme -> family -> list of hyperparameter sets, each trained and c
     "cold_users": {
         "pop": [{}],
         "segpop": [{"segment": ["age", "gender"]}, {"segment": None}],
-        # age buckets lend each other their counts by distance; other features by a mismatch weight
-        "segpop (smoothed)": [{"segment": segment, "bandwidth": bandwidth, "mismatch": mismatch}
-                              for segment, bandwidth, mismatch in itertools.product(
-                                  [["age", "gender"], None], [0.5, 1.0, 1.5, 2.0], [0.0, 0.2])],
+        # the baseline's own segments, neighbouring age buckets lending each other their counts
+        "segpop (smoothed)": [{"segment": ["age", "gender"], "bandwidth": bandwidth} for bandwidth in [0.5, 1.0, 1.5, 2.0]],
         "deepcf (no features)": [{**DEEPCF, "use_features": False}],
         "deepcf": [{**DEEPCF, "loss": loss, "user_id_dropout": drop}
                    for loss, drop in [("bce", 1.0), ("softmax", 0.5), ("softmax", 1.0)]],

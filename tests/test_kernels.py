@@ -1,4 +1,5 @@
-"""The compiled SparseAdam against torch's: the same update, the same state, interchangeable.
+"""The compiled SparseAdam against torch's: the same update, the same state, interchangeable;
+the distinct entities of a batch as torch.unique gives them.
 (The BPR kernels are checked against the torch path in test_mf.py and test_sampling.py.)"""
 
 from __future__ import annotations
@@ -67,3 +68,13 @@ def test_gradient_models_pick_the_compiled_one_on_the_cpu_in_float32(planted_spl
     model = NeuralCF(seed=0, device="cpu", dim=8)
     model.prepare(planted_split.train)
     assert type(model.optimizers["sparse"]) is kernels.SparseAdam
+
+
+def test_distinct_answers_what_torch_unique_does():
+    ids = torch.tensor([5, 2, 5, 9, 2, 2, 0])
+    rows, inverse, counts = kernels.distinct(ids, 10)
+    assert rows.tolist() == [5, 2, 9, 0]  # first appearance, not sorted
+    assert torch.equal(rows[inverse], ids)
+    assert counts.tolist() == [2, 3, 1, 1]
+    again = kernels.distinct(torch.tensor([9, 9]), 10)  # nothing left over from the last call
+    assert again[0].tolist() == [9] and again[2].tolist() == [2]
