@@ -120,6 +120,8 @@ def test_smoothed_segments_pool_neighbouring_age_buckets_by_distance(make_datase
         np.testing.assert_allclose(scored.numpy(), expected, rtol=1e-5)
         if known_user is not None:  # a training user is scored as its profile
             np.testing.assert_allclose(model.score([known_user])[0].numpy(), expected, rtol=1e-5)
+    torch.testing.assert_close(model._pool(model.keys.numpy(), chunk=2), model.pooled)  # chunks change nothing
+    assert model.score_profiles([]).shape == (0, 5)
     # both 0: hard segments, the segment's own counts
     hard = SegmentPopularity(shrinkage=shrinkage).fit(data)
     own = seen[[0, 1]].sum(0)  # users 0 and 1: 18-24, M

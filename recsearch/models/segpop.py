@@ -86,19 +86,26 @@ class SegmentPopularity(Recommender):
         self.positions = [data.user_features[n].positions() for n in self.segment_names]
         self.pooled = self._pool(self.keys.numpy())  # each segment's counts with its neighbours' lent
 
-    def _pool(self, profiles: np.ndarray) -> torch.Tensor:
+    def _pool(self, profiles: np.ndarray, chunk: int = 1024) -> torch.Tensor:
         """Counts for profiles (n, features: codes in ``segment_names``' order) from every segment,
         weighted by closeness (the module's docstring); a profile no segment is close to gets
-        none, so global popularity."""
-        weights = np.ones((len(profiles), len(self.keys)))
-        for column, positions in enumerate(self.positions):
-            ours, theirs = profiles[:, column, None], self.keys.numpy()[None, :, column]
-            closeness = np.where(ours == theirs, 1.0, self.mismatch)
-            if positions is not None and self.bandwidth > 0:  # ranges: by distance, unless one is unknown
-                distance = positions[ours] - positions[theirs]
-                closeness = np.where(np.isnan(distance), closeness, np.exp(-0.5 * (distance / self.bandwidth) ** 2))
-            weights *= closeness
-        return torch.as_tensor(weights, dtype=torch.float32, device=self.device) @ self.counts
+        none, so global popularity. In chunks of profiles: the weights of one (chunk x segments)
+        stay below the counts' (segments x items) size."""
+        keys = self.keys.numpy()
+        pooled = []
+        for start in range(0, max(len(profiles), 1), chunk):  # none: an empty (0, items)
+            part = profiles[start : start + chunk]
+            weights = np.ones((len(part), len(keys)))
+            for column, positions in enumerate(self.positions):
+                ours, theirs = part[:, column, None], keys[None, :, column]
+                closeness = np.where(ours == theirs, 1.0, self.mismatch)
+                if positions is not None and self.bandwidth > 0:  # ranges: by distance, unless one is unknown
+                    distance = positions[ours] - positions[theirs]
+                    closeness = np.where(np.isnan(distance), closeness,
+                                         np.exp(-0.5 * (distance / self.bandwidth) ** 2))
+                weights *= closeness
+            pooled.append(torch.as_tensor(weights, dtype=torch.float32, device=self.device) @ self.counts)
+        return torch.cat(pooled)
 
     def _smoothed(self, rows: torch.Tensor) -> torch.Tensor:
         return (rows + self.shrinkage * self.prior) / (rows.sum(1, keepdim=True) + self.shrinkage)
@@ -109,4 +116,5 @@ class SegmentPopularity(Recommender):
     def _score_user_codes(self, codes: list[list[list[int]]]) -> torch.Tensor:
         names = list(self._require_data().user_features)
         columns = [names.index(n) for n in self.segment_names]
-        return self._smoothed(self._pool(np.array([[entity[c][0] for c in columns] for entity in codes])))
+        profiles = np.array([[entity[c][0] for c in columns] for entity in codes], dtype=np.int64)
+        return self._smoothed(self._pool(profiles.reshape(len(codes), len(columns))))
