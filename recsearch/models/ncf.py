@@ -165,14 +165,15 @@ class NeuMFNetwork(nn.Module):
         b, m = candidates.shape
         d, rate = self.dim, self.dropout if self.training else 0.0
         # each user and item once: the first layer's halves, the output layer's GMF products and
-        # the tables' gradients over the batch's distinct entities (ml-100k's default NeuMF: some
-        # 850 users of 2,048 rows and 1,400 items of 4,096 pairs), gathered and summed by index
-        (users, user_of, user_counts), (items, item_of, item_counts) = (
+        # the tables' gradients over the batch's distinct entities (ml-100k's default NeuMF: about
+        # 670 users of 2,048 rows and 1,430 items of 4,096 pairs), gathered and summed by index;
+        # pair r is user user_ids[user_of[r // m]] and item item_ids[item_of[r]]
+        (user_ids, user_of, user_counts), (item_ids, item_of, item_counts) = (
             kernels.distinct(ids, encoder.ids.num_embeddings)
             for ids, encoder in ((users, self.user), (candidates.reshape(-1), self.item)))
         # each half gathered on its own, contiguous: [GMF | MLP] halves as the tables hold them
-        user_halves = [half.index_select(0, users) for half in self.user.ids.weight.detach().split(d, 1)]
-        item_halves = [half.index_select(0, items) for half in self.item.ids.weight.detach().split(d, 1)]
+        user_halves = [half.index_select(0, user_ids) for half in self.user.ids.weight.detach().split(d, 1)]
+        item_halves = [half.index_select(0, item_ids) for half in self.item.ids.weight.detach().split(d, 1)]
         activations = []  # each layer's output, the next one's input
         if self.mlp:
             x = torch.empty(b * m, self.mlp_item.out_features, dtype=item_halves[-1].dtype)
@@ -194,7 +195,7 @@ class NeuMFNetwork(nn.Module):
                 grad = grad @ layer.weight
                 kernels.relu_backward_(grad, inputs, rate)
             # grad: the first layer's pre-activations' (bce_head or the last relu_backward_ undid its ReLU)
-            item_grad, user_grad = kernels.sum_by_entity(grad, item_of, user_of, len(items), len(users))
+            item_grad, user_grad = kernels.sum_by_entity(grad, item_of, user_of, len(item_ids), len(user_ids))
             self.mlp_item.weight.grad = item_grad.T @ item_halves[-1]
             item_grads.append(item_grad @ self.mlp_item.weight)
             self.mlp_user.weight.grad, self.mlp_user.bias.grad = user_grad.T @ user_halves[-1], user_grad.sum(0)
@@ -205,7 +206,7 @@ class NeuMFNetwork(nn.Module):
                 for grad, half in zip(grads, halves, strict=True):
                     loss = loss + l2 * (weights * half.square()).sum() / b
                     grad.add_(weights * half, alpha=2 * l2 / b)
-        for encoder, ids, grads in ((self.user, users, user_grads), (self.item, items, item_grads)):
+        for encoder, ids, grads in ((self.user, user_ids, user_grads), (self.item, item_ids, item_grads)):
             encoder.ids.weight.grad = torch.sparse_coo_tensor(ids[None], torch.cat(grads, 1), encoder.ids.weight.shape)
         return loss
 
