@@ -7,7 +7,8 @@ Rows: global popularity, segment popularity (``segpop``: age x gender, and every
 the same segments smoothed (``segpop (smoothed)``: neighbouring age buckets lend each other
 their counts, weighted by distance),
 the expected figures of a random ranking (cold items), ``deepcf`` without features (ids only:
-every held-out entity is the same nobody) and with features over a small grid. For cold items
+every held-out entity is the same nobody) and with features over a small grid (for cold users
+with and without age buckets sharing their embeddings, ``bandwidth``). For cold items
 popularity and deepcf without features give every candidate the same score: their order is then
 the order of item ids, which follow first appearance in ml-100k.inter and so correlate with
 popularity; that tie order is what their rows measure. Each family's row is chosen by validation NDCG@10; only the chosen rows are evaluated on
@@ -44,8 +45,9 @@ GRIDS = {  # scheme -> family -> list of hyperparameter sets, each trained and c
         # the baseline's own segments, neighbouring age buckets lending each other their counts
         "segpop (smoothed)": [{"segment": ["age", "gender"], "bandwidth": bandwidth} for bandwidth in [0.5, 1.0, 1.5, 2.0]],
         "deepcf (no features)": [{**DEEPCF, "use_features": False}],
-        "deepcf": [{**DEEPCF, "loss": loss, "user_id_dropout": drop}
-                   for loss, drop in [("bce", 1.0), ("softmax", 0.5), ("softmax", 1.0)]],
+        "deepcf": [{**DEEPCF, "loss": loss, "user_id_dropout": drop, "bandwidth": bandwidth}
+                   for (loss, drop), bandwidth in itertools.product([("bce", 1.0), ("softmax", 0.5), ("softmax", 1.0)],
+                                                                    [0.0, 1.0])],
     },
     "cold_items": {
         "pop": [{}],

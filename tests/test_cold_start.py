@@ -129,6 +129,29 @@ def test_smoothed_segments_pool_neighbouring_age_buckets_by_distance(make_datase
                                rtol=1e-5)
 
 
+def test_deepcf_buckets_share_embeddings_with_their_neighbours(make_dataset):
+    """``bandwidth``: an age bucket's vector is the Gaussian-weighted mean of every bucket's
+    embedding, by numeric order; training steps the mixed table densely; a profile scores as a
+    user without interactions that it describes."""
+    ages = ["18-24", "25-34", "<18", "35-44", "18-24", "25-34", "25-34"]  # user 6: no interactions
+    data = make_dataset([0, 0, 1, 2, 3, 4, 5, 5], [0, 1, 1, 2, 3, 0, 2, 3], n_users=7, n_items=4)
+    data.user_features = {"age": Feature.from_lists([[a] for a in ages], multi=False)}
+    model = DeepCF(seed=0, device="cpu", dim=3, bandwidth=1.0, user_id_dropout=1.0, loss="softmax", lr=0.05,
+                   batch_size=4).fit(data, 2)
+    encoder, feature = model.net.user, data.user_features["age"]
+    rank = feature.positions()
+    table = encoder.bags[0].weight.detach()
+    for code in range(1, len(feature.vocabulary)):
+        weights = np.array([0.0] + [np.exp(-0.5 * (rank[code] - rank[other]) ** 2) for other in range(1, len(rank))])
+        expected = torch.as_tensor(weights / weights.sum(), dtype=torch.float32) @ table
+        torch.testing.assert_close(encoder.from_codes([[[code]]])[0], expected)
+    assert not encoder.bags[0].sparse and any(p is encoder.bags[0].weight for p in
+                                              model.optimizers["dense"].param_groups[0]["params"])
+    torch.testing.assert_close(model.score([6]), model.score_profiles([model.profile_codes({"age": "25-34"})]))
+    plain = DeepCF(seed=0, device="cpu", dim=3).fit(data, 1)
+    assert plain.net.user.bags[0].sparse and plain.net.user.mix0 is None  # bandwidth 0: as before
+
+
 @pytest.mark.parametrize("labels, positions", [
     # from_lists sorts the labels as strings: "<18" last; positions are the numeric ranks
     (["18-24", "25-34", "56+", "<18"], {"18-24": 1, "25-34": 2, "56+": 3, "<18": 0}),

@@ -14,7 +14,8 @@ user of the ``cold_users`` split, a new item): those are scored from their featu
 Training zeroes ``w`` for a share ``user_id_dropout`` of the examples' users and, independently,
 ``item_id_dropout`` of their items, so the features have to carry the signal without the id (1:
 that side never uses its ids, a features-only model); at 0 the features only add to the ids.
-Cold users want the user side dropped, cold items the item side.
+Cold users want the user side dropped, cold items the item side. ``bandwidth`` above 0 lets
+neighbouring buckets of a range feature (age) share their embeddings (``EntityEncoder``).
 
 Ratings fit ``mean (ŷ - r)²`` (``loss`` mse). Ranking fits binary cross-entropy over
 ``negatives`` sampled unseen items per interaction (bce, as NCF), or the softmax over the whole
@@ -48,11 +49,11 @@ from recsearch.models.torch_base import PairTrainedRecommender
 
 class DeepCFNetwork(nn.Module):
     def __init__(self, n_users: int, n_items: int, dim: int, layers: list[int], user_features: list[Feature],
-                 item_features: list[Feature], known_users: np.ndarray, known_items: np.ndarray):
+                 item_features: list[Feature], known_users: np.ndarray, known_items: np.ndarray, bandwidth: float):
         super().__init__()
         self.dim = dim
-        self.user = EntityEncoder(n_users, dim + 1, user_features)
-        self.item = EntityEncoder(n_items, dim + 1, item_features)
+        self.user = EntityEncoder(n_users, dim + 1, user_features, bandwidth)
+        self.item = EntityEncoder(n_items, dim + 1, item_features, bandwidth)
         self.register_buffer("mean", torch.tensor(0.0))  # the training mean rating, for task=rating
         # data, not parameters: which ids training saw, rebuilt from ServingData on restore
         self.register_buffer("known_users", torch.as_tensor(known_users, dtype=torch.float32), persistent=False)
@@ -109,14 +110,15 @@ class DeepCF(PairTrainedRecommender):
     def __init__(self, dim: PositiveInt = 32, layers: list[PositiveInt] = (),
                  user_id_dropout: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0,
                  item_id_dropout: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0, use_features: bool = True,
-                 loss: Literal["auto", "mse", "bce", "softmax"] = "auto", negatives: PositiveInt = 4,
+                 bandwidth: NonNegativeFloat = 0.0, loss: Literal["auto", "mse", "bce", "softmax"] = "auto",
+                 negatives: PositiveInt = 4,
                  lr: PositiveFloat = 3e-3, l2: NonNegativeFloat = 0.05,
                  optimizer: Literal["adam", "adagrad", "sgd"] = "adam", batch_size: PositiveInt = 1024,
                  amp: bool = False, **common):
         if isinstance(layers, Sequence) and not isinstance(layers, str):
             layers = list(layers)  # JSON-able hparams, whatever sequence type came in
         super().__init__(dim=dim, layers=layers, user_id_dropout=user_id_dropout, item_id_dropout=item_id_dropout,
-                         use_features=use_features, loss=loss, negatives=negatives, lr=lr, l2=l2,
+                         use_features=use_features, bandwidth=bandwidth, loss=loss, negatives=negatives, lr=lr, l2=l2,
                          optimizer=optimizer, batch_size=batch_size, amp=amp, **common)
         if int(dim) < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
@@ -133,7 +135,7 @@ class DeepCF(PairTrainedRecommender):
         self.loss = loss if loss != "auto" else ("mse" if self.task == "rating" else "bce")
         self.dim, self.layers = int(dim), layers
         self.user_id_dropout, self.item_id_dropout = float(user_id_dropout), float(item_id_dropout)
-        self.use_features, self.negatives = bool(use_features), int(negatives)
+        self.use_features, self.negatives, self.bandwidth = bool(use_features), int(negatives), float(bandwidth)
 
     @property
     def reads_features(self) -> bool:
@@ -147,7 +149,7 @@ class DeepCF(PairTrainedRecommender):
         user_features, item_features = features_used(data, self.use_features)
         known_users = np.diff(data.seen.indptr) > 0
         return DeepCFNetwork(data.n_users, data.n_items, self.dim, self.layers, user_features, item_features,
-                             known_users, data.item_counts > 0)
+                             known_users, data.item_counts > 0, self.bandwidth)
 
     @property
     def samples_negatives(self) -> bool:
