@@ -85,6 +85,13 @@ class Feature:
         return [index[v] for v in values] or [0]
 
 
+def range_closeness(positions: np.ndarray, ours: np.ndarray, theirs: np.ndarray, bandwidth: float) -> np.ndarray:
+    """How close codes ``ours`` and ``theirs`` of a feature of ranges are (broadcast together):
+    exp(-(d / bandwidth)^2 / 2), d buckets apart by ``Feature.positions``; NaN where either is
+    ``UNKNOWN``. The one kernel of ``segpop``'s pooled segments and ``deepcf``'s mixed buckets."""
+    return np.exp(-0.5 * ((positions[ours] - positions[theirs]) / bandwidth) ** 2)
+
+
 _RANGE = re.compile(r"(<)?(-?\d+(?:\.\d+)?)(?:-(-?\d+(?:\.\d+)?)|(\+))?")
 
 

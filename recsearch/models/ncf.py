@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsearch.data.dataset import Feature, ServingData
+from recsearch.data.dataset import Feature, ServingData, range_closeness
 from recsearch.models import kernels
 from recsearch.models.base import register
 from recsearch.models.torch_base import PairTrainedRecommender
@@ -250,8 +250,8 @@ class NeuMFNetwork(nn.Module):
 def neighbour_mix(positions: np.ndarray, bandwidth: float) -> torch.Tensor:
     """Row v: the weights of every bucket in bucket v's vector, exp(-(d / bandwidth)^2 / 2) d
     buckets apart, summing to 1 (``positions``: ``Feature.positions``); unknown (NaN) is itself."""
-    distance = positions[:, None] - positions[None, :]
-    weights = np.where(np.isnan(distance), 0.0, np.exp(-0.5 * (np.nan_to_num(distance) / bandwidth) ** 2))
+    codes = np.arange(len(positions))
+    weights = np.nan_to_num(range_closeness(positions, codes[:, None], codes[None, :], bandwidth))
     weights[np.isnan(positions), np.isnan(positions)] = 1.0
     return torch.as_tensor(weights / weights.sum(1, keepdims=True), dtype=torch.float32)
 

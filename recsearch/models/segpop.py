@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import torch
 from pydantic import Field, NonNegativeFloat
 
-from recsearch.data.dataset import ServingData
+from recsearch.data.dataset import ServingData, range_closeness
 from recsearch.errors import ConfigError
 from recsearch.models.base import Recommender, register
 
@@ -100,9 +100,8 @@ class SegmentPopularity(Recommender):
                 ours, theirs = part[:, column, None], keys[None, :, column]
                 closeness = np.where(ours == theirs, 1.0, self.mismatch)
                 if positions is not None and self.bandwidth > 0:  # ranges: by distance, unless one is unknown
-                    distance = positions[ours] - positions[theirs]
-                    closeness = np.where(np.isnan(distance), closeness,
-                                         np.exp(-0.5 * (distance / self.bandwidth) ** 2))
+                    near = range_closeness(positions, ours, theirs, self.bandwidth)
+                    closeness = np.where(np.isnan(near), closeness, near)
                 weights *= closeness
             pooled.append(torch.as_tensor(weights, dtype=torch.float32, device=self.device) @ self.counts)
         return torch.cat(pooled)
