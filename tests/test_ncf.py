@@ -60,15 +60,27 @@ def test_multi_valued_features_are_averaged_per_entity():
     torch.testing.assert_close(encoder(ids), expected[ids])
 
 
-def test_chunked_scoring_equals_pairwise_logits(planted_split, monkeypatch):
-    model = NeuralCF(seed=0, device="cpu", use_features=True, **FAST).fit(planted_split.train, 1)
+@pytest.mark.parametrize("layers", [[16], [32, 16, 8]])
+def test_every_scoring_path_equals_pairwise_logits(layers, planted_split, monkeypatch):
+    model = NeuralCF(seed=0, device="cpu", use_features=True, **{**FAST, "layers": layers}).fit(planted_split.train, 1)
     users = torch.arange(7)
     items = torch.arange(model.n_items).expand(len(users), -1)
     pairwise, _ = model.net.pair_logits(users, items)
-    whole = model.score(users)
+    threads = torch.get_num_threads()
+    try:
+        by_threads = {}
+        for n in (1, 3):  # user by user on one thread, then shared among three
+            torch.set_num_threads(n)
+            by_threads[n] = model.score(users)
+    finally:
+        torch.set_num_threads(threads)
+    # the chunked path (GPU, bf16) runs in training mode too: dropout is 0 here, so no draws
+    monkeypatch.setattr(model.net, "training", True)
     monkeypatch.setitem(ncf.SCORE_CHUNK_ELEMENTS, "cpu", 1)  # one user per chunk
-    torch.testing.assert_close(model.score(users), whole)
-    torch.testing.assert_close(whole, pairwise.detach(), rtol=1e-5, atol=1e-5)
+    chunked = model.score(users)
+    torch.testing.assert_close(by_threads[3], by_threads[1], rtol=0, atol=0)
+    for scores in (by_threads[1], chunked):
+        torch.testing.assert_close(scores, pairwise.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_bundle_scores_identically_and_training_resumes_from_the_checkpoint_state(planted_split, tmp_path):
