@@ -14,25 +14,28 @@ from recsearch.models import kernels
 from recsearch.models.ncf import NeuralCF
 
 
-def steps(optimizer_class, n_steps: int = 5, **options) -> tuple[nn.Embedding, torch.optim.Optimizer]:
+def steps(optimizer_class, n_steps: int = 5, unique: bool = False, **options
+          ) -> tuple[nn.Embedding, torch.optim.Optimizer]:
     """An embedding of 30 rows stepped on batches that repeat rows (duplicates in the sparse
-    gradient) and leave others untouched."""
+    gradient; ``unique``: each row once) and leave others untouched."""
     torch.manual_seed(0)
     table = nn.Embedding(30, 7, sparse=True)
     optimizer = optimizer_class(table.parameters(), lr=0.05, **options)
     batches = torch.Generator().manual_seed(1)
     for _ in range(n_steps):
         rows = torch.randint(0, 20, (25,), generator=batches)  # rows 20-29 never touched
+        if unique:
+            rows = torch.randperm(20, generator=batches)[:15]
         optimizer.zero_grad()
         (table(rows) ** 2).sum().backward()
         optimizer.step()
     return table, optimizer
 
 
-@pytest.mark.parametrize("maximize", [False, True])
-def test_the_compiled_update_is_torchs(maximize):
-    expected, reference = steps(torch.optim.SparseAdam, maximize=maximize)
-    actual, optimizer = steps(kernels.SparseAdam, maximize=maximize)
+@pytest.mark.parametrize("maximize, unique", [(False, False), (True, False), (False, True)])
+def test_the_compiled_update_is_torchs(maximize, unique):
+    expected, reference = steps(torch.optim.SparseAdam, maximize=maximize, unique=unique)
+    actual, optimizer = steps(kernels.SparseAdam, maximize=maximize, unique=unique)
     torch.testing.assert_close(actual.weight, expected.weight, rtol=1e-5, atol=1e-6)
     ours, theirs = optimizer.state_dict()["state"][0], reference.state_dict()["state"][0]
     assert ours["step"] == theirs["step"] == 5

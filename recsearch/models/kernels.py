@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 JIT = dict(cache=True, nogil=True, boundscheck=False)
 REASSOCIATE = {"reassoc", "contract", "nsz", "arcp"}  # lets the row loops vectorise; keeps NaN and inf
@@ -115,24 +116,24 @@ def bpr_gradient(user: torch.Tensor, item: torch.Tensor, users: torch.Tensor, ca
 @numba.njit(fastmath=REASSOCIATE, error_model="numpy", **JIT)
 def _lazy_adam(rows, values, param, exp_avg, exp_avg_sq, slot, step_size, beta1, beta2, eps):
     """SparseAdam's update of the rows a sparse gradient names, duplicates summed first (as its
-    coalesce does). ``slot`` (-1 per table row) marks where a row's sum is kept; left all -1."""
+    coalesce does). ``slot`` (-1 per table row) marks where a row's sum is kept; left all -1.
+    Rows that come unique (NCF's hand-written step sums per entity) update from ``values``
+    themselves, without the copy."""
     d = values.shape[1]
     touched = np.empty(len(rows), np.int64)
-    summed = np.empty((len(rows), d), np.float32)
     n = 0
     for r in range(len(rows)):
-        row = rows[r]
-        s = slot[row]  # read once: the row loops below then vectorise (numba's arrays may alias)
-        source = values[r]
-        if s < 0:
-            slot[row] = n
-            touched[n] = row
-            target = summed[n]
-            for f in range(d):
-                target[f] = source[f]
+        if slot[rows[r]] < 0:
+            slot[rows[r]] = n
+            touched[n] = rows[r]
             n += 1
-        else:
-            target = summed[s]
+    if n == len(rows):
+        summed = values
+    else:
+        summed = np.zeros((n, d), values.dtype)
+        for r in range(len(rows)):
+            s = slot[rows[r]]  # read once: the row loop then vectorises (numba's arrays may alias)
+            source, target = values[r], summed[s]
             for f in range(d):
                 target[f] += source[f]
     keep1, keep2 = np.float32(1 - beta1), np.float32(1 - beta2)
@@ -252,15 +253,11 @@ def sum_by_entity(grad: torch.Tensor, item_of: torch.Tensor, user_of: torch.Tens
     return item_grad, user_grad
 
 
-@numba.njit(fastmath=REASSOCIATE, error_model="numpy", **JIT)
-def _bce_head(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, bias, keep, last_grad, gmf_user_grad,
-              gmf_item_grad, h_grad_last, h_grad_gmf):
-    rows = len(item_of)
-    group = rows // len(user_of)
-    slopes = np.empty(rows, last_grad.dtype)  # d loss / d logit, in the arrays' precision
-    loss = bias_grad = 0.0
-    for r in range(rows):
-        x = bias  # the arrays' precision too (a float32 bias keeps the sums below in float32)
+@numba.njit(fastmath=REASSOCIATE, **JIT)
+def _head_logits(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, bias, logits):
+    group = len(item_of) // len(user_of)
+    for r in range(len(item_of)):
+        x = bias  # the arrays' precision (a float32 bias keeps the sums in float32)
         if len(gmf_item):
             p, q = gmf_user[user_of[r // group]], gmf_item[item_of[r]]
             for f in range(len(h_gmf)):
@@ -269,29 +266,41 @@ def _bce_head(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, bias, k
             a = last[r]
             for f in range(len(h_last)):
                 x += a[f] * h_last[f]
-        label = 1.0 if r % group == 0 else 0.0  # each group's first candidate is the positive
-        loss += max(x, 0.0) - x * label + np.log1p(np.exp(-abs(x)))
-        slopes[r] = (1 / (1 + np.exp(-x)) - label) / rows
-        bias_grad += slopes[r]
+        logits[r] = x
+
+
+@numba.njit(fastmath=REASSOCIATE, error_model="numpy", **JIT)
+def _head_backward(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, slopes, keep, last_grad,
+                   gmf_user_grad, gmf_item_grad, h_grad_last, h_grad_gmf):
+    group = len(item_of) // len(user_of)
     h_grad_last[:] = 0
     h_grad_gmf[:] = 0
+    # the GMF vectors' gradients without the factor h_gmf, put in at the end: per pair, a user
+    # gathers slope x q and an item slope x p; h_gmf's own gradient is then one product per user
     gmf_user_grad[:] = 0
     gmf_item_grad[:] = 0
-    for r in range(rows):
+    for r in range(len(item_of)):
         slope = slopes[r]
         if len(gmf_item):
             p, q = gmf_user[user_of[r // group]], gmf_item[item_of[r]]
             gp, gq = gmf_user_grad[user_of[r // group]], gmf_item_grad[item_of[r]]
             for f in range(len(h_gmf)):
-                h_grad_gmf[f] += slope * p[f] * q[f]
-                gp[f] += slope * h_gmf[f] * q[f]
-                gq[f] += slope * h_gmf[f] * p[f]
+                gp[f] += slope * q[f]
+                gq[f] += slope * p[f]
         if len(last):
             a, g = last[r], last_grad[r]
             for f in range(len(h_last)):
                 h_grad_last[f] += slope * a[f]
                 g[f] = slope * h_last[f] / keep if a[f] > 0 else 0
-    return loss / rows, bias_grad
+    for u in range(len(gmf_user_grad)):
+        p, gp = gmf_user[u], gmf_user_grad[u]
+        for f in range(len(h_gmf)):
+            h_grad_gmf[f] += p[f] * gp[f]
+            gp[f] *= h_gmf[f]
+    for i in range(len(gmf_item_grad)):
+        gq = gmf_item_grad[i]
+        for f in range(len(h_gmf)):
+            gq[f] *= h_gmf[f]
 
 
 def bce_head(last: torch.Tensor | None, gmf: tuple[torch.Tensor, torch.Tensor] | None, user_of: torch.Tensor,
@@ -310,13 +319,21 @@ def bce_head(last: torch.Tensor | None, gmf: tuple[torch.Tensor, torch.Tensor] |
     h = weight.detach().numpy()[0]
     users, items = (g.numpy() for g in gmf) if gmf is not None else (np.empty((0, 0), dtype),) * 2
     tower = last.numpy() if last is not None else np.empty((0, 0), dtype)
+    logits = torch.empty(len(item_of), dtype=weight.dtype)
+    _head_logits(tower, h[dim:], users, user_of.numpy(), items, item_of.numpy(), h[:dim],
+                 dtype.type(bias.item()), logits.numpy())
+    # the loss and its slopes by torch's vectorised exp and log, which numba's loops call one
+    # value at a time
+    labels = torch.zeros_like(logits).view(len(user_of), -1)
+    labels[:, 0] = 1  # each group's first candidate is the positive
+    labels = labels.view(-1)
+    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    slopes = (torch.sigmoid(logits) - labels) / len(logits)
     tower_grad, user_grad, item_grad = np.empty_like(tower), np.empty_like(users), np.empty_like(items)
     weight_grad = np.empty_like(h)
-    loss, bias_grad = _bce_head(tower, h[dim:], users, user_of.numpy(), items, item_of.numpy(), h[:dim],
-                                dtype.type(bias.item()), dtype.type(1 - rate), tower_grad, user_grad, item_grad,
-                                weight_grad[dim:], weight_grad[:dim])
-    out = [torch.tensor(loss, dtype=weight.dtype), torch.from_numpy(weight_grad)[None],
-           torch.tensor([bias_grad], dtype=weight.dtype)]
+    _head_backward(tower, h[dim:], users, user_of.numpy(), items, item_of.numpy(), h[:dim], slopes.numpy(),
+                   dtype.type(1 - rate), tower_grad, user_grad, item_grad, weight_grad[dim:], weight_grad[:dim])
+    out = [loss, torch.from_numpy(weight_grad)[None], slopes.sum()[None]]
     out.append(torch.from_numpy(tower_grad) if last is not None else None)
     out.extend((torch.from_numpy(user_grad), torch.from_numpy(item_grad)) if gmf is not None else (None, None))
     return tuple(out)
@@ -399,7 +416,9 @@ class SparseAdam(torch.optim.SparseAdam):
                 step = state["step"]
                 step_size = float(group["lr"]) * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
                 grad = -p.grad if group["maximize"] else p.grad
-                slot = self._slots.setdefault(p, np.full(len(p), -1, np.int64))
+                slot = self._slots.get(p)
+                if slot is None:
+                    slot = self._slots[p] = np.full(len(p), -1, np.int64)
                 _lazy_adam(grad._indices()[0].numpy(), grad._values().contiguous().numpy(), p.numpy(),
                            state["exp_avg"].numpy(), state["exp_avg_sq"].numpy(), slot, step_size, beta1, beta2,
                            group["eps"])
