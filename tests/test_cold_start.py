@@ -167,6 +167,10 @@ def test_range_features_know_their_numeric_order(labels, positions):
     else:
         assert np.isnan(found[0])  # UNKNOWN has no place
         assert found[1:].tolist() == [positions[str(label)] for label in feature.vocabulary[1:]]
+    with pytest.raises(ValueError) as error:  # an unknown value's error lists the known ones in that order
+        feature.codes_of("nope", "profile.age")
+    listed = str(error.value).split("known: ")[1].split(", ")
+    assert listed == (sorted(labels, key=positions.get) if positions else [str(v) for v in feature.vocabulary[1:]])
 
 
 @pytest.mark.parametrize("profile, message", [

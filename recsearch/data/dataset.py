@@ -80,7 +80,11 @@ class Feature:
         index = {str(v): code for code, v in enumerate(self.vocabulary)}
         unknown = [v for v in values if v not in index]
         if unknown:
-            known = ", ".join(str(v) for v in self.vocabulary[1:21]) + (", ..." if len(self.vocabulary) > 21 else "")
+            labels = [str(v) for v in self.vocabulary[1:]]
+            positions = self.positions()
+            if positions is not None:  # ranges in their numeric order: "<18, 18-24, ..., 56+"
+                labels = [labels[i] for i in np.argsort(positions[1:], kind="stable")]
+            known = ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")
             raise ValueError(f"{where}: unknown value {unknown[0]!r:.80}; known: {known}")
         return [index[v] for v in values] or [0]
 

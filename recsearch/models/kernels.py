@@ -3,7 +3,9 @@ sampling (``first_unseen``) and closed-form gradient with its scatter (``bpr_gra
 SparseAdam's update of the rows a sparse gradient touches (``SparseAdam``), and the passes
 between NCF's matrix products in its hand-written step (``ncf.NeuMFNetwork.pair_gradient``: a
 batch's distinct entities, the first layer from their halves, ReLU with dropout and their
-backward, the output layer with its loss, gradients summed per entity).
+backward, the output layer with its loss, gradients summed per entity), and NCF's scoring of a
+user against every item (``add_relu_``, ``relu_dot_``; users shared among threads by
+``on_threads``).
 
 Why compiled: on a small catalogue a step is a few thousand rows of 65-128 numbers, and in torch
 ops it is tens of kernel launches of per-op and memory-pass cost (ml-100k BPR: 2.2-2.8 ms a step
@@ -369,7 +371,7 @@ def relu_dot_(scores: torch.Tensor, x: torch.Tensor, head: torch.Tensor) -> None
     _relu_dot(x.numpy(), head.numpy(), scores.numpy())
 
 
-_pool: ThreadPoolExecutor | None = None
+_pools: dict[int, ThreadPoolExecutor] = {}  # by size; threads start on first use
 
 
 def on_threads(work: Callable[[int, int], None], n: int) -> None:
@@ -377,14 +379,14 @@ def on_threads(work: Callable[[int, int], None], n: int) -> None:
     in range(k) and stride k: a share of n units each. For loops of small matrix products, which
     one thread each runs faster than torch's pool shares each product (ml-100k NeuMF scoring:
     1682 x 128 x 64 per user)."""
-    global _pool
     k = max(1, min(n, torch.get_num_threads()))
     if k == 1:
         work(0, 1)
         return
-    if _pool is None or _pool._max_workers < k:
-        _pool = ThreadPoolExecutor(max_workers=k, thread_name_prefix="recsearch-kernels")
-    for done in [_pool.submit(work, first, k) for first in range(k)]:
+    pool = _pools.get(k)
+    if pool is None:
+        pool = _pools[k] = ThreadPoolExecutor(max_workers=k, thread_name_prefix="recsearch-kernels")
+    for done in [pool.submit(work, first, k) for first in range(k)]:
         done.result()
 
 
