@@ -175,8 +175,8 @@ class NeuMFNetwork(nn.Module):
         item_part) @ head, a user at a time, so that its (items, width) activations stay in the
         cache from one pass to the next; the first layer's sum and ReLU and the last ReLU with the
         output product are one compiled pass each. Users are shared among torch's threads, each
-        running its own products (``kernels.on_threads``; ml-100k's default NeuMF, 943 users,
-        bench/perf.py: see bench/results/perf.md)."""
+        running its own products (``kernels.on_threads``). ml-100k's default NeuMF, 943 users, on
+        a 2-core Xeon: 229-293 ms against 316-382 ms in chunks (README, "Performance")."""
         layers = [(layer.weight.detach().T, layer.bias.detach()) for layer in self.hidden]
 
         def share(first: int, stride: int) -> None:
