@@ -39,7 +39,7 @@ test: $(STAMP)  ## run the whole test suite (the command CI runs)
 # needs no argument, a few hours in all. Left out by default: ml100k_sweeps (every family swept on
 # ml-100k, hours), and serve_load and events_latency (they load a model directory you name); run
 # them as `make bench BENCH=ml100k_sweeps` or `python bench/serve_load.py DIR`.
-BENCH ?= quality perf vs_recbole sweep_overhead asha_vs_fifo early_stopping crossval small_catalogue \
+BENCH ?= quality perf vs_recbole neumf_step sweep_overhead asha_vs_fifo early_stopping crossval small_catalogue \
          deepcf_rating cold_start cold_start_seeds cold_start_region cold_start_blend history_scoring lstm_formulations bundles telemetry_overhead cluster_walkthrough \
          blend_sweep blend_seeds
 
