@@ -352,7 +352,9 @@ def _add_relu(out, row, rows):
 
 def add_relu_(out: torch.Tensor, row: torch.Tensor, rows: torch.Tensor) -> None:
     """``out`` (n, width) = ReLU(``row`` (width,) + ``rows`` (n, width)): NCF's first layer for
-    one user against every item, from its halves."""
+    one user against every item, from its halves. ``first_layer_`` with every item in order gives
+    the same, but reads its rows by index: 75-81 ms against 50-52 ms over ml-100k's 943 users on
+    one thread (so about a tenth of NeuMF's validation)."""
     _add_relu(out.numpy(), row.numpy(), rows.numpy())
 
 
