@@ -83,6 +83,18 @@ def test_every_scoring_path_equals_pairwise_logits(layers, planted_split, monkey
         torch.testing.assert_close(scores, pairwise.detach(), rtol=1e-5, atol=1e-5)
 
 
+def test_scoring_gives_back_the_blas_threads_it_limits(planted_split):
+    """The CPU scoring runs one BLAS thread under each of its own (kernels.tower_logits_); a
+    process's own BLAS setting is back once it returns."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    model = NeuralCF(seed=0, device="cpu", **FAST).fit(planted_split.train, 1)
+    model.score(np.arange(3))  # loads the BLAS that numba's products call
+    with threadpool_limits(limits=3, user_api="blas"):
+        model.score(np.arange(3))
+        assert {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"} == {3}
+
+
 def test_bundle_scores_identically_and_training_resumes_from_the_checkpoint_state(planted_split, tmp_path):
     params = {**FAST, "dropout": 0.3, "use_features": True}  # dropout masks come from the saved generator
     model = NeuralCF(seed=2, device="cpu", **params).fit(planted_split.train, 2)

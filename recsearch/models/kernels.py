@@ -4,8 +4,8 @@ SparseAdam's update of the rows a sparse gradient touches (``SparseAdam``), and 
 between NCF's matrix products in its hand-written step (``ncf.NeuMFNetwork.pair_gradient``: a
 batch's distinct entities, the first layer from their halves, ReLU with dropout and their
 backward, the output layer with its loss, gradients summed per entity), and NCF's scoring of a
-user against every item (``add_relu_``, ``relu_dot_``; users shared among threads by
-``on_threads``).
+user against every item (``tower_logits_``: its products by numba's ``np.dot``, users shared
+among threads by ``on_threads``).
 
 Why compiled: on a small catalogue a step is a few thousand rows of 65-128 numbers, and in torch
 ops it is tens of kernel launches of per-op and memory-pass cost (ml-100k BPR: 2.2-2.8 ms a step
@@ -343,6 +343,8 @@ def bce_head(last: torch.Tensor | None, gmf: tuple[torch.Tensor, torch.Tensor] |
 
 @numba.njit(fastmath=REASSOCIATE, **JIT)
 def _add_relu(out, row, rows):
+    # first_layer_'s pass with every item in order, without its indexed reads: 50-52 ms against
+    # 75-81 ms over ml-100k's 943 users on one thread, the same output
     for i in range(len(rows)):
         target, source = out[i], rows[i]
         for f in range(len(row)):
@@ -350,27 +352,69 @@ def _add_relu(out, row, rows):
             target[f] = 0 if v < 0 else v  # NaN stays NaN
 
 
-def add_relu_(out: torch.Tensor, row: torch.Tensor, rows: torch.Tensor) -> None:
-    """``out`` (n, width) = ReLU(``row`` (width,) + ``rows`` (n, width)): NCF's first layer for
-    one user against every item, from its halves. ``first_layer_`` with every item in order gives
-    the same, but reads its rows by index: 75-81 ms against 50-52 ms over ml-100k's 943 users on
-    one thread (so about a tenth of NeuMF's validation)."""
-    _add_relu(out.numpy(), row.numpy(), rows.numpy())
-
-
 @numba.njit(fastmath=REASSOCIATE, **JIT)
-def _relu_dot(x, head, scores):
-    for i in range(len(x)):
-        row, s = x[i], scores[i]
-        for f in range(len(head)):
-            v = row[f]
-            s += (0 if v < 0 else v) * head[f]
-        scores[i] = s
+def _tower_logits(logits, user_part, item_part, weights, biases, n_layers, head, first, stride, x, outs):
+    for u in range(first, len(user_part), stride):
+        _add_relu(x, user_part[u], item_part)
+        y = x
+        for k in range(n_layers):
+            out, bias, relu = outs[k], biases[k], k < n_layers - 1  # the last ReLU is the head's
+            np.dot(y, weights[k], out)
+            for i in range(len(out)):
+                row = out[i]
+                for f in range(len(bias)):
+                    v = row[f] + bias[f]
+                    row[f] = 0 if relu and v < 0 else v
+            y = out
+        scores = logits[u]
+        for i in range(len(y)):
+            row, s = y[i], scores[i]
+            for f in range(len(head)):
+                v = row[f]
+                s += (0 if v < 0 else v) * head[f]
+            scores[i] = s
 
 
-def relu_dot_(scores: torch.Tensor, x: torch.Tensor, head: torch.Tensor) -> None:
-    """``scores`` (n,) += ReLU(``x`` (n, width)) @ ``head`` (width,), in one pass over ``x``."""
-    _relu_dot(x.numpy(), head.numpy(), scores.numpy())
+def tower_logits_(logits: torch.Tensor, user_part: torch.Tensor, item_part: torch.Tensor,
+                  layers: list[tuple[torch.Tensor, torch.Tensor]], head: torch.Tensor) -> None:
+    """NCF's MLP tower for users against every item, in place: ``logits`` (users, items) +=
+    ReLU(tower(ReLU(``user_part``[u] + ``item_part``))) @ ``head``, the tower's ``layers`` as
+    (weight (out, in), bias) pairs with ReLU between them; float32 CPU tensors without grad.
+    One compiled function runs a share of the users, a user at a time, so that the user's
+    (items, width) activations stay in the cache from layer to layer, and the shares run on
+    torch's threads at once (``on_threads``), each product by numba's ``np.dot`` (scipy's BLAS,
+    one thread each): no Python between the passes, where torch's products in a Python loop
+    handed the interpreter lock over a few times per user (ml-100k's default NeuMF, 943 users,
+    two threads: 0.19-0.25 s against 0.23-0.32 s, README "Performance")."""
+    items = item_part.numpy()
+    weights = tuple(weight.numpy().T for weight, _ in layers)  # (in, out) views, as np.dot takes them
+    biases = tuple(bias.numpy() for _, bias in layers)
+    if not layers:  # numba types a tuple by its items: an empty one stands for "no layer"
+        weights, biases = (np.empty((0, 0), items.dtype).T,), (np.empty(0, items.dtype),)
+
+    def share(first: int, stride: int) -> None:
+        outs = tuple(np.empty((len(items), weight.shape[1]), items.dtype) for weight in weights)
+        _tower_logits(logits.numpy(), user_part.numpy(), items, weights, biases, len(layers), head.numpy(),
+                      first, stride, np.empty_like(items), outs)
+
+    with _one_blas_thread():
+        on_threads(share, len(user_part))
+
+
+_blas = None  # threadpoolctl's view of the BLAS libraries loaded, found on first use
+
+
+def _one_blas_thread():
+    """Limits the BLAS numba's ``np.dot`` calls (scipy's) to one thread while in the block: our
+    threads each run their own products, and BLAS's own threads would fight them for the cores
+    (ml-100k NeuMF scoring: 0.39-0.47 s against 0.24-0.25 s limited)."""
+    global _blas
+    if _blas is None:
+        import scipy.linalg.cython_blas  # noqa: F401  the BLAS numba calls: loaded before the scan
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController()  # the scan of loaded libraries (~1 ms), once
+    return _blas.limit(limits=1, user_api="blas")
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}  # by size; threads start on first use

@@ -160,7 +160,8 @@ class NeuMFNetwork(nn.Module):
                 item_part = self.mlp_item(q[:, -self.dim :]).to(dtype)
                 head = h[-self.hidden_width :].to(dtype)
                 if device == "cpu" and dtype == torch.float32 and not (self.training or torch.is_grad_enabled()):
-                    self._user_by_user(logits, user_part, item_part, head.detach())
+                    layers = [(layer.weight.detach(), layer.bias.detach()) for layer in self.hidden]
+                    kernels.tower_logits_(logits, user_part, item_part, layers, head.detach())
                     return logits
                 budget = SCORE_CHUNK_ELEMENTS.get(device, SCORE_CHUNK_ELEMENTS["cpu"]) * 4 // dtype.itemsize
                 chunk = max(1, budget // (len(q) * user_part.shape[1]))
@@ -168,28 +169,6 @@ class NeuMFNetwork(nn.Module):
                     first = user_part[start : start + chunk, None, :] + item_part[None]
                     logits[start : start + chunk] += self._tower(first) @ head
         return logits
-
-    def _user_by_user(self, logits: torch.Tensor, user_part: torch.Tensor, item_part: torch.Tensor,
-                      head: torch.Tensor) -> None:
-        """``all_logits``' MLP tower on the CPU in fp32: logits[u] += tower(user_part[u] +
-        item_part) @ head, a user at a time, so that its (items, width) activations stay in the
-        cache from one pass to the next; the first layer's sum and ReLU and the last ReLU with the
-        output product are one compiled pass each. Users are shared among torch's threads, each
-        running its own products (``kernels.on_threads``). ml-100k's default NeuMF, 943 users, on
-        a 2-core Xeon: 229-293 ms against 316-382 ms in chunks (README, "Performance")."""
-        layers = [(layer.weight.detach().T, layer.bias.detach()) for layer in self.hidden]
-
-        def share(first: int, stride: int) -> None:
-            x = torch.empty_like(item_part)
-            outs = [torch.empty(len(item_part), weight.shape[1]) for weight, _ in layers]
-            for u in range(first, len(user_part), stride):
-                kernels.add_relu_(x, user_part[u], item_part)
-                y = x
-                for i, ((weight, bias), out) in enumerate(zip(layers, outs, strict=True)):
-                    y = torch.addmm(bias, F.relu_(y) if i else y, weight, out=out)
-                kernels.relu_dot_(logits[u], y, head)
-
-        kernels.on_threads(share, len(user_part))
 
     def pair_gradient(self, users: torch.Tensor, candidates: torch.Tensor, l2: float,
                       generator: torch.Generator | None = None) -> torch.Tensor:
