@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 import torch
 
 from recsearch.data.dataset import Feature
-from recsearch.models import Recommender, ncf
+from recsearch.models import Recommender, kernels, ncf
 from recsearch.models.ncf import EntityEncoder, NeuralCF
 from recsearch.models.torch_base import TorchRecommender, bf16_is_native
 from recsearch.training import load_serialized, serialized
@@ -83,16 +85,34 @@ def test_every_scoring_path_equals_pairwise_logits(layers, planted_split, monkey
         torch.testing.assert_close(scores, pairwise.detach(), rtol=1e-5, atol=1e-5)
 
 
-def test_scoring_gives_back_the_blas_threads_it_limits(planted_split):
-    """The CPU scoring runs one BLAS thread under each of its own (kernels.tower_logits_); a
-    process's own BLAS setting is back once it returns."""
+def test_scoring_runs_one_blas_thread_under_each_of_its_own_and_gives_the_setting_back(planted_split, monkeypatch):
+    """The CPU scoring's products (kernels.tower_logits_) run on one BLAS thread each; the
+    process's own BLAS setting is back once it returns. Scorings from two threads (two batches
+    of a Serve replica) take turns."""
     from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
 
     model = NeuralCF(seed=0, device="cpu", **FAST).fit(planted_split.train, 1)
     model.score(np.arange(3))  # loads the BLAS that numba's products call
     with threadpool_limits(limits=3, user_api="blas"):
         model.score(np.arange(3))
-        assert {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"} == {3}
+        assert blas_threads() == {3}
+    before, running, seen = blas_threads(), [], []
+    share_users = kernels.on_threads
+
+    def slowly(work, n):  # long enough for the other thread's scoring to arrive meanwhile
+        running.append(n)
+        seen.append((len(running), blas_threads()))
+        time.sleep(0.05)
+        share_users(work, n)
+        running.pop()
+
+    monkeypatch.setattr(kernels, "on_threads", slowly)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: model.score(np.arange(3)), range(4)))
+    assert seen == [(1, {1})] * 4 and blas_threads() == before
 
 
 def test_bundle_scores_identically_and_training_resumes_from_the_checkpoint_state(planted_split, tmp_path):

@@ -24,6 +24,7 @@ No fast-math beyond reassociation and contraction: a diverging model must still 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -397,10 +398,14 @@ def tower_logits_(logits: torch.Tensor, user_part: torch.Tensor, item_part: torc
         _tower_logits(logits.numpy(), user_part.numpy(), items, weights, biases, len(layers), head.numpy(),
                       first, stride, np.empty_like(items), outs)
 
-    with _one_blas_thread():
+    with _one_scoring, _one_blas_thread():
         on_threads(share, len(user_part))
 
 
+# One scoring at a time (a Serve replica may score two batches from two threads): each already
+# keeps every thread busy, and threadpoolctl lets one thread at a time set OpenBLAS's limit (it
+# ignores the others'), so a scoring outlasting another would run on BLAS's own threads
+_one_scoring = threading.Lock()
 _blas = None  # threadpoolctl's view of the BLAS libraries loaded, found on first use
 
 
