@@ -18,7 +18,8 @@ tests/test_ncf.py). The NCF kernels take float32 or float64 arrays alike (numba 
 Compiled code is cached beside this file (``cache=True``; numba falls back to a per-user cache
 directory when the package is read-only), so only the first process on a machine compiles (about
 6 s for all of them: 1.1 s for BPR's, 4.5 s for the sampler's, SparseAdam's and NCF's, measured on
-ml-100k's first epochs); a process's first call still costs about 0.5 s of numba's own start-up.
+ml-100k's first epochs; NCF's scoring 2.0 s more, and 0.9 s for each other count of hidden
+layers); a process's first call still costs about 0.5 s of numba's own start-up.
 No fast-math beyond reassociation and contraction: a diverging model must still show NaN.
 """
 
