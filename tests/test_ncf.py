@@ -76,12 +76,15 @@ def test_every_scoring_path_equals_pairwise_logits(layers, planted_split, monkey
             by_threads[n] = model.score(users)
     finally:
         torch.set_num_threads(threads)
+    monkeypatch.setattr(kernels, "TOWER_BLOCK_ELEMENTS", 7 * layers[0])  # the items 7 at a time
+    in_blocks = model.score(users)
+    monkeypatch.undo()
     # the chunked path (GPU, bf16) runs in training mode too: dropout is 0 here, so no draws
     monkeypatch.setattr(model.net, "training", True)
     monkeypatch.setitem(ncf.SCORE_CHUNK_ELEMENTS, "cpu", 1)  # one user per chunk
     chunked = model.score(users)
     torch.testing.assert_close(by_threads[3], by_threads[1], rtol=0, atol=0)
-    for scores in (by_threads[1], chunked):
+    for scores in (by_threads[1], in_blocks, chunked):
         torch.testing.assert_close(scores, pairwise.detach(), rtol=1e-5, atol=1e-5)
 
 
