@@ -381,8 +381,8 @@ def _tower_logits(logits, user_part, item_part, weights, biases, n_layers, head,
 
 # Items a block of the scoring takes at once: 2^18 first-layer activations (1 MiB of fp32), so
 # that they and the next layer's stay in a core's L2 cache. ml-100k's 1,682 items at width 128
-# fit one block; at 20,000 items, blocks of 2,048 ran 1.05-1.08 s against 1.40-1.45 s unblocked
-# (300 users, layers [128, 64], two threads: 94 against 71 GFLOP/s).
+# fit one block; at 20,000 items, blocks of 2,048 ran 0.90-0.93 s against 1.30-1.49 s unblocked
+# (300 users, layers [128, 64], two threads; bench/perf.py's 10M NCF validation: 396 s against 496)
 TOWER_BLOCK_ELEMENTS = 1 << 18
 
 
