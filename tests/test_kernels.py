@@ -1,5 +1,6 @@
 """The compiled SparseAdam against torch's: the same update, the same state, interchangeable;
-the distinct entities of a batch as torch.unique gives them.
+the distinct entities of a batch as torch.unique gives them; dropout's hashed draws, compiled and
+in torch ops, the same and uniform.
 (The BPR kernels are checked against the torch path in test_mf.py and test_sampling.py.)"""
 
 from __future__ import annotations
@@ -81,3 +82,29 @@ def test_distinct_answers_what_torch_unique_does():
     assert counts.tolist() == [2, 3, 1, 1]
     again = kernels.distinct(torch.tensor([9, 9]), 10)  # nothing left over from the last call
     assert again[0].tolist() == [9] and again[2].tolist() == [2]
+
+
+def test_hashed_draws_are_the_same_compiled_and_in_torch_ops_and_uniform():
+    """NCF's dropout draws: the compiled fill (the CPU), torch ops (other devices) and the
+    compiled passes of the hand-written step (test_ncf's autograd test) agree value for value;
+    over a million draws each rate drops its share, in every column of a layer's rows and for
+    each key, and neighbours and keys are uncorrelated."""
+    generator = torch.Generator().manual_seed(0)
+    keys, other_keys = kernels.dropout_keys(generator), kernels.dropout_keys(generator)
+    shape = (8192, 128)  # a layer's activations: rows of pairs, a column per unit
+    draws = kernels.hashed_uniform(shape, keys)
+    assert draws.dtype == torch.float32 and draws.shape == shape
+    assert torch.equal(draws, kernels.hashed_uniform_ops(shape, keys))
+    assert torch.equal(draws, kernels.hashed_uniform(shape, keys)), "a function of the keys alone"
+    assert 0 <= draws.min() and draws.max() < 1
+    n = draws.numel()
+    for rate in (0.01, 0.1, 0.3, 0.5, 0.9):
+        sigma = (rate * (1 - rate) / n) ** 0.5
+        assert abs((draws < rate).double().mean() - rate) < 5 * sigma, rate
+        column_sigma = (rate * (1 - rate) / shape[0]) ** 0.5
+        assert ((draws < rate).double().mean(0) - rate).abs().max() < 5 * column_sigma, rate
+    other = kernels.hashed_uniform(shape, other_keys)
+    assert abs((other < 0.3).double().mean() - 0.3) < 5 * (0.21 / n) ** 0.5
+    flat = draws.double().flatten() - 0.5
+    for a, b in ((flat[:-1], flat[1:]), (flat[:-128], flat[128:]), (flat, other.double().flatten() - 0.5)):
+        assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 5 / n**0.5

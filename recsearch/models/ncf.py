@@ -196,11 +196,11 @@ class NeuMFNetwork(nn.Module):
             x = torch.empty(b * m, self.mlp_item.out_features, dtype=item_halves[-1].dtype)
             kernels.first_layer_(x, F.linear(item_halves[-1], self.mlp_item.weight), item_of,
                                  F.linear(user_halves[-1], self.mlp_user.weight, self.mlp_user.bias), user_of,
-                                 self._draws(x, generator), rate)
+                                 self._dropout_keys(generator), rate)
             activations.append(x)
             for layer in self.hidden:
                 x = F.linear(x, layer.weight, layer.bias)
-                kernels.relu_dropout_(x, self._draws(x, generator), rate)
+                kernels.relu_dropout_(x, self._dropout_keys(generator), rate)
                 activations.append(x)
         gmf = (user_halves[0], item_halves[0]) if self.gmf else None
         loss, self.out.weight.grad, self.out.bias.grad, grad, *gmf_grads = kernels.bce_head(
@@ -227,11 +227,12 @@ class NeuMFNetwork(nn.Module):
             encoder.ids.weight.grad = torch.sparse_coo_tensor(ids[None], torch.cat(grads, 1), encoder.ids.weight.shape)
         return loss
 
-    def _draws(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
-        """``_drop``'s uniform draws for ``x``, from the same generator in the same order."""
+    def _dropout_keys(self, generator: torch.Generator | None, device: torch.device | str = "cpu"
+                      ) -> torch.Tensor | None:
+        """A layer's dropout keys for this step (``kernels.dropout_keys``), None where nothing drops."""
         if not self.training or self.dropout == 0:
             return None
-        return torch.rand(x.shape, device=x.device, generator=generator)
+        return kernels.dropout_keys(generator, device)
 
     @property
     def hidden_width(self) -> int:
@@ -246,10 +247,11 @@ class NeuMFNetwork(nn.Module):
         return x
 
     def _drop(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Inverted dropout drawn from the model's generator (``nn.Dropout`` uses the global RNG,
-        which would make a resumed run differ from an uninterrupted one)."""
-        draws = self._draws(x, generator)
-        return x if draws is None else x * (draws >= self.dropout) / (1 - self.dropout)
+        """Inverted dropout keyed from the model's generator (``nn.Dropout`` uses the global RNG,
+        which would make a resumed run differ from an uninterrupted one), its draws hashed from
+        the keys (``kernels.hashed_uniform``): the hand-written step's compiled passes drop the same."""
+        keys = self._dropout_keys(generator, x.device)
+        return x if keys is None else x * (kernels.hashed_uniform(x.shape, keys) >= self.dropout) / (1 - self.dropout)
 
 
 def neighbour_mix(positions: np.ndarray, bandwidth: float) -> torch.Tensor:
