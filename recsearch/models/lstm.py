@@ -46,6 +46,8 @@ class SequentialRecommender(NextItemRecommender):
     popularity's.
     """
 
+    draws_global_rng = True  # nn.Dropout and the recurrent layers' own dropout
+
     def __init__(self, cell: str = "lstm", dim: int = 64, hidden: int = 64, layers: int = 1,
                  dropout: float = 0.3, max_len: int = 50, lr: float = 3e-3, l2: float = 0.0,
                  optimizer: str = "adam", batch_size: int = 64, amp: bool = False, **common: Any):

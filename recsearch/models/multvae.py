@@ -52,6 +52,7 @@ class MultVAE(TorchRecommender):
     after ``anneal_steps`` optimiser steps."""
 
     scores_history = True
+    draws_global_rng = True  # nn.Dropout and the reparameterisation's noise (randn_like)
 
     def __init__(self, hidden: int = 600, latent: int = 200, dropout: float = 0.5, anneal_cap: float = 0.2,
                  anneal_steps: int = 2000, lr: float = 1e-3, l2: float = 0.0, optimizer: str = "adam",

@@ -60,6 +60,8 @@ class SASRec(NextItemRecommender):
     ``l2`` penalises the squared norm of the input embeddings a batch reads (mean per token).
     """
 
+    draws_global_rng = True  # nn.Dropout and the Transformer blocks' own dropout
+
     def __init__(self, dim: int = 64, heads: int = 2, layers: int = 2, dropout: float = 0.3, max_len: int = 50,
                  lr: float = 1e-3, l2: float = 0.0, optimizer: str = "adam", batch_size: int = 64,
                  amp: bool = False, **common: Any):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -65,6 +65,10 @@ class TorchRecommender(IterativeRecommender):
     whose weight decay would shrink every embedding row at every step. Embeddings with sparse
     gradients (all of NCF's, MF's when large: ``embedding``) get their own optimiser
     (``SPARSE_OPTIMIZERS``)."""
+
+    # whether the network draws from torch's global RNG when training (nn.Dropout, randn_like):
+    # its epochs then run with that RNG seeded from ``self.generator`` (``train_epoch``)
+    draws_global_rng = False
 
     def __init__(self, *, lr: float = 1e-3, l2: float = 0.0, optimizer: str = "adam",
                  batch_size: int = 2048, amp: bool = False, **rest: Any):
@@ -137,11 +141,31 @@ class TorchRecommender(IterativeRecommender):
         self.net.train()
         total = torch.zeros((), device=self.device)
         n = self.n_examples()
-        for index in self.batches(n):
-            total += self.train_step(index).float() * len(index)
+        with self._global_rng_from_generator():
+            for index in self.batches(n):
+                total += self.train_step(index).float() * len(index)
         self.net.eval()
         self.epochs_done += 1
         return float(total) / max(n, 1)  # one device sync per epoch, not per batch
+
+    @contextmanager
+    def _global_rng_from_generator(self) -> Iterator[None]:
+        """For families whose layers draw from torch's global RNG (``draws_global_rng``: torch's
+        dropout, noise): the epoch runs with that RNG seeded from the model's generator, which
+        checkpoints save, and the RNG is put back after. A trial restored in a fresh process then
+        draws the same masks and noise as the uninterrupted run; once an epoch suffices, as
+        checkpoints fall between epochs."""
+        if not self.draws_global_rng:
+            yield
+            return
+        seed = int(torch.randint(1 << 62, (), device=self.device, generator=self.generator))
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            torch.random.default_generator.manual_seed(seed)
+            if cuda:
+                with torch.cuda.device(self.device):
+                    torch.cuda.manual_seed(seed)
+            yield
 
     def train_step(self, index: torch.Tensor) -> torch.Tensor:
         """One optimiser step on the examples ``index``; returns their mean loss (detached)."""
