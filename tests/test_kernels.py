@@ -108,3 +108,57 @@ def test_hashed_draws_are_the_same_compiled_and_in_torch_ops_and_uniform():
     flat = draws.double().flatten() - 0.5
     for a, b in ((flat[:-1], flat[1:]), (flat[:-128], flat[128:]), (flat, other.double().flatten() - 0.5)):
         assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 5 / n**0.5
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int16)  # bf16 compared bit for bit: NaN included
+
+
+def test_bf16_passes_store_what_float32_computes_rounded_as_torch_casts():
+    """NCF's step under ``amp`` keeps its activations and their gradients in bf16: each pass reads
+    them as float32, computes as the float32 pass does and stores the result rounded to nearest
+    even, NaN kept. From bf16 inputs, every bf16 output equals the float32 pass's output cast by
+    torch, bit for bit, and every float32 output (the loss, per-entity sums) equals it."""
+    generator = torch.Generator().manual_seed(0)
+    pairs, width, n_items, n_users = 96, 24, 10, 48
+
+    def bf16_values(*shape: int) -> torch.Tensor:
+        values = torch.randn(*shape, generator=generator) * 3
+        values.view(-1)[:3] = torch.tensor([float("nan"), float("inf"), -1e-3])
+        return values.to(torch.bfloat16)
+
+    item_of = torch.randint(0, n_items, (pairs,), generator=generator)
+    user_of = torch.randint(0, n_users, (pairs // 2,), generator=generator)
+    keys = kernels.dropout_keys(generator)
+    item_part, user_part = torch.randn(n_items, width, generator=generator), torch.randn(n_users, width)
+    low, full = torch.empty(pairs, width, dtype=torch.bfloat16), torch.empty(pairs, width)
+    kernels.first_layer_(low, item_part, item_of, user_part, user_of, keys, 0.25)
+    kernels.first_layer_(full, item_part, item_of, user_part, user_of, keys, 0.25)
+    assert torch.equal(_bits(low), _bits(full.to(torch.bfloat16)))
+
+    x = bf16_values(pairs, width)
+    low, full = x.clone(), x.float()
+    kernels.relu_dropout_(low, keys, 0.25)
+    kernels.relu_dropout_(full, keys, 0.25)
+    assert torch.equal(_bits(low), _bits(full.to(torch.bfloat16)))
+
+    grad, out = bf16_values(pairs, width), low
+    low, full = grad.clone(), grad.float()
+    kernels.relu_backward_(low, out, 0.25)
+    kernels.relu_backward_(full, out.float(), 0.25)
+    assert torch.equal(_bits(low), _bits(full.to(torch.bfloat16)))
+
+    sums = kernels.sum_by_entity(grad, item_of, user_of, n_items, n_users)
+    for got, expected in zip(sums, kernels.sum_by_entity(grad.float(), item_of, user_of, n_items, n_users), strict=True):
+        assert got.dtype == torch.float32 and torch.equal(got.isnan(), expected.isnan())
+        assert torch.equal(got.nan_to_num(), expected.nan_to_num())
+
+    last = bf16_values(pairs, width).relu()
+    last.view(-1)[:2] = 0.5  # a finite loss
+    gmf = (torch.randn(n_users, 8, generator=generator), torch.randn(n_items, 8, generator=generator))
+    weight, bias = torch.randn(1, 8 + width, generator=generator), torch.randn(1, generator=generator)
+    low = kernels.bce_head(last, gmf, user_of, item_of, weight, bias, 0.25)
+    full = kernels.bce_head(last.float(), gmf, user_of, item_of, weight, bias, 0.25)
+    assert torch.equal(_bits(low[3]), _bits(full[3].to(torch.bfloat16)))  # the tower's gradient
+    for got, expected in zip(low[:3] + low[4:], full[:3] + full[4:], strict=True):
+        assert torch.equal(got, expected)

@@ -14,7 +14,8 @@ for 0.3 ms of arithmetic; SparseAdam's coalesce: 4.6 ms of a NeuMF step). One lo
 each row once does the same work in a fraction of that (bench/results/vs_recbole.md). CUDA,
 float64 and (for BPR) sparse tables keep the torch path, which is also the reference these
 kernels are tested against (tests/test_mf.py, tests/test_sampling.py, tests/test_kernels.py,
-tests/test_ncf.py). The NCF kernels take float32 or float64 arrays alike (numba compiles each).
+tests/test_ncf.py). The NCF kernels take float32 or float64 arrays alike (numba compiles each),
+and bf16 activations under ``amp`` (``load``, ``store``).
 
 Compiled code is cached beside this file (``cache=True``; numba falls back to a per-user cache
 directory when the package is read-only), so only the first process on a machine compiles (about
@@ -35,6 +36,9 @@ import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic, overload
 
 JIT = dict(cache=True, nogil=True, boundscheck=False)
 REASSOCIATE = {"reassoc", "contract", "nsz", "arcp"}  # lets the row loops vectorise; keeps NaN and inf
@@ -178,6 +182,66 @@ def distinct(ids: torch.Tensor, n_entities: int) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(rows[:n]), torch.from_numpy(inverse), torch.from_numpy(counts[:n])
 
 
+# bfloat16 activations (NCF's step under ``amp``): torch's bf16 tensors seen by numba as uint16
+# bit patterns (``as_array``); the passes load each value into float32 (the top half of its
+# bits) and store float32 results rounded to nearest even, as torch's casts do. ``load`` and
+# ``store`` compile to plain reads and writes for float arrays, so one kernel serves both.
+@intrinsic
+def _bits_as_float32(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _float32_bits(typingctx, x):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+def load(row, f):
+    """row[f] as a number (float32 for a bf16 row)."""
+
+
+def store(row, f, x):
+    """row[f] = x (rounded to nearest even for a bf16 row; NaN stays NaN). ``x`` a plain variable:
+    numba 0.68's inlining of an overload loses the store when an argument is a conditional
+    expression."""
+
+
+@overload(load, inline="always")
+def _load(row, f):
+    if row.dtype == types.uint16:
+        return lambda row, f: _bits_as_float32(np.uint32(row[f]) << np.uint32(16))
+    return lambda row, f: row[f]
+
+
+@overload(store, inline="always")
+def _store(row, f, x):
+    if row.dtype == types.uint16:
+        def store_bf16(row, f, x):
+            y = np.float32(x)
+            bits = _float32_bits(y)
+            rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+            row[f] = np.uint16(0x7FC0) if y != y else np.uint16(rounded)
+        return store_bf16
+
+    def store_float(row, f, x):
+        row[f] = x
+    return store_float
+
+
+def as_array(t: torch.Tensor) -> np.ndarray:
+    """The numpy view of ``t`` the kernels take: its bits as uint16 if bf16 (numpy has no bf16)."""
+    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def _scalar(t: torch.Tensor) -> type:
+    """The kernels' scalar type for arithmetic on ``t``'s values: float32 for bf16."""
+    return np.float32 if t.dtype == torch.bfloat16 else t.numpy().dtype.type
+
+
 # Dropout's uniform draws, hashed from each activation's position and two 32-bit keys drawn
 # per layer and step from the model's generator (``dropout_keys``): the same draws here, in the
 # compiled passes, and in torch ops for autograd on any device (``hashed_uniform``), and no draws
@@ -256,52 +320,53 @@ def _numba_keys(keys: torch.Tensor | None) -> tuple[np.uint64, np.uint64, bool]:
 
 
 @numba.njit(fastmath=REASSOCIATE, error_model="numpy", **JIT)
-def _drop_row(row, position, key0, key1, rate, keep):
-    """Inverted dropout of one row in place, the row's first value at ``position``."""
-    threshold = np.float32(rate)  # torch compares float32 draws with the rate cast to float32
-    for f in range(row.shape[0]):
-        row[f] = row[f] / keep if _hashed_uniform(position + f, key0, key1) >= threshold else 0
+def _relu_dropped(v, position, key0, key1, dropping, threshold, keep):
+    """ReLU, then (``dropping``) inverted dropout of the activation at ``position``: one value,
+    so that a bf16 pass rounds once what it stores."""
+    v = np.float32(0) if v < 0 else v  # not max(): NaN stays NaN, as in torch
+    if dropping:
+        v = v / keep if _hashed_uniform(position, key0, key1) >= threshold else np.float32(0)
+    return v
 
 
 @numba.njit(fastmath=REASSOCIATE, error_model="numpy", **JIT)
 def _relu_dropout(x, key0, key1, dropping, rate, keep):
     width = x.shape[1]
+    threshold = np.float32(rate)  # torch compares float32 draws with the rate cast to float32
     for r in range(len(x)):
         row = x[r]
         for f in range(width):
-            if row[f] < 0:  # not max(): NaN stays NaN, as in torch
-                row[f] = 0
-        if dropping:
-            _drop_row(row, r * width, key0, key1, rate, keep)
+            v = _relu_dropped(load(row, f), r * width + f, key0, key1, dropping, threshold, keep)
+            store(row, f, v)
 
 
 def relu_dropout_(x: torch.Tensor, keys: torch.Tensor | None, rate: float) -> None:
     """In place on ``x`` (rows, width): ReLU, then inverted dropout that drops where
     ``hashed_uniform(x.shape, keys)`` falls below ``rate`` (none without ``keys``)."""
-    scalar = x.numpy().dtype.type
-    _relu_dropout(x.numpy(), *_numba_keys(keys), scalar(rate), scalar(1 - rate))
+    scalar = _scalar(x)
+    _relu_dropout(as_array(x), *_numba_keys(keys), scalar(rate), scalar(1 - rate))
 
 
 @numba.njit(fastmath=REASSOCIATE, error_model="numpy", **JIT)
 def _first_layer(out, item_part, item_of, user_part, user_of, key0, key1, dropping, rate, keep):
     group = len(out) // len(user_of)
     width = out.shape[1]
+    threshold = np.float32(rate)
     for r in range(len(out)):
         row, a, c = out[r], item_part[item_of[r]], user_part[user_of[r // group]]
         for f in range(width):
-            v = a[f] + c[f]
-            row[f] = 0 if v < 0 else v  # NaN stays NaN
-        if dropping:
-            _drop_row(row, r * width, key0, key1, rate, keep)
+            v = _relu_dropped(a[f] + c[f], r * width + f, key0, key1, dropping, threshold, keep)
+            store(row, f, v)
 
 
 def first_layer_(out: torch.Tensor, item_part: torch.Tensor, item_of: torch.Tensor, user_part: torch.Tensor,
                  user_of: torch.Tensor, keys: torch.Tensor | None, rate: float) -> None:
     """NCF's first layer from its halves computed once per distinct entity, into ``out`` (pairs,
     width): row r = ``relu_dropout_`` of item_part[item_of[r]] + user_part[user_of[r // group]],
-    the pairs in groups of ``len(out) / len(user_of)`` candidates of one user."""
-    scalar = out.numpy().dtype.type
-    _first_layer(out.numpy(), item_part.numpy(), item_of.numpy(), user_part.numpy(), user_of.numpy(),
+    the pairs in groups of ``len(out) / len(user_of)`` candidates of one user; ``out`` in the
+    parts' precision or bf16."""
+    scalar = _scalar(item_part)
+    _first_layer(as_array(out), item_part.numpy(), item_of.numpy(), user_part.numpy(), user_of.numpy(),
                  *_numba_keys(keys), scalar(rate), scalar(1 - rate))
 
 
@@ -310,13 +375,14 @@ def _relu_backward(grad, out, keep):
     for r in range(len(grad)):
         g, o = grad[r], out[r]
         for f in range(g.shape[0]):
-            g[f] = g[f] / keep if o[f] > 0 else 0
+            v = load(g, f) / keep if load(o, f) > 0 else np.float32(0)
+            store(g, f, v)
 
 
 def relu_backward_(grad: torch.Tensor, out: torch.Tensor, rate: float) -> None:
     """``relu_dropout_``'s backward, in place on ``grad``, from its output ``out``: a unit passed
     its gradient (divided by 1 - rate) where it came out positive (kept, and positive before)."""
-    _relu_backward(grad.numpy(), out.numpy(), grad.numpy().dtype.type(1 - rate))
+    _relu_backward(as_array(grad), as_array(out), _scalar(grad)(1 - rate))
 
 
 @numba.njit(fastmath=REASSOCIATE, **JIT)
@@ -327,16 +393,19 @@ def _sum_by_entity(grad, item_of, user_of, item_grad, user_grad):
     for r in range(len(grad)):
         g, gi, gu = grad[r], item_grad[item_of[r]], user_grad[user_of[r // group]]
         for f in range(g.shape[0]):
-            gi[f] += g[f]
-            gu[f] += g[f]
+            v = load(g, f)
+            gi[f] += v
+            gu[f] += v
 
 
 def sum_by_entity(grad: torch.Tensor, item_of: torch.Tensor, user_of: torch.Tensor, n_items: int, n_users: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradient of ``first_layer_``'s item and user halves, (n_items, width) and (n_users,
-    width), from that of its pre-activations ``grad`` (pairs, width): each entity's pairs summed."""
-    item_grad, user_grad = (torch.empty(n, grad.shape[1], dtype=grad.dtype) for n in (n_items, n_users))
-    _sum_by_entity(grad.numpy(), item_of.numpy(), user_of.numpy(), item_grad.numpy(), user_grad.numpy())
+    width), from that of its pre-activations ``grad`` (pairs, width): each entity's pairs summed
+    (in float32 if ``grad`` is bf16)."""
+    dtype = torch.float32 if grad.dtype == torch.bfloat16 else grad.dtype
+    item_grad, user_grad = (torch.empty(n, grad.shape[1], dtype=dtype) for n in (n_items, n_users))
+    _sum_by_entity(as_array(grad), item_of.numpy(), user_of.numpy(), item_grad.numpy(), user_grad.numpy())
     return item_grad, user_grad
 
 
@@ -352,7 +421,7 @@ def _head_logits(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, bias
         if len(last):
             a = last[r]
             for f in range(len(h_last)):
-                x += a[f] * h_last[f]
+                x += load(a, f) * h_last[f]
         logits[r] = x
 
 
@@ -366,19 +435,21 @@ def _head_backward(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, sl
     # gathers slope x q and an item slope x p; h_gmf's own gradient is then one product per user
     gmf_user_grad[:] = 0
     gmf_item_grad[:] = 0
-    for r in range(len(item_of)):
+    for r in range(len(item_of) if len(gmf_item) else 0):
         slope = slopes[r]
-        if len(gmf_item):
-            p, q = gmf_user[user_of[r // group]], gmf_item[item_of[r]]
-            gp, gq = gmf_user_grad[user_of[r // group]], gmf_item_grad[item_of[r]]
-            for f in range(len(h_gmf)):
-                gp[f] += slope * q[f]
-                gq[f] += slope * p[f]
-        if len(last):
-            a, g = last[r], last_grad[r]
-            for f in range(len(h_last)):
-                h_grad_last[f] += slope * a[f]
-                g[f] = slope * h_last[f] / keep if a[f] > 0 else 0
+        p, q = gmf_user[user_of[r // group]], gmf_item[item_of[r]]
+        gp, gq = gmf_user_grad[user_of[r // group]], gmf_item_grad[item_of[r]]
+        for f in range(len(h_gmf)):
+            gp[f] += slope * q[f]
+            gq[f] += slope * p[f]
+    for r in range(len(last)):  # a loop of its own: together with the GMF one, neither vectorises as well
+        slope = slopes[r]
+        a, g = last[r], last_grad[r]
+        for f in range(len(h_last)):
+            out = load(a, f)
+            h_grad_last[f] += slope * out
+            grad = slope * h_last[f] / keep if out > 0 else np.float32(0)
+            store(g, f, grad)
     for u in range(len(gmf_user_grad)):
         p, gp = gmf_user[u], gmf_user_grad[u]
         for f in range(len(h_gmf)):
@@ -396,16 +467,18 @@ def bce_head(last: torch.Tensor | None, gmf: tuple[torch.Tensor, torch.Tensor] |
     Pairs come in groups of ``len(item_of) / len(user_of)`` candidates of one user, the positive
     first; pair r is user ``user_of[r // group]`` and item ``item_of[r]`` (rows of the distinct
     entities'). ``last`` (pairs, width): the MLP tower's last activations (``relu_dropout_``'s
-    output at ``rate``); ``gmf``: the distinct users' and items' GMF vectors; ``weight`` (1, dim
-    + width) and ``bias`` (1,): the output layer's. Returns the mean loss and the gradients of
-    the output weight and bias, of the tower's last pre-activations (ReLU and dropout undone)
-    and of the GMF user and item vectors, each summed over its entity's pairs (each None where
-    its input is)."""
+    output at ``rate``, in the weight's precision or bf16); ``gmf``: the distinct users' and items'
+    GMF vectors; ``weight`` (1, dim + width) and ``bias`` (1,): the output layer's. Returns the
+    mean loss and the gradients of the output weight and bias, of the tower's last
+    pre-activations (ReLU and dropout undone; in ``last``'s precision) and of the GMF user and
+    item vectors, each summed over its entity's pairs (each None where its input is)."""
     dtype = weight.detach().numpy().dtype
     dim = gmf[0].shape[1] if gmf is not None else 0
     h = weight.detach().numpy()[0]
     users, items = (g.numpy() for g in gmf) if gmf is not None else (np.empty((0, 0), dtype),) * 2
-    tower = last.numpy() if last is not None else np.empty((0, 0), dtype)
+    none = np.empty((0, 0), dtype)
+    tower = as_array(last) if last is not None else none
+    tower_grad = torch.empty_like(last) if last is not None else None
     logits = torch.empty(len(item_of), dtype=weight.dtype)
     _head_logits(tower, h[dim:], users, user_of.numpy(), items, item_of.numpy(), h[:dim],
                  dtype.type(bias.item()), logits.numpy())
@@ -416,12 +489,11 @@ def bce_head(last: torch.Tensor | None, gmf: tuple[torch.Tensor, torch.Tensor] |
     labels = labels.view(-1)
     loss = F.binary_cross_entropy_with_logits(logits, labels)
     slopes = (torch.sigmoid(logits) - labels) / len(logits)
-    tower_grad, user_grad, item_grad = np.empty_like(tower), np.empty_like(users), np.empty_like(items)
-    weight_grad = np.empty_like(h)
+    user_grad, item_grad, weight_grad = np.empty_like(users), np.empty_like(items), np.empty_like(h)
     _head_backward(tower, h[dim:], users, user_of.numpy(), items, item_of.numpy(), h[:dim], slopes.numpy(),
-                   dtype.type(1 - rate), tower_grad, user_grad, item_grad, weight_grad[dim:], weight_grad[:dim])
-    out = [loss, torch.from_numpy(weight_grad)[None], slopes.sum()[None]]
-    out.append(torch.from_numpy(tower_grad) if last is not None else None)
+                   dtype.type(1 - rate), as_array(tower_grad) if last is not None else none, user_grad, item_grad,
+                   weight_grad[dim:], weight_grad[:dim])
+    out = [loss, torch.from_numpy(weight_grad)[None], slopes.sum()[None], tower_grad]
     out.extend((torch.from_numpy(user_grad), torch.from_numpy(item_grad)) if gmf is not None else (None, None))
     return tuple(out)
 

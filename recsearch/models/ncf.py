@@ -171,14 +171,20 @@ class NeuMFNetwork(nn.Module):
         return logits
 
     def pair_gradient(self, users: torch.Tensor, candidates: torch.Tensor, l2: float,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, bf16: bool = False) -> torch.Tensor:
         """What autograd of ``NeuralCF.batch_loss`` does (BCE of ``pair_logits``, the positive
         first in each row of ``candidates``, plus ``l2``), by hand on the CPU: sets every
         parameter's gradient (the id tables' sparse, as their ``sparse=True`` backward gives) and
         returns the loss, with the same dropout draws in the same order. The matrix products are
         torch's; the passes between them are compiled loops that each read the activations once
         (``kernels``), where autograd's graph of the same step makes several torch passes over
-        them. Without feature bags (``use_features=False``)."""
+        them. Without feature bags (``use_features=False``).
+
+        ``bf16`` (``amp``): the tower's activations over the pairs, their gradients and the
+        products between them in bfloat16, as under bf16 autocast; the passes compute in float32
+        and round what they store once. The parameters, their gradients and the products over the
+        distinct entities stay float32 (in bf16 those cost more in casts than they saved). On a CPU
+        with AMX the pairs' products take a third of float32's time (README "Performance")."""
         b, m = candidates.shape
         d, rate = self.dim, self.dropout if self.training else 0.0
         # each user and item once: the first layer's halves, the output layer's GMF products and
@@ -193,13 +199,15 @@ class NeuMFNetwork(nn.Module):
         item_halves = [half.index_select(0, item_ids) for half in self.item.ids.weight.detach().split(d, 1)]
         activations = []  # each layer's output, the next one's input
         if self.mlp:
-            x = torch.empty(b * m, self.mlp_item.out_features, dtype=item_halves[-1].dtype)
+            precision = torch.bfloat16 if bf16 else item_halves[-1].dtype
+            x = torch.empty(b * m, self.mlp_item.out_features, dtype=precision)
             kernels.first_layer_(x, F.linear(item_halves[-1], self.mlp_item.weight), item_of,
                                  F.linear(user_halves[-1], self.mlp_user.weight, self.mlp_user.bias), user_of,
                                  self._dropout_keys(generator), rate)
             activations.append(x)
-            for layer in self.hidden:
-                x = F.linear(x, layer.weight, layer.bias)
+            tower_weights = [layer.weight.detach().to(precision) for layer in self.hidden]
+            for layer, weight in zip(self.hidden, tower_weights, strict=True):
+                x = F.linear(x, weight, layer.bias.detach().to(precision))
                 kernels.relu_dropout_(x, self._dropout_keys(generator), rate)
                 activations.append(x)
         gmf = (user_halves[0], item_halves[0]) if self.gmf else None
@@ -207,9 +215,11 @@ class NeuMFNetwork(nn.Module):
             activations[-1] if self.mlp else None, gmf, user_of, item_of, self.out.weight, self.out.bias, rate)
         user_grads, item_grads = ([grad] for grad in gmf_grads) if self.gmf else ([], [])
         if self.mlp:
-            for layer, inputs in zip(reversed(self.hidden), activations[-2::-1], strict=True):
-                layer.weight.grad, layer.bias.grad = grad.T @ inputs, grad.sum(0)
-                grad = grad @ layer.weight
+            for layer, weight, inputs in zip(reversed(self.hidden), reversed(tower_weights), activations[-2::-1],
+                                             strict=True):
+                layer.weight.grad = (grad.T @ inputs).to(layer.weight.dtype)
+                layer.bias.grad = grad.sum(0, dtype=layer.bias.dtype)
+                grad = grad @ weight
                 kernels.relu_backward_(grad, inputs, rate)
             # grad: the first layer's pre-activations' (bce_head or the last relu_backward_ undid its ReLU)
             item_grad, user_grad = kernels.sum_by_entity(grad, item_of, user_of, len(item_ids), len(user_ids))
@@ -320,12 +330,12 @@ class NeuralCF(PairTrainedRecommender):
         return loss
 
     def backward(self, index: torch.Tensor) -> torch.Tensor:
-        """``NeuMFNetwork.pair_gradient`` where it applies (on the CPU, without feature bags or
-        autocast), else autograd."""
-        if self.use_features or self.amp or self.device.type != "cpu":
+        """``NeuMFNetwork.pair_gradient`` where it applies (on the CPU, without feature bags;
+        in bf16 under ``amp``), else autograd."""
+        if self.use_features or self.device.type != "cpu":
             return super().backward(index)
         with torch.no_grad():
-            return self.net.pair_gradient(*self._batch(index), self.l2, self.generator)
+            return self.net.pair_gradient(*self._batch(index), self.l2, self.generator, bf16=self.amp)
 
     def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The users of the examples ``index`` and their candidates (b, 1 + negatives), the positive first."""
