@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from recsearch.evaluation import Evaluator
+from recsearch.models import sequential
 from recsearch.models.base import Recommender
 from recsearch.models.lstm import SequentialRecommender
+from recsearch.models.sasrec import SASRec
 from recsearch.models.sequential import PAD, tail_inputs, time_ordered, training_windows, with_bos
 
 SMALL = dict(dim=32, hidden=64, max_len=8, dropout=0.1, lr=1e-2, batch_size=32, device="cpu")
@@ -109,6 +111,37 @@ def test_gru_with_l2_trains(planted_split):
     losses = [model.train_epoch() for _ in range(20)]
     assert losses[-1] < 0.5 * losses[0]
     assert (held_out_ranks(model, planted_split, "valid") < 3).mean() > 0.8
+
+
+@pytest.mark.parametrize("family", [SequentialRecommender, SASRec])
+def test_under_amp_on_the_cpu_the_output_layer_meets_few_shapes_and_the_loss_is_unchanged(family, planted_split,
+                                                                                         monkeypatch):
+    """bf16 on the CPU multiplies through oneDNN, which builds and keeps a kernel for each shape:
+    the output layer gets a batch's real targets (a count that varies by batch) padded to a
+    multiple of ``TARGET_ROWS_MULTIPLE`` rows, and the padding leaves the loss as it was. Runs
+    on any CPU: where bf16 is not native, torch emulates it."""
+    model = family(dim=32, max_len=8, dropout=0.0, batch_size=16, seed=0, device="cpu")
+    model.prepare(planted_split.train)
+    model.amp = True  # whatever this CPU's bf16
+    cross_entropy, rows = sequential.F.cross_entropy, []  # rows: of each loss's logits
+    monkeypatch.setattr(sequential.F, "cross_entropy", lambda logits, *args, **kwargs: rows.append(len(logits))
+                        or cross_entropy(logits, *args, **kwargs))
+
+    def loss(multiple: int) -> float:
+        monkeypatch.setattr(sequential, "TARGET_ROWS_MULTIPLE", multiple)
+        with model.autocast(), torch.no_grad():
+            return float(model.batch_loss(torch.arange(16)))
+
+    def logit_rows_of_an_epoch(multiple: int) -> set[int]:
+        monkeypatch.setattr(sequential, "TARGET_ROWS_MULTIPLE", multiple)
+        rows.clear()
+        model.train_epoch()
+        return set(rows)
+
+    multiple = sequential.TARGET_ROWS_MULTIPLE
+    assert loss(multiple) == pytest.approx(loss(1), rel=1e-3)
+    padded, exact = logit_rows_of_an_epoch(multiple), logit_rows_of_an_epoch(1)
+    assert all(n % multiple == 0 for n in padded) and len(padded) < len(exact)
 
 
 @pytest.mark.parametrize("bad, message", [
