@@ -183,8 +183,9 @@ class NeuMFNetwork(nn.Module):
         ``bf16`` (``amp``): the tower's activations over the pairs, their gradients and the
         products between them in bfloat16, as under bf16 autocast; the passes compute in float32
         and round what they store once. The parameters, their gradients and the products over the
-        distinct entities stay float32 (in bf16 those cost more in casts than they saved). On a CPU
-        with AMX the pairs' products take a third of float32's time (README "Performance")."""
+        distinct entities stay float32 (in bf16 those took longer: their shapes change with every
+        batch, and oneDNN builds a kernel per shape). On a CPU with AMX the pairs' products take a
+        third of float32's time (README "Performance")."""
         b, m = candidates.shape
         d, rate = self.dim, self.dropout if self.training else 0.0
         # each user and item once: the first layer's halves, the output layer's GMF products and

@@ -27,8 +27,8 @@ from recsearch.data.dataset import Dataset, ServingData
 from recsearch.models.torch_base import TorchRecommender
 
 PAD = 0
-TARGET_ROWS_MULTIPLE = 64
-IGNORED = -1
+TARGET_ROWS_MULTIPLE = 64  # under amp on the CPU (``batch_loss``)
+IGNORED = -1  # the padding rows' target: no item
 
 
 def time_ordered(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, n_users: int
@@ -146,7 +146,8 @@ class NextItemRecommender(TorchRecommender):
         windows = self.windows[index]
         inputs, targets = windows[:, :-1], windows[:, 1:]
         real = targets != PAD
-        states, targets = self.net(inputs)[real], targets[real] - 1  # only real targets reach the (costly) output layer
+        # only real targets reach the (costly) output layer
+        states, targets = self.net(inputs)[real], targets[real] - 1
         if self.amp and self.device.type == "cpu":
             # bf16 on the CPU multiplies through oneDNN, which builds and caches a kernel for each
             # shape it meets: the count of real targets, which varies by batch, is rounded up
