@@ -418,10 +418,11 @@ def _head_logits(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, bias
             p, q = gmf_user[user_of[r // group]], gmf_item[item_of[r]]
             for f in range(len(h_gmf)):
                 x += p[f] * q[f] * h_gmf[f]
-        if len(last):
-            a = last[r]
-            for f in range(len(h_last)):
-                x += load(a, f) * h_last[f]
+        logits[r] = x
+    for r in range(len(last)):  # apart, as in ``_head_backward`` (4,096 pairs: 61 against 86 us)
+        a, x = last[r], logits[r]
+        for f in range(len(h_last)):
+            x += load(a, f) * h_last[f]
         logits[r] = x
 
 
