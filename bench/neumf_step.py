@@ -5,6 +5,7 @@ rather than by a copy of the step. Writes ``bench/results/neumf_step.{json,md}``
 
     .venv/bin/python bench/neumf_step.py                 # on all the CPUs torch is given
     .venv/bin/python bench/neumf_step.py --threads 1
+    .venv/bin/python bench/neumf_step.py --amp           # the bf16 step -> neumf_step_bf16.{json,md}
 
 For the run, a timer wraps each compiled kernel the step calls (``recsearch.models.kernels``),
 torch's matrix products (``F.linear`` and the ``@`` operator), the sampling of a batch
@@ -52,11 +53,16 @@ def timed(spent: dict[str, float], label: str, function):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch's threads (default: every CPU given)")
-    parser.add_argument("--result", default=str(HERE / "results" / "neumf_step"), help="results, without suffix")
+    parser.add_argument("--amp", action="store_true", help="amp=true: the step in bf16 (where the CPU has native bf16)")
+    parser.add_argument("--result", default=None, help="results, without suffix (default: bench/results/neumf_step"
+                                                        "[_bf16])")
     args = parser.parse_args()
     threads = configure_threads(args.threads)
 
-    model = create(model_class("ncf"), NEUMF, seed=0, device="cpu")
+    model = create(model_class("ncf"), {**NEUMF, "amp": args.amp}, seed=0, device="cpu")
+    if args.amp and not model.amp:
+        raise SystemExit("--amp: this CPU has no native bf16 (AVX512-BF16 or AMX), so amp would be ignored")
+    result = args.result or str(HERE / "results" / ("neumf_step_bf16" if args.amp else "neumf_step"))
     model.prepare(load_split("ml-100k", "ncf").train)
     model.train_epoch()  # compiles, and settles the allocator
     spent: dict[str, float] = defaultdict(float)
@@ -83,8 +89,9 @@ def main() -> None:
     rows.append({"part": "epoch", "ms per step": round(total / steps * 1e3, 3), "share of the epoch": 1.0})
     for row in rows:
         print(row)
-    write_results(args.result, rows, COLUMNS,
-                  f"ml-100k NeuMF (bench/perf.py's NEUMF), the hand-written step on {threads} thread(s), "
+    write_results(result, rows, COLUMNS,
+                  f"ml-100k NeuMF (bench/perf.py's NEUMF{', amp=true' if args.amp else ''}), the hand-written step "
+                  f"on {threads} thread(s), "
                   f"{EPOCHS} epochs of {steps // EPOCHS} steps after a warm-up; each part's time per step",
                   threads=threads, epoch_s=total / EPOCHS)
 
