@@ -130,7 +130,7 @@ def test_bf16_passes_store_what_float32_computes_rounded_as_torch_casts():
     item_of = torch.randint(0, n_items, (pairs,), generator=generator)
     user_of = torch.randint(0, n_users, (pairs // 2,), generator=generator)
     keys = kernels.dropout_keys(generator)
-    item_part, user_part = torch.randn(n_items, width, generator=generator), torch.randn(n_users, width)
+    item_part, user_part = (torch.randn(n, width, generator=generator) for n in (n_items, n_users))
     low, full = torch.empty(pairs, width, dtype=torch.bfloat16), torch.empty(pairs, width)
     kernels.first_layer_(low, item_part, item_of, user_part, user_of, keys, 0.25)
     kernels.first_layer_(full, item_part, item_of, user_part, user_of, keys, 0.25)

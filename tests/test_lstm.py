@@ -1,6 +1,6 @@
 """The LSTM/GRU sequential recommender: its training windows, that it learns the planted
 next-item structure, that evaluation reads the validation item before the test item, history
-scoring, persistence and input checks."""
+scoring, persistence and input checks; with SASRec, the output layer's rows under amp."""
 
 from __future__ import annotations
 
