@@ -62,8 +62,16 @@ def test_multi_valued_features_are_averaged_per_entity():
     torch.testing.assert_close(encoder(ids), expected[ids])
 
 
+@pytest.mark.parametrize("mkl", [True, False], ids=["mkl-sgemm", "numpy-dot"])
 @pytest.mark.parametrize("layers", [[16], [32, 16, 8]])
-def test_every_scoring_path_equals_pairwise_logits(layers, planted_split, monkeypatch):
+def test_every_scoring_path_equals_pairwise_logits(layers, mkl, planted_split, monkeypatch):
+    """The CPU scoring (``kernels.tower_logits_``: its products by MKL's sgemm where torch exports
+    it, else numba's np.dot) on one thread and three, in blocks of items, and the chunked torch
+    path, against ``pair_logits``."""
+    if mkl and kernels.MKL_SGEMM is None:
+        pytest.skip("this torch exports no MKL sgemm")
+    if not mkl:
+        monkeypatch.setattr(kernels, "MKL_SGEMM", None)
     model = NeuralCF(seed=0, device="cpu", use_features=True, **{**FAST, "layers": layers}).fit(planted_split.train, 1)
     users = torch.arange(7)
     items = torch.arange(model.n_items).expand(len(users), -1)
@@ -76,9 +84,9 @@ def test_every_scoring_path_equals_pairwise_logits(layers, planted_split, monkey
             by_threads[n] = model.score(users)
     finally:
         torch.set_num_threads(threads)
-    monkeypatch.setattr(kernels, "TOWER_BLOCK_ELEMENTS", 7 * layers[0])  # the items 7 at a time
-    in_blocks = model.score(users)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(kernels, "TOWER_BLOCK_ELEMENTS", 7 * layers[0])  # the items 7 at a time
+        in_blocks = model.score(users)
     # the chunked path (GPU, bf16) runs in training mode too: dropout is 0 here, so no draws
     monkeypatch.setattr(model.net, "training", True)
     monkeypatch.setitem(ncf.SCORE_CHUNK_ELEMENTS, "cpu", 1)  # one user per chunk
