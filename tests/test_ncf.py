@@ -96,6 +96,35 @@ def test_every_scoring_path_equals_pairwise_logits(layers, mkl, planted_split, m
         torch.testing.assert_close(scores, pairwise.detach(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(kernels.MKL_BF16_GEMM is None, reason="this torch exports no MKL bf16 product")
+@pytest.mark.parametrize("widths", [[32, 16, 8], [32, 16], [32]])
+def test_the_compiled_bf16_tower_is_its_float32_reference_on_bf16_rounded_inputs(widths):
+    """``tower_logits_(bf16=True)`` (``amp`` scoring on the CPU): the first layer's sums and each
+    hidden layer's input rounded to bf16 once, the weights in bf16, products and the rest in float32;
+    0, 1 and 2 hidden layers, the users on three threads, the items in blocks."""
+    generator = torch.Generator().manual_seed(0)
+    users, items, bf16 = 5, 300, torch.bfloat16
+    user_part, item_part = (torch.randn(n, widths[0], generator=generator) for n in (users, items))
+    layers = [(torch.randn(b, a, generator=generator) * 0.3, torch.randn(b, generator=generator))
+              for a, b in zip(widths[:-1], widths[1:], strict=False)]
+    head = torch.randn(widths[-1], generator=generator)
+    x = (user_part[:, None, :] + item_part[None]).relu().to(bf16).float()
+    for k, (weight, bias) in enumerate(layers):
+        x = x @ weight.to(bf16).float().T + bias
+        x = x.relu().to(bf16).float() if k < len(layers) - 1 else x.relu()
+    expected = x @ head
+    logits = torch.zeros(users, items)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(kernels, "TOWER_BLOCK_ELEMENTS", 64 * widths[0])  # the items 64 at a time
+            kernels.tower_logits_(logits, user_part, item_part, layers, head, bf16=True)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_scoring_runs_one_blas_thread_under_each_of_its_own_and_gives_the_setting_back(planted_split, monkeypatch):
     """The CPU scoring's products (kernels.tower_logits_) run on one BLAS thread each; the
     process's own BLAS setting is back once it returns. Scorings from two threads (two batches

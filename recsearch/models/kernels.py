@@ -226,7 +226,8 @@ def _store(row, f, x):
             y = np.float32(x)
             bits = _float32_bits(y)
             rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-            row[f] = np.uint16(0x7FC0) if y != y else np.uint16(rounded)
+            nan = np.uint32(y != y)  # arithmetic, not a branch: no phi for numba's inliner to misplace
+            row[f] = np.uint16(rounded * (np.uint32(1) - nan) + np.uint32(0x7FC0) * nan)
         return store_bf16
 
     def store_float(row, f, x):
@@ -518,6 +519,46 @@ def _mkl_sgemm() -> tuple[Callable, Callable] | None:
 MKL_SGEMM = _mkl_sgemm()
 
 
+def _mkl_bf16_gemm() -> Callable | None:
+    """MKL's ``cblas_gemm_bf16bf16f32`` (bf16 inputs, float32 output; AMX where the CPU has it)
+    as torch's CPU library exports it, or None. One thread, 1,682 x 128 by 128 x 64: 646 GFLOP/s."""
+    if MKL_SGEMM is None:
+        return None
+    lib = ctypes.CDLL(str(next((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*"))))
+    try:
+        gemm = lib.cblas_gemm_bf16bf16f32
+    except AttributeError:
+        return None
+    c_int, c_float, c_void_p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+    gemm.restype = None
+    gemm.argtypes = [c_int, c_int, c_int, c_int, c_int, c_int, c_float, c_void_p, c_int, c_void_p, c_int, c_float,
+                     c_void_p, c_int]
+    return gemm
+
+
+MKL_BF16_GEMM = _mkl_bf16_gemm()
+CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
+
+
+def layer_product(y, weight, out, m, gemm, gemm_bf16, scalars, alpha_beta):
+    """out[:m] (float32) = y[:m] @ weight.T: ``_product`` for float inputs, MKL's ``gemm_bf16``
+    for bf16 bits (chosen by the inputs' type, so that each compiles only its own)."""
+
+
+@overload(layer_product)
+def _layer_product(y, weight, out, m, gemm, gemm_bf16, scalars, alpha_beta):
+    if y.dtype == types.uint16:
+        def bf16(y, weight, out, m, gemm, gemm_bf16, scalars, alpha_beta):
+            n_out, n_in = weight.shape
+            gemm_bf16(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, m, n_out, n_in, 1.0, y.ctypes.data, n_in,
+                      weight.ctypes.data, n_in, 0.0, out.ctypes.data, n_out)
+        return bf16
+
+    def full(y, weight, out, m, gemm, gemm_bf16, scalars, alpha_beta):
+        _product(y, weight, out, m, gemm, scalars, alpha_beta)
+    return full
+
+
 @numba.njit(**JIT)
 def _product(y, weight, out, m, gemm, scalars, alpha_beta):
     """out[:m] = y[:m] @ weight.T, weight (out, in) C-contiguous: by MKL's ``gemm`` (``sgemm_``,
@@ -539,9 +580,13 @@ def _product(y, weight, out, m, gemm, scalars, alpha_beta):
 
 
 @numba.njit(fastmath=REASSOCIATE, **JIT)
-def _tower_logits(logits, user_part, item_part, weights, biases, n_layers, head, first, stride, x, outs, gemm):
-    # The activations' buffers (x, outs) hold a block of items; loops index whole C-contiguous
-    # arrays by row, as slices (of unknown strides to numba) would not vectorise
+def _tower_logits(logits, user_part, item_part, weights, biases, n_layers, head, first, stride, ins, outs, gemm,
+                  gemm_bf16):
+    # The activations' buffers hold a block of items: ``ins[k]`` layer k's input (ins[0] the
+    # first layer's activations; bf16 bits with ``gemm_bf16``, else float and ins[k + 1] the same
+    # array as outs[k]), ``outs[k]`` its float32 product. Loops index whole C-contiguous arrays by
+    # row, as slices (of unknown strides to numba) would not vectorise
+    x = ins[0]
     n, block = len(item_part), len(x)
     scalars, alpha_beta = np.empty(8, np.int32), np.empty(2, np.float32)
     for u in range(first, len(user_part), stride):
@@ -552,24 +597,39 @@ def _tower_logits(logits, user_part, item_part, weights, biases, n_layers, head,
                 target, source = x[i], item_part[start + i]
                 for f in range(len(user)):
                     v = user[f] + source[f]
-                    target[f] = 0 if v < 0 else v  # NaN stays NaN
-            y = x
+                    v = np.float32(0) if v < 0 else v  # NaN stays NaN
+                    store(target, f, v)
             for k in range(n_layers):
-                out, bias, relu = outs[k], biases[k], k < n_layers - 1  # the last ReLU is the head's
-                _product(y, weights[k], out, m, gemm, scalars, alpha_beta)
-                for i in range(m):
-                    row = out[i]
-                    for f in range(len(bias)):
-                        v = row[f] + bias[f]
-                        row[f] = 0 if relu and v < 0 else v
-                y = out
+                out, bias = outs[k], biases[k]
+                layer_product(ins[k], weights[k], out, m, gemm, gemm_bf16, scalars, alpha_beta)
+                if k < n_layers - 1:  # ReLU into the next layer's input; the last ReLU is the head's
+                    following = ins[k + 1]
+                    for i in range(m):
+                        row, target = out[i], following[i]
+                        for f in range(len(bias)):
+                            v = row[f] + bias[f]
+                            v = np.float32(0) if v < 0 else v
+                            store(target, f, v)
+                else:
+                    for i in range(m):
+                        row = out[i]
+                        for f in range(len(bias)):
+                            row[f] += bias[f]
             scores = logits[u]
-            for i in range(m):
-                row, s = y[i], scores[start + i]
-                for f in range(len(head)):
-                    v = row[f]
-                    s += (0 if v < 0 else v) * head[f]
-                scores[start + i] = s
+            if n_layers:
+                last = outs[n_layers - 1]
+                for i in range(m):
+                    row, s = last[i], scores[start + i]
+                    for f in range(len(head)):
+                        v = row[f]
+                        s += (0 if v < 0 else v) * head[f]
+                    scores[start + i] = s
+            else:
+                for i in range(m):
+                    row, s = x[i], scores[start + i]
+                    for f in range(len(head)):
+                        s += load(row, f) * head[f]  # the first layer's ReLU already applied
+                    scores[start + i] = s
 
 
 # Items a block of the scoring takes at once: 2^18 first-layer activations (1 MiB of fp32), so
@@ -580,10 +640,12 @@ TOWER_BLOCK_ELEMENTS = 1 << 18
 
 
 def tower_logits_(logits: torch.Tensor, user_part: torch.Tensor, item_part: torch.Tensor,
-                  layers: list[tuple[torch.Tensor, torch.Tensor]], head: torch.Tensor) -> None:
+                  layers: list[tuple[torch.Tensor, torch.Tensor]], head: torch.Tensor, bf16: bool = False) -> None:
     """NCF's MLP tower for users against every item, in place: ``logits`` (users, items) +=
     ReLU(tower(ReLU(``user_part``[u] + ``item_part``))) @ ``head``, the tower's ``layers`` as
     (weight (out, in), bias) pairs with ReLU between them; float32 CPU tensors without grad.
+    ``bf16`` (``amp``, where MKL's bf16 product is found, ``MKL_BF16_GEMM``): the layers' inputs
+    and weights in bf16, rounded once from float32, the products summed in float32.
     One compiled function runs a share of the users, a user and a block of items at a time
     (``TOWER_BLOCK_ELEMENTS``), so that the activations stay in the cache from layer to layer,
     and the shares run on torch's threads at once (``on_threads``), each product on its thread
@@ -592,20 +654,26 @@ def tower_logits_(logits: torch.Tensor, user_part: torch.Tensor, item_part: torc
     exports no MKL, by ``np.dot`` (scipy's BLAS): no Python between the passes, where torch's
     products in a Python loop handed the interpreter lock over a few times per user (0.231-0.296 s
     against 0.185-0.237 s for ``np.dot``'s then, README "Performance")."""
+    if bf16 and MKL_BF16_GEMM is None:
+        raise ValueError("bf16 scoring needs MKL's bf16 product (MKL_BF16_GEMM), which this torch does not export")
     items = item_part.numpy()
-    weights = tuple(np.ascontiguousarray(weight.numpy()) for weight, _ in layers)
+    low = np.uint16 if bf16 else items.dtype  # the layers' inputs: bf16 bits, or the parts' precision
+    weights = tuple(as_array(weight.to(torch.bfloat16)) if bf16 else np.ascontiguousarray(weight.numpy())
+                    for weight, _ in layers)
     biases = tuple(bias.numpy() for _, bias in layers)
     if not layers:  # numba types a tuple by its items: an empty one stands for "no layer"
-        weights, biases = (np.empty((0, 0), items.dtype),), (np.empty(0, items.dtype),)
+        weights, biases = (np.empty((0, 0), low),), (np.empty(0, items.dtype),)
     block = max(1, min(len(items), TOWER_BLOCK_ELEMENTS // items.shape[1]))
     gemm, mkl_threads = MKL_SGEMM if MKL_SGEMM is not None and items.dtype == np.float32 else (None, None)
 
     def share(first: int, stride: int) -> None:
         outs = tuple(np.empty((block, weight.shape[0]), items.dtype) for weight in weights)
+        ins = (np.empty((block, items.shape[1]), low),
+               *(np.empty(out.shape, low) if bf16 else out for out in outs[:-1]))
         threads = mkl_threads(1) if mkl_threads else None  # this thread's MKL calls on this thread alone
         try:
             _tower_logits(logits.numpy(), user_part.numpy(), items, weights, biases, len(layers), head.numpy(),
-                          first, stride, np.empty((block, items.shape[1]), items.dtype), outs, gemm)
+                          first, stride, ins, outs, gemm, MKL_BF16_GEMM if bf16 else None)
         finally:
             if mkl_threads:
                 mkl_threads(threads)

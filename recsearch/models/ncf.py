@@ -149,20 +149,24 @@ class NeuMFNetwork(nn.Module):
         if self.gmf:
             logits += (p[:, : self.dim] * h[: self.dim]) @ q[:, : self.dim].T
         if self.mlp:
-            # Under autocast (amp) the tower runs in its precision from end to end, outside autocast:
-            # the halves are cast once, not every chunk's (b, n, width) sum, which autocast would
-            # make in fp32 and cast again at the next layer (ml-100k bf16 validation, bench/perf.py:
-            # 0.13-0.15 s against 0.18-0.22 s). Chunks of the same bytes whatever the precision.
+            # On the CPU the compiled tower (``kernels.tower_logits_``), in bf16 under autocast (amp)
+            # where MKL's bf16 product is found. Elsewhere the tower runs in its precision from end
+            # to end, outside autocast: the halves are cast once, not every chunk's (b, n, width)
+            # sum, which autocast would make in fp32 and cast again at the next layer (ml-100k bf16
+            # validation, bench/perf.py: 0.13-0.15 s against 0.18-0.22 s). Chunks of the same bytes
+            # whatever the precision.
             device = users.device.type
             dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
             with torch.autocast(device, enabled=False):
-                user_part = self.mlp_user(p[:, -self.dim :]).to(dtype)
-                item_part = self.mlp_item(q[:, -self.dim :]).to(dtype)
-                head = h[-self.hidden_width :].to(dtype)
-                if device == "cpu" and dtype == torch.float32 and not (self.training or torch.is_grad_enabled()):
+                user_part, item_part = self.mlp_user(p[:, -self.dim :]), self.mlp_item(q[:, -self.dim :])
+                head = h[-self.hidden_width :]
+                if (device == "cpu" and not (self.training or torch.is_grad_enabled())
+                        and (dtype == torch.float32 or (dtype == torch.bfloat16 and kernels.MKL_BF16_GEMM))):
                     layers = [(layer.weight.detach(), layer.bias.detach()) for layer in self.hidden]
-                    kernels.tower_logits_(logits, user_part, item_part, layers, head.detach())
+                    kernels.tower_logits_(logits, user_part, item_part, layers, head.detach(),
+                                          bf16=dtype == torch.bfloat16)
                     return logits
+                user_part, item_part, head = (t.to(dtype) for t in (user_part, item_part, head))
                 budget = SCORE_CHUNK_ELEMENTS.get(device, SCORE_CHUNK_ELEMENTS["cpu"]) * 4 // dtype.itemsize
                 chunk = max(1, budget // (len(q) * user_part.shape[1]))
                 for start in range(0, len(users), chunk):
