@@ -502,32 +502,32 @@ def bce_head(last: torch.Tensor | None, gmf: tuple[torch.Tensor, torch.Tensor] |
     return tuple(out)
 
 
-def _mkl_sgemm() -> tuple[Callable, Callable] | None:
-    """MKL's Fortran ``sgemm_`` and ``MKL_Set_Num_Threads_Local`` as torch's CPU library exports
-    them (its x86 wheels link MKL), or None. On NeuMF's scoring shapes, one thread, 1,682 x 128 by
-    128 x 64: 156 GFLOP/s against 113 for scipy's OpenBLAS, what numba's ``np.dot`` calls."""
+def _torch_cpu_library() -> ctypes.CDLL | None:
+    """torch's CPU library: its x86 builds link MKL and export MKL's BLAS."""
     try:
-        lib = ctypes.CDLL(str(next((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*"))))
+        return ctypes.CDLL(str(next((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*"))))
+    except (OSError, StopIteration):
+        return None
+
+
+def _mkl_sgemm(lib: ctypes.CDLL | None) -> tuple[Callable, Callable] | None:
+    """MKL's Fortran ``sgemm_`` and ``MKL_Set_Num_Threads_Local``, or None. On NeuMF's scoring
+    shapes, one thread, 1,682 x 128 by 128 x 64: 156 GFLOP/s against 113 for scipy's OpenBLAS,
+    what numba's ``np.dot`` calls."""
+    try:
         gemm = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(("sgemm_", lib))
         threads = lib.MKL_Set_Num_Threads_Local
-    except (OSError, AttributeError, StopIteration):
+    except (AttributeError, TypeError):  # TypeError: no library
         return None
     threads.restype, threads.argtypes = ctypes.c_int, [ctypes.c_int]
     return gemm, threads
 
 
-MKL_SGEMM = _mkl_sgemm()
-
-
-def _mkl_bf16_gemm() -> Callable | None:
-    """MKL's ``cblas_gemm_bf16bf16f32`` (bf16 inputs, float32 output; AMX where the CPU has it)
-    as torch's CPU library exports it, or None. One thread, 1,682 x 128 by 128 x 64: 646 GFLOP/s."""
-    if MKL_SGEMM is None:
-        return None
-    lib = ctypes.CDLL(str(next((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*"))))
-    try:
-        gemm = lib.cblas_gemm_bf16bf16f32
-    except AttributeError:
+def _mkl_bf16_gemm(lib: ctypes.CDLL | None) -> Callable | None:
+    """MKL's ``cblas_gemm_bf16bf16f32`` (bf16 inputs, float32 output; AMX where the CPU has it),
+    or None. One thread, 1,682 x 128 by 128 x 64: 646 GFLOP/s."""
+    gemm = getattr(lib, "cblas_gemm_bf16bf16f32", None) if lib is not None else None
+    if gemm is None:
         return None
     c_int, c_float, c_void_p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
     gemm.restype = None
@@ -536,7 +536,9 @@ def _mkl_bf16_gemm() -> Callable | None:
     return gemm
 
 
-MKL_BF16_GEMM = _mkl_bf16_gemm()
+_TORCH_CPU = _torch_cpu_library()
+MKL_SGEMM = _mkl_sgemm(_TORCH_CPU)
+MKL_BF16_GEMM = _mkl_bf16_gemm(_TORCH_CPU) if MKL_SGEMM is not None else None  # threads held by MKL_SGEMM[1]
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
 
 
@@ -562,7 +564,7 @@ def _layer_product(y, weight, out, m, gemm, gemm_bf16, scalars, alpha_beta):
 @numba.njit(**JIT)
 def _product(y, weight, out, m, gemm, scalars, alpha_beta):
     """out[:m] = y[:m] @ weight.T, weight (out, in) C-contiguous: by MKL's ``gemm`` (``sgemm_``,
-    column-major: out.T = weight @ y.T) where given, else numba's ``np.dot``. ``scalars`` (8 int32)
+    column-major: out.T = weight @ y.T) where given, else numba's ``np.dot``. ``scalars`` (5 int32)
     and ``alpha_beta`` (2 float32): scratch for the arguments Fortran takes by reference."""
     if gemm is None:
         if m == len(y):
@@ -588,7 +590,7 @@ def _tower_logits(logits, user_part, item_part, weights, biases, n_layers, head,
     # row, as slices (of unknown strides to numba) would not vectorise
     x = ins[0]
     n, block = len(item_part), len(x)
-    scalars, alpha_beta = np.empty(8, np.int32), np.empty(2, np.float32)
+    scalars, alpha_beta = np.empty(5, np.int32), np.empty(2, np.float32)
     for u in range(first, len(user_part), stride):
         user = user_part[u]
         for start in range(0, n, block):
