@@ -479,8 +479,8 @@ def bce_head(last: torch.Tensor | None, gmf: tuple[torch.Tensor, torch.Tensor] |
     dtype = weight.detach().numpy().dtype
     dim = gmf[0].shape[1] if gmf is not None else 0
     h = weight.detach().numpy()[0]
-    users, items = (g.numpy() for g in gmf) if gmf is not None else (np.empty((0, 0), dtype),) * 2
-    none = np.empty((0, 0), dtype)
+    none = np.empty((0, 0), dtype)  # what stands for a missing input (numba types arrays, not None)
+    users, items = (g.numpy() for g in gmf) if gmf is not None else (none, none)
     tower = as_array(last) if last is not None else none
     tower_grad = torch.empty_like(last) if last is not None else None
     logits = torch.empty(len(item_of), dtype=weight.dtype)
