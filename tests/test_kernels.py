@@ -1,11 +1,12 @@
 """The compiled SparseAdam against torch's: the same update, the same state, interchangeable;
 the distinct entities of a batch as torch.unique gives them; dropout's hashed draws, compiled and
-in torch ops, the same and uniform.
+in torch ops, the same and uniform; the passes in bf16 and in a forked child.
 (The BPR kernels are checked against the torch path in test_mf.py and test_sampling.py.)"""
 
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -44,6 +45,26 @@ def test_the_compiled_update_is_torchs(maximize, unique):
         torch.testing.assert_close(ours[moment], theirs[moment], rtol=1e-5, atol=1e-7)
     untouched = torch.equal(actual.weight[20:], steps(kernels.SparseAdam, n_steps=0)[0].weight[20:])
     assert untouched, "rows absent from every gradient keep their values"
+
+
+def test_tables_stepped_at_once_each_follow_their_own_group():
+    """NCF's user and item tables step in one compiled call (on two threads): each as torch's
+    SparseAdam steps it, with its own group's settings."""
+    def two_tables(optimizer_class) -> list[nn.Embedding]:
+        torch.manual_seed(0)
+        tables = [nn.Embedding(30, 7, sparse=True), nn.Embedding(12, 7, sparse=True)]
+        optimizer = optimizer_class([{"params": tables[0].parameters(), "lr": 0.05},
+                                     {"params": tables[1].parameters(), "lr": 0.2, "betas": (0.5, 0.9)}])
+        batches = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            optimizer.zero_grad()
+            sum((table(torch.randint(0, len(table.weight), (20,), generator=batches)) ** 2).sum()
+                for table in tables).backward()
+            optimizer.step()
+        return tables
+
+    for actual, expected in zip(two_tables(kernels.SparseAdam), two_tables(torch.optim.SparseAdam), strict=True):
+        torch.testing.assert_close(actual.weight, expected.weight, rtol=1e-5, atol=1e-6)
 
 
 def test_checkpoints_move_between_torchs_and_the_compiled_one():
@@ -162,3 +183,27 @@ def test_bf16_passes_store_what_float32_computes_rounded_as_torch_casts():
     assert torch.equal(_bits(low[3]), _bits(full[3].to(torch.bfloat16)))  # the tower's gradient
     for got, expected in zip(low[:3] + low[4:], full[:3] + full[4:], strict=True):
         assert torch.equal(got, expected)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_after_the_parallel_kernels_ran_computes_what_its_parent_does():
+    """GNU OpenMP's threads do not survive a fork, and numba ends a child that starts them after
+    its parent did: a forked child runs the kernels' serial twins, to the same result."""
+    generator = torch.Generator().manual_seed(0)
+    grad, out = torch.randn(64, 16, generator=generator), torch.randn(64, 16, generator=generator)
+    expected = grad.clone()
+    kernels.relu_backward_(expected, out, 0.25)  # the parent starts the parallel kernels' threads
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its answer down the pipe, then out without running pytest's teardown
+        try:
+            kernels.relu_backward_(grad, out, 0.25)
+            os.write(write, b"same" if torch.equal(grad, expected) else b"different")
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        said = answer.read()
+    _, status = os.waitpid(child, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"the child ended with status {status}"
+    assert said == b"same"
