@@ -165,9 +165,11 @@ def test_bf16_passes_store_what_float32_computes_rounded_as_torch_casts():
 
     grad, out = bf16_values(pairs, width), low
     low, full = grad.clone(), grad.float()
-    kernels.relu_backward_(low, out, 0.25)
-    kernels.relu_backward_(full, out.float(), 0.25)
+    low_sum = kernels.relu_backward_(low, out, 0.25)
+    full_sum = kernels.relu_backward_(full, out.float(), 0.25)
     assert torch.equal(_bits(low), _bits(full.to(torch.bfloat16)))
+    torch.testing.assert_close(low_sum, low.float().sum(0), equal_nan=True)  # of what was stored
+    torch.testing.assert_close(full_sum, full.sum(0), equal_nan=True)
 
     sums = kernels.sum_by_entity(grad, item_of, user_of, n_items, n_users)
     for got, expected in zip(sums, kernels.sum_by_entity(grad.float(), item_of, user_of, n_items, n_users), strict=True):
@@ -181,7 +183,8 @@ def test_bf16_passes_store_what_float32_computes_rounded_as_torch_casts():
     low = kernels.bce_head(last, gmf, user_of, item_of, weight, bias, 0.25)
     full = kernels.bce_head(last.float(), gmf, user_of, item_of, weight, bias, 0.25)
     assert torch.equal(_bits(low[3]), _bits(full[3].to(torch.bfloat16)))  # the tower's gradient
-    for got, expected in zip(low[:3] + low[4:], full[:3] + full[4:], strict=True):
+    torch.testing.assert_close(low[4], low[3].float().sum(0))  # its sum over pairs: of what was stored
+    for got, expected in zip(low[:3] + low[5:], full[:3] + full[5:], strict=True):
         assert torch.equal(got, expected)
 
 

@@ -427,18 +427,27 @@ def first_layer_(out: torch.Tensor, item_part: torch.Tensor, item_of: torch.Tens
 
 
 @parallel_kernel(fastmath=REASSOCIATE, error_model="numpy")
-def _relu_backward(grad, out, keep):
-    for r in numba.prange(len(grad)):
-        g, o = grad[r], out[r]
-        for f in range(g.shape[0]):
-            v = load(g, f) / keep if load(o, f) > 0 else np.float32(0)
-            store(g, f, v)
+def _relu_backward(grad, out, keep, sums):
+    chunks, n = len(sums), len(grad)
+    for c in numba.prange(chunks):  # a chunk of rows each, into its own row of sums
+        column_sums = sums[c]
+        for r in range(c * n // chunks, (c + 1) * n // chunks):
+            g, o = grad[r], out[r]
+            for f in range(g.shape[0]):
+                v = load(g, f) / keep if load(o, f) > 0 else np.float32(0)
+                store(g, f, v)
+                column_sums[f] += load(g, f)  # what was stored (rounded, in bf16)
 
 
-def relu_backward_(grad: torch.Tensor, out: torch.Tensor, rate: float) -> None:
+def relu_backward_(grad: torch.Tensor, out: torch.Tensor, rate: float) -> torch.Tensor:
     """``relu_dropout_``'s backward, in place on ``grad``, from its output ``out``: a unit passed
-    its gradient (divided by 1 - rate) where it came out positive (kept, and positive before)."""
-    _relu_backward(as_array(grad), as_array(out), _scalar(grad)(1 - rate))
+    its gradient (divided by 1 - rate) where it came out positive (kept, and positive before).
+    Returns the new gradient's sum over rows (in float32 if ``grad`` is bf16): the gradient of
+    the bias that the layer producing ``out`` added."""
+    scalar = _scalar(grad)
+    sums = np.zeros((numba.get_num_threads(), grad.shape[1]), scalar)
+    _relu_backward(as_array(grad), as_array(out), scalar(1 - rate), sums)
+    return torch.from_numpy(sums.sum(0))
 
 
 @parallel_kernel(fastmath=REASSOCIATE)
@@ -489,7 +498,7 @@ def _head_logits(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, bias
 
 @parallel_kernel(fastmath=REASSOCIATE, error_model="numpy")
 def _head_backward(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, slopes, keep, last_grad,
-                   gmf_user_grad, gmf_item_grad, h_grad_last, h_grad_gmf):
+                   last_grad_sums, gmf_user_grad, gmf_item_grad, h_grad_last, h_grad_gmf):
     group = len(item_of) // len(user_of)
     for part in numba.prange(2):  # the GMF vectors' and the tower's: apart, they share nothing they write
         if part == 0:
@@ -517,6 +526,7 @@ def _head_backward(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, sl
                     gq[f] *= h_gmf[f]
         else:
             h_grad_last[:] = 0
+            last_grad_sums[:] = 0
             for r in range(len(last)):
                 slope = slopes[r]
                 a, g = last[r], last_grad[r]
@@ -525,6 +535,7 @@ def _head_backward(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, sl
                     h_grad_last[f] += slope * out
                     grad = slope * h_last[f] / keep if out > 0 else np.float32(0)
                     store(g, f, grad)
+                    last_grad_sums[f] += load(g, f)  # what was stored (rounded, in bf16)
 
 
 def bce_head(last: torch.Tensor | None, gmf: tuple[torch.Tensor, torch.Tensor] | None, user_of: torch.Tensor,
@@ -536,8 +547,9 @@ def bce_head(last: torch.Tensor | None, gmf: tuple[torch.Tensor, torch.Tensor] |
     output at ``rate``, in the weight's precision or bf16); ``gmf``: the distinct users' and items'
     GMF vectors; ``weight`` (1, dim + width) and ``bias`` (1,): the output layer's. Returns the
     mean loss and the gradients of the output weight and bias, of the tower's last
-    pre-activations (ReLU and dropout undone; in ``last``'s precision) and of the GMF user and
-    item vectors, each summed over its entity's pairs (each None where its input is)."""
+    pre-activations (ReLU and dropout undone; in ``last``'s precision) and their sum over the
+    pairs (the last layer's bias gradient), and of the GMF user and item vectors, each summed
+    over its entity's pairs (each None where its input is)."""
     dtype = weight.detach().numpy().dtype
     dim = gmf[0].shape[1] if gmf is not None else 0
     h = weight.detach().numpy()[0]
@@ -556,10 +568,12 @@ def bce_head(last: torch.Tensor | None, gmf: tuple[torch.Tensor, torch.Tensor] |
     loss = F.binary_cross_entropy_with_logits(logits, labels)
     slopes = (torch.sigmoid(logits) - labels) / len(logits)
     user_grad, item_grad, weight_grad = np.empty_like(users), np.empty_like(items), np.empty_like(h)
+    tower_sums = np.empty(last.shape[1] if last is not None else 0, dtype)
     _head_backward(tower, h[dim:], users, user_of.numpy(), items, item_of.numpy(), h[:dim], slopes.numpy(),
-                   dtype.type(1 - rate), as_array(tower_grad) if last is not None else none, user_grad, item_grad,
-                   weight_grad[dim:], weight_grad[:dim])
-    out = [loss, torch.from_numpy(weight_grad)[None], slopes.sum()[None], tower_grad]
+                   dtype.type(1 - rate), as_array(tower_grad) if last is not None else none, tower_sums, user_grad,
+                   item_grad, weight_grad[dim:], weight_grad[:dim])
+    out = [loss, torch.from_numpy(weight_grad)[None], slopes.sum()[None], tower_grad,
+           torch.from_numpy(tower_sums) if last is not None else None]
     out.extend((torch.from_numpy(user_grad), torch.from_numpy(item_grad)) if gmf is not None else (None, None))
     return tuple(out)
 

@@ -216,21 +216,22 @@ class NeuMFNetwork(nn.Module):
                 kernels.relu_dropout_(x, self._dropout_keys(generator), rate)
                 activations.append(x)
         gmf = (user_halves[0], item_halves[0]) if self.gmf else None
-        loss, self.out.weight.grad, self.out.bias.grad, grad, *gmf_grads = kernels.bce_head(
+        loss, self.out.weight.grad, self.out.bias.grad, grad, grad_sum, *gmf_grads = kernels.bce_head(
             activations[-1] if self.mlp else None, gmf, user_of, item_of, self.out.weight, self.out.bias, rate)
         user_grads, item_grads = ([grad] for grad in gmf_grads) if self.gmf else ([], [])
         if self.mlp:
+            # grad: a layer's pre-activations' gradient (bce_head or relu_backward_ undid the ReLU
+            # after it); grad_sum: its sum over the pairs, that layer's bias gradient
             for layer, weight, inputs in zip(reversed(self.hidden), reversed(tower_weights), activations[-2::-1],
                                              strict=True):
                 layer.weight.grad = (grad.T @ inputs).to(layer.weight.dtype)
-                layer.bias.grad = grad.sum(0, dtype=layer.bias.dtype)
+                layer.bias.grad = grad_sum
                 grad = grad @ weight
-                kernels.relu_backward_(grad, inputs, rate)
-            # grad: the first layer's pre-activations' (bce_head or the last relu_backward_ undid its ReLU)
+                grad_sum = kernels.relu_backward_(grad, inputs, rate)
             item_grad, user_grad = kernels.sum_by_entity(grad, item_of, user_of, len(item_ids), len(user_ids))
             self.mlp_item.weight.grad = item_grad.T @ item_halves[-1]
             item_grads.append(item_grad @ self.mlp_item.weight)
-            self.mlp_user.weight.grad, self.mlp_user.bias.grad = user_grad.T @ user_halves[-1], user_grad.sum(0)
+            self.mlp_user.weight.grad, self.mlp_user.bias.grad = user_grad.T @ user_halves[-1], grad_sum
             user_grads.append(user_grad @ self.mlp_user.weight)
         if l2:  # over the batch's rows: an entity's vector counts as often as it occurs
             for grads, halves, counts in ((user_grads, user_halves, user_counts), (item_grads, item_halves, item_counts)):
