@@ -43,7 +43,6 @@ from pathlib import Path
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
@@ -479,10 +478,14 @@ def sum_by_entity(grad: torch.Tensor, item_of: torch.Tensor, user_of: torch.Tens
     return item_grad, user_grad
 
 
-@parallel_kernel(fastmath=REASSOCIATE)
-def _head_logits(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, bias, logits):
+@parallel_kernel(fastmath=REASSOCIATE, error_model="numpy")
+def _head_loss(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, bias, slopes):
+    """The output layer's logits, then into ``slopes`` each pair's dLoss/dlogit; returns the
+    sums of the pairs' losses and of their slopes (float64)."""
     group = len(item_of) // len(user_of)
-    for r in numba.prange(len(item_of)):
+    n = len(item_of)
+    logits = slopes  # the logits first, each replaced by its slope in the last loop
+    for r in numba.prange(n):
         x = bias  # the arrays' precision (a float32 bias keeps the sums in float32)
         if len(gmf_item):
             p, q = gmf_user[user_of[r // group]], gmf_item[item_of[r]]
@@ -494,6 +497,19 @@ def _head_logits(last, h_last, gmf_user, user_of, gmf_item, item_of, h_gmf, bias
         for f in range(len(h_last)):
             x += load(a, f) * h_last[f]
         logits[r] = x
+    # BCE with logits, the positive first in each group: loss softplus(x) - y x, slope
+    # (sigmoid(x) - y) / n, both from one exp(-|x|) (stable for any x; NaN stays NaN)
+    loss = slope_sum = 0.0
+    for r in numba.prange(n):
+        x = logits[r]
+        y = 1 if r % group == 0 else 0
+        e = np.exp(-abs(x))
+        loss += max(x, 0) + np.log1p(e) - y * x
+        sigmoid = 1 / (1 + e) if x >= 0 else e / (1 + e)
+        slope = (sigmoid - y) / n
+        slopes[r] = slope
+        slope_sum += slope
+    return loss, slope_sum
 
 
 @parallel_kernel(fastmath=REASSOCIATE, error_model="numpy")
@@ -557,22 +573,16 @@ def bce_head(last: torch.Tensor | None, gmf: tuple[torch.Tensor, torch.Tensor] |
     users, items = (g.numpy() for g in gmf) if gmf is not None else (none, none)
     tower = as_array(last) if last is not None else none
     tower_grad = torch.empty_like(last) if last is not None else None
-    logits = torch.empty(len(item_of), dtype=weight.dtype)
-    _head_logits(tower, h[dim:], users, user_of.numpy(), items, item_of.numpy(), h[:dim],
-                 dtype.type(bias.item()), logits.numpy())
-    # the loss and its slopes by torch's vectorised exp and log, which numba's loops call one
-    # value at a time
-    labels = torch.zeros_like(logits).view(len(user_of), -1)
-    labels[:, 0] = 1  # each group's first candidate is the positive
-    labels = labels.view(-1)
-    loss = F.binary_cross_entropy_with_logits(logits, labels)
-    slopes = (torch.sigmoid(logits) - labels) / len(logits)
+    slopes = np.empty(len(item_of), dtype)
+    loss, slope_sum = _head_loss(tower, h[dim:], users, user_of.numpy(), items, item_of.numpy(), h[:dim],
+                                 dtype.type(bias.item()), slopes)
     user_grad, item_grad, weight_grad = np.empty_like(users), np.empty_like(items), np.empty_like(h)
     tower_sums = np.empty(last.shape[1] if last is not None else 0, dtype)
-    _head_backward(tower, h[dim:], users, user_of.numpy(), items, item_of.numpy(), h[:dim], slopes.numpy(),
+    _head_backward(tower, h[dim:], users, user_of.numpy(), items, item_of.numpy(), h[:dim], slopes,
                    dtype.type(1 - rate), as_array(tower_grad) if last is not None else none, tower_sums, user_grad,
                    item_grad, weight_grad[dim:], weight_grad[:dim])
-    out = [loss, torch.from_numpy(weight_grad)[None], slopes.sum()[None], tower_grad,
+    out = [torch.tensor(loss / len(slopes), dtype=weight.dtype), torch.from_numpy(weight_grad)[None],
+           torch.tensor([slope_sum], dtype=weight.dtype), tower_grad,
            torch.from_numpy(tower_sums) if last is not None else None]
     out.extend((torch.from_numpy(user_grad), torch.from_numpy(item_grad)) if gmf is not None else (None, None))
     return tuple(out)
