@@ -165,11 +165,9 @@ def test_bf16_passes_store_what_float32_computes_rounded_as_torch_casts():
 
     grad, out = bf16_values(pairs, width), low
     low, full = grad.clone(), grad.float()
-    low_sum = kernels.relu_backward_(low, out, 0.25)
-    full_sum = kernels.relu_backward_(full, out.float(), 0.25)
+    kernels.relu_backward_(low, out, 0.25)
+    kernels.relu_backward_(full, out.float(), 0.25)
     assert torch.equal(_bits(low), _bits(full.to(torch.bfloat16)))
-    torch.testing.assert_close(low_sum, low.float().sum(0), equal_nan=True)  # of what was stored
-    torch.testing.assert_close(full_sum, full.sum(0), equal_nan=True)
 
     sums = kernels.sum_by_entity(grad, item_of, user_of, n_items, n_users)
     for got, expected in zip(sums, kernels.sum_by_entity(grad.float(), item_of, user_of, n_items, n_users), strict=True):

@@ -426,27 +426,18 @@ def first_layer_(out: torch.Tensor, item_part: torch.Tensor, item_of: torch.Tens
 
 
 @parallel_kernel(fastmath=REASSOCIATE, error_model="numpy")
-def _relu_backward(grad, out, keep, sums):
-    chunks, n = len(sums), len(grad)
-    for c in numba.prange(chunks):  # a chunk of rows each, into its own row of sums
-        column_sums = sums[c]
-        for r in range(c * n // chunks, (c + 1) * n // chunks):
-            g, o = grad[r], out[r]
-            for f in range(g.shape[0]):
-                v = load(g, f) / keep if load(o, f) > 0 else np.float32(0)
-                store(g, f, v)
-                column_sums[f] += load(g, f)  # what was stored (rounded, in bf16)
+def _relu_backward(grad, out, keep):
+    for r in numba.prange(len(grad)):
+        g, o = grad[r], out[r]
+        for f in range(g.shape[0]):
+            v = load(g, f) / keep if load(o, f) > 0 else np.float32(0)
+            store(g, f, v)
 
 
-def relu_backward_(grad: torch.Tensor, out: torch.Tensor, rate: float) -> torch.Tensor:
+def relu_backward_(grad: torch.Tensor, out: torch.Tensor, rate: float) -> None:
     """``relu_dropout_``'s backward, in place on ``grad``, from its output ``out``: a unit passed
-    its gradient (divided by 1 - rate) where it came out positive (kept, and positive before).
-    Returns the new gradient's sum over rows (in float32 if ``grad`` is bf16): the gradient of
-    the bias that the layer producing ``out`` added."""
-    scalar = _scalar(grad)
-    sums = np.zeros((numba.get_num_threads(), grad.shape[1]), scalar)
-    _relu_backward(as_array(grad), as_array(out), scalar(1 - rate), sums)
-    return torch.from_numpy(sums.sum(0))
+    its gradient (divided by 1 - rate) where it came out positive (kept, and positive before)."""
+    _relu_backward(as_array(grad), as_array(out), _scalar(grad)(1 - rate))
 
 
 @parallel_kernel(fastmath=REASSOCIATE)

@@ -221,17 +221,18 @@ class NeuMFNetwork(nn.Module):
         user_grads, item_grads = ([grad] for grad in gmf_grads) if self.gmf else ([], [])
         if self.mlp:
             # grad: a layer's pre-activations' gradient (bce_head or relu_backward_ undid the ReLU
-            # after it); grad_sum: its sum over the pairs, that layer's bias gradient
+            # after it); its sum over the pairs is the layer's bias gradient (the last layer's
+            # summed by bce_head as it stored them)
             for layer, weight, inputs in zip(reversed(self.hidden), reversed(tower_weights), activations[-2::-1],
                                              strict=True):
                 layer.weight.grad = (grad.T @ inputs).to(layer.weight.dtype)
-                layer.bias.grad = grad_sum
-                grad = grad @ weight
-                grad_sum = kernels.relu_backward_(grad, inputs, rate)
+                layer.bias.grad = grad.sum(0, dtype=layer.bias.dtype) if grad_sum is None else grad_sum
+                grad, grad_sum = grad @ weight, None
+                kernels.relu_backward_(grad, inputs, rate)
             item_grad, user_grad = kernels.sum_by_entity(grad, item_of, user_of, len(item_ids), len(user_ids))
             self.mlp_item.weight.grad = item_grad.T @ item_halves[-1]
             item_grads.append(item_grad @ self.mlp_item.weight)
-            self.mlp_user.weight.grad, self.mlp_user.bias.grad = user_grad.T @ user_halves[-1], grad_sum
+            self.mlp_user.weight.grad, self.mlp_user.bias.grad = user_grad.T @ user_halves[-1], user_grad.sum(0)
             user_grads.append(user_grad @ self.mlp_user.weight)
         if l2:  # over the batch's rows: an entity's vector counts as often as it occurs
             for grads, halves, counts in ((user_grads, user_halves, user_counts), (item_grads, item_halves, item_counts)):
