@@ -10,6 +10,7 @@ and in any order."""
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -489,7 +490,9 @@ def test_fuzzing_with_a_token_401_before_any_422(server, secured):
 def test_recsearch_serve_falls_back_without_haproxy_and_restarts_on_its_port(models, tmp_path):
     """A HAProxy that cannot start (here: no binary) leaves Serve's own proxy answering, with a
     message saying so; once stopped, a new `recsearch serve` starts on the same port at once,
-    this time behind HAProxy."""
+    this time behind HAProxy. Stopped by a signal to its whole process group (as `timeout` and
+    systemd stop it), which kills Ray's processes before they can stop HAProxy, it still leaves
+    no HAProxy holding its ports."""
     inherited = {k: v for k, v in os.environ.items() if k not in ingress.HAPROXY_PORTS}  # the module's Serve's
     env = {**inherited, "RAY_AUTH_MODE": "disabled", **EXCLUSIVE_SERVE_PORTS}
     broken = ServeProcess(models["ranking"], {**env, "RAY_SERVE_HAPROXY_BINARY_PATH": str(tmp_path / "no-haproxy")},
@@ -510,4 +513,10 @@ def test_recsearch_serve_falls_back_without_haproxy_and_restarts_on_its_port(mod
         answer = httpx.post(f"http://127.0.0.1:{port}/recommend/user", json={"user": "u1", "k": 3}, timeout=30)
         assert answer.status_code == 200 and len(answer.json()["items"]) == 3
     finally:
-        assert again.stop() == 0
+        assert again.stop(whole_group=True) == 0
+    ingress_line = output.split("\ningress: ")[1].splitlines()[0]
+    side_ports = [int(part.split(" on port ")[1]) for part in ingress_line.split("; ")[1:]]
+    assert len(side_ports) == 3
+    for listened in (port, *side_ports):  # a HAProxy left behind would still listen on them all
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", listened), timeout=5).close()

@@ -213,11 +213,15 @@ def _start(args: argparse.Namespace, target: ServePlan, token: str | None,
 
 
 def _stop(host: str, port: int, timeout: float = 30.0) -> None:
-    """Stop the private Ray (every process of it, the application with it) and wait until the
-    port can be bound again, so that a new ``recsearch serve`` can start on it at once."""
+    """Stop the private Ray (every process of it, the application with it, HAProxy even where a
+    signal to the whole process group killed Ray first: ``ingress.stop_orphans``) and wait until
+    the port can be bound again, so that a new ``recsearch serve`` can start on it at once."""
     import ray
 
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     ray.shutdown()
+    if node_id is not None:
+        ingress.stop_orphans(node_id)
     deadline = time.monotonic() + timeout
     while not _port_free(host, port) and time.monotonic() < deadline:
         time.sleep(0.2)

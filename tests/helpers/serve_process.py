@@ -3,6 +3,7 @@ and for the load benchmark, which measures what users get."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -27,8 +28,10 @@ class ServeProcess:
         ``PortTaken`` when the port was taken: ``helpers.ports.with_free_port(process.start)``
         tries free ports until one serves (then ``port``)."""
         with open(self.log, "w") as out:
+            # a process group of its own, as a shell job gets: ``stop(whole_group=True)`` signals it
             self.process = subprocess.Popen([str(RECSEARCH), "serve", str(self.model_dir), "--port", str(port),
-                                             *self.options], env=self.env, stdout=out, stderr=subprocess.STDOUT)
+                                             *self.options], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             output = self.log.read_text()
@@ -43,7 +46,12 @@ class ServeProcess:
         self.stop()
         raise TimeoutError(f"recsearch serve did not come up within {timeout}s:\n{self.log.read_text()[-3000:]}")
 
-    def stop(self) -> int:
-        """SIGTERM, as `kill` sends; its exit status once it has shut down."""
-        self.process.send_signal(signal.SIGTERM)
+    def stop(self, whole_group: bool = False) -> int:
+        """SIGTERM, as `kill` sends, or (``whole_group``) to the command and every process it
+        started at once, as `timeout` and systemd's stop send; its exit status once it has shut
+        down."""
+        if whole_group:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        else:
+            self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=120)
