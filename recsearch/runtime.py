@@ -49,11 +49,11 @@ def configure_threads(cpus: int | None = None) -> int:
     """Size torch's intra-op pool, and numba's for the compiled kernels (``models.kernels``), to
     the CPUs we were given, so that two trials sharing a two-core machine do not each spin two
     busy threads. numba's count holds for the calling thread (the one that trains)."""
-    import numba
+    from recsearch.models import kernels  # chooses numba's threading layer before its threads start
 
     cpus = max(1, int(cpus or available_cpus()))
     torch.set_num_threads(cpus)
-    numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))
+    kernels.set_threads(cpus)
     return cpus
 
 

@@ -208,3 +208,23 @@ def test_a_child_forked_after_the_parallel_kernels_ran_computes_what_its_parent_
     _, status = os.waitpid(child, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"the child ended with status {status}"
     assert said == b"same"
+
+
+def test_configure_threads_sizes_the_kernels_threads_and_they_run_on_torchs_openmp():
+    """A trial given one CPU runs its parallel kernels on one thread; where numba's OpenMP layer
+    loads (and the user chose no other), the kernels run on it: bound to torch's libgomp, its
+    threads are torch's own."""
+    import numba
+
+    from recsearch.runtime import configure_threads
+
+    before = torch.get_num_threads()
+    try:
+        configure_threads(1)
+        assert numba.get_num_threads() == torch.get_num_threads() == 1
+        configure_threads(numba.config.NUMBA_NUM_THREADS + 3)  # more than numba's pool: capped
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+        if kernels.OPENMP and "NUMBA_THREADING_LAYER" not in os.environ:
+            assert numba.threading_layer() == "omp"
+    finally:
+        configure_threads(before)

@@ -95,6 +95,12 @@ def parallel_kernel(**options) -> Callable[[Callable], _ParallelKernel]:
     return lambda py_func: _ParallelKernel(py_func, options)
 
 
+def set_threads(n: int) -> None:
+    """The parallel kernels' threads, for those the calling thread runs (numba's count is per
+    thread): at most ``n``, and at most the pool numba started with (``NUMBA_NUM_THREADS``)."""
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
 REASSOCIATE = {"reassoc", "contract", "nsz", "arcp"}  # lets the row loops vectorise; keeps NaN and inf
 # error_model="numpy" where a kernel divides: IEEE division, as torch's, without the zero check
 # that Python's semantics put in the loop and that stops it vectorising
@@ -843,9 +849,9 @@ class SparseAdam(torch.optim.SparseAdam):
 @parallel_kernel()
 def _lazy_adam_tables(rows, values, params, exp_avgs, exp_avg_sqs, slots, settings):
     """``_lazy_adam`` of each table (tuples of its arguments; ``settings``: a row of step size,
-    beta1, beta2 and eps per table), the tables at once on numba's threads: NCF's user and item tables, ml-100k,
-    121 against 186 us one after the other (spreading one table's rows over the threads ran slower
-    than one thread)."""
+    beta1, beta2 and eps per table), the tables at once on numba's threads: NCF's user and item
+    tables, ml-100k, 121 against 186 us one after the other (one table's rows spread over the
+    threads ran slower than on one thread)."""
     for t in numba.prange(len(rows)):
         step_size, beta1, beta2, eps = settings[t]
         _lazy_adam(rows[t], values[t], params[t], exp_avgs[t], exp_avg_sqs[t], slots[t], step_size, beta1, beta2, eps)
