@@ -10,8 +10,9 @@ users shared among threads by ``on_threads``).
 
 The passes over a batch's pairs and SparseAdam's tables share their work among torch's own
 threads (``parallel_kernel``: numba's OpenMP layer on torch's libgomp), which the products
-before them have just woken: ml-100k NeuMF epochs 0.139-0.147 s against 0.153-0.158 s on one
-thread, 0.125-0.135 s against 0.141-0.147 s in bf16 (alternating processes, two threads).
+before them have just woken: ml-100k NeuMF epochs 0.139-0.147 s against 0.153-0.158 s with
+these loops on one thread, 0.125-0.135 s against 0.141-0.147 s in bf16 (alternating processes,
+torch on two threads).
 
 Why compiled: on a small catalogue a step is a few thousand rows of 65-128 numbers, and in torch
 ops it is tens of kernel launches of per-op and memory-pass cost (ml-100k BPR: 2.2-2.8 ms a step

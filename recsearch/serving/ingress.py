@@ -83,11 +83,13 @@ def stop_orphans(node_id: str, grace: float = 5.0) -> list[int]:
         except (OSError, ValueError):  # gone meanwhile, or not ours to read
             continue
     deadline = time.monotonic() + grace
-    while orphans and time.monotonic() < deadline and any(_alive(pid) for pid in orphans):
+    while time.monotonic() < deadline and any(_alive(pid) for pid in orphans):
         time.sleep(0.1)
-    for pid in orphans:
-        if _alive(pid):
+    for pid in filter(_alive, orphans):
+        try:
             os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # ended since it was looked at
+            pass
     return orphans
 
 
