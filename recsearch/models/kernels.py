@@ -626,6 +626,21 @@ MKL_BF16_GEMM = _mkl_bf16_gemm(_TORCH_CPU) if MKL_SGEMM is not None else None  #
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
 
 
+def weight_gradient(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """A linear layer's weight gradient ``grad.T @ inputs`` in float32 from bf16 ``grad`` (rows,
+    out) and ``inputs`` (rows, in), both C-contiguous on the CPU: by MKL's bf16 product where
+    found, which reads ``grad`` transposed in place and returns float32. torch's bf16 product of
+    a transposed operand takes about twice as long (NeuMF's 4,096 pairs, 64 x 128 by 4,096, two
+    threads: 137-169 against 81 us), and its bf16 result is then cast."""
+    if MKL_BF16_GEMM is None:
+        return (grad.T @ inputs).float()
+    (rows, n_out), n_in = grad.shape, inputs.shape[1]
+    out = torch.empty(n_out, n_in)
+    MKL_BF16_GEMM(CBLAS_ROW_MAJOR, CBLAS_TRANS, CBLAS_NO_TRANS, n_out, n_in, rows, 1.0, grad.data_ptr(), n_out,
+                  inputs.data_ptr(), n_in, 0.0, out.data_ptr(), n_in)
+    return out
+
+
 def layer_product(y, weight, out, m, gemm, gemm_bf16, scalars, alpha_beta):
     """out[:m] (float32) = y[:m] @ weight.T: ``_product`` for float inputs, MKL's ``gemm_bf16``
     for bf16 bits (chosen by the inputs' type, so that each compiles only its own)."""

@@ -225,7 +225,7 @@ class NeuMFNetwork(nn.Module):
             # summed by bce_head as it stored them)
             for layer, weight, inputs in zip(reversed(self.hidden), reversed(tower_weights), activations[-2::-1],
                                              strict=True):
-                layer.weight.grad = (grad.T @ inputs).to(layer.weight.dtype)
+                layer.weight.grad = kernels.weight_gradient(grad, inputs) if bf16 else grad.T @ inputs
                 layer.bias.grad = grad.sum(0, dtype=layer.bias.dtype) if grad_sum is None else grad_sum
                 grad, grad_sum = grad @ weight, None
                 kernels.relu_backward_(grad, inputs, rate)
@@ -346,9 +346,9 @@ class NeuralCF(PairTrainedRecommender):
 
     def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The users of the examples ``index`` and their candidates (b, 1 + negatives), the positive first."""
-        users = self.users[index]
+        users = self.users.index_select(0, index)  # not users[index]: 3% of an ml-100k NeuMF epoch
         negatives = self.sampler.sample(users, self.negatives, self.generator)
-        return users, torch.cat([self.items[index][:, None], negatives], 1)
+        return users, torch.cat([self.items.index_select(0, index)[:, None], negatives], 1)
 
     def _score(self, users: torch.Tensor) -> torch.Tensor:
         return self.net.all_logits(users).float()
