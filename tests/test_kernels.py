@@ -186,6 +186,22 @@ def test_bf16_passes_store_what_float32_computes_rounded_as_torch_casts():
         assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("mkl", [True, False], ids=["mkl", "torch"])
+def test_bf16_weight_gradient_is_the_float32_product_of_its_operands(mkl, monkeypatch):
+    """``weight_gradient`` reads the gradient transposed (rows x out as out x rows): an odd
+    shape, so that a swapped dimension or leading stride cannot pass; float32 out, either path."""
+    if mkl and kernels.MKL_BF16_GEMM is None:
+        pytest.skip("this torch does not export MKL's bf16 product")
+    if not mkl:
+        monkeypatch.setattr(kernels, "MKL_BF16_GEMM", None)
+    generator = torch.Generator().manual_seed(0)
+    grad, inputs = (torch.randn(37, n, generator=generator).to(torch.bfloat16) for n in (5, 11))
+    got = kernels.weight_gradient(grad, inputs)
+    assert got.dtype == torch.float32 and got.shape == (5, 11)
+    torch.testing.assert_close(got, grad.double().T.mm(inputs.double()).float(), rtol=0.01 if not mkl else 1e-5,
+                               atol=0.05 if not mkl else 1e-5)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 def test_a_child_forked_after_the_parallel_kernels_ran_computes_what_its_parent_does():
     """GNU OpenMP's threads do not survive a fork, and numba ends a child that starts them after
