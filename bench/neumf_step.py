@@ -8,11 +8,12 @@ rather than by a copy of the step. Writes ``bench/results/neumf_step.{json,md}``
     .venv/bin/python bench/neumf_step.py --amp           # the bf16 step -> neumf_step_bf16.{json,md}
 
 For the run, a timer wraps each compiled kernel the step calls (``recsearch.models.kernels``),
-torch's matrix products (``F.linear`` and the ``@`` operator), the sampling of a batch
-(``NeuralCF._batch``) and each optimiser's ``step``; what is left of ``pair_gradient`` (the
-gathers, the sparse gradients' assembly, ``l2``, Python) is "rest of the step" and what is left
-of the epoch (batch order, the loss's sum) "rest of the epoch". Three epochs after a warm-up one,
-in milliseconds per step. The timers add about a microsecond a call, some 60 calls a step.
+the matrix products (``F.linear``, the ``@`` operator and bf16's ``kernels.weight_gradient``),
+the sampling of a batch (``NeuralCF._batch``) and each optimiser's ``step``; what is left of
+``pair_gradient`` (the gathers, the sparse gradients' assembly, ``l2``, Python) is "rest of the
+step" and what is left of the epoch (batch order, the loss's sum) "rest of the epoch". Three
+epochs after a warm-up one, in milliseconds per step. The timers add about a microsecond a
+call, some 60 calls a step.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from recsearch.runtime import configure_threads
 
 HERE = Path(__file__).resolve().parent
 KERNELS = ("distinct", "first_layer_", "relu_dropout_", "bce_head", "relu_backward_", "sum_by_entity")
+PRODUCTS = "products (F.linear, @, weight_gradient)"
 EPOCHS = 3
 COLUMNS = ["part", "ms per step", "share of the epoch"]
 
@@ -68,8 +70,9 @@ def main() -> None:
     spent: dict[str, float] = defaultdict(float)
     for name in KERNELS:
         setattr(kernels, name, timed(spent, name, getattr(kernels, name)))
-    F.linear = timed(spent, "products (F.linear, @)", F.linear)
-    torch.Tensor.__matmul__ = timed(spent, "products (F.linear, @)", torch.Tensor.__matmul__)
+    F.linear = timed(spent, PRODUCTS, F.linear)
+    torch.Tensor.__matmul__ = timed(spent, PRODUCTS, torch.Tensor.__matmul__)
+    kernels.weight_gradient = timed(spent, PRODUCTS, kernels.weight_gradient)  # bf16's weight gradients
     model._batch = timed(spent, "sampling (_batch)", model._batch)
     model.net.pair_gradient = timed(spent, "pair_gradient", model.net.pair_gradient)
     for kind, optimizer in model.optimizers.items():
@@ -80,7 +83,7 @@ def main() -> None:
         model.train_epoch()
     total = time.perf_counter() - start
     steps = EPOCHS * -(-model.n_examples() // model.batch_size)
-    inner = sum(spent[name] for name in (*KERNELS, "products (F.linear, @)"))
+    inner = sum(spent[name] for name in (*KERNELS, PRODUCTS))
     spent["rest of the step"] = spent.pop("pair_gradient") - inner
     spent["rest of the epoch"] = total - sum(spent.values())
     rows = [{"part": part, "ms per step": round(seconds / steps * 1e3, 3),
