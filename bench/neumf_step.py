@@ -1,5 +1,5 @@
 """Where NeuMF's training step spends its time on this CPU: ml-100k, RecBole's benchmark
-settings (``perf.NEUMF``: embedding 64, layers [128, 64], batch 2048, one negative), the
+settings (``perf.NEUMF``: embedding 64, layers [128, 64], batch 1024, one negative), the
 hand-written step (``NeuMFNetwork.pair_gradient``) and the optimisers, timed by what they call
 rather than by a copy of the step. Writes ``bench/results/neumf_step.{json,md}``.
 

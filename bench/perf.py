@@ -6,7 +6,8 @@
 Scales: MovieLens 100K (random 0.8/0.1/0.1 split; LSTM: temporal leave-one-out), and synthetic
 data of 1M interactions (6,040 users x 3,706 items, ML-1M's shape) and 10M interactions
 (100,000 users x 20,000 items). Gradient models use RecBole's benchmark settings (embedding 64,
-batch 2048, one negative; NeuMF layers [128, 64]; LSTM: our defaults, max length 50) and report
+batch 2048, one negative; NeuMF layers [128, 64], its batch as RecBole's: 1024 interactions and
+their negatives; LSTM: our defaults, max length 50) and report
 the median epoch after a warm-up epoch, training throughput (interactions per second), and the
 median full-ranking validation (every item scored for every user, seen items masked, top-20).
 Cases named "-bf16" run the same model with ``amp=True``: bf16 autocast in training and
@@ -37,7 +38,10 @@ SCALES = {  # synthetic generator arguments; ml-100k is read as conf/data/ml-100
     "10m": dict(n_users=100_000, n_items=20_000, n_interactions=10_000_000),
 }
 MF = dict(dim=64, loss="bpr", negatives=1, batch_size=2048)
-NEUMF = dict(variant="neumf", dim=64, layers=[128, 64], negatives=1, batch_size=2048)
+# RecBole's pointwise loader (NeuMF's) counts a batch's rows, positives and their sampled negatives:
+# its train_batch_size 2048 with one negative is 1024 interactions a step, our batch_size 1024
+# (its pairwise loader, BPR's, counts triples: 2048 there is our 2048)
+NEUMF = dict(variant="neumf", dim=64, layers=[128, 64], negatives=1, batch_size=1024)
 LSTM = dict(dim=64, hidden=64, max_len=50, batch_size=64)
 CASES = {  # case -> (family, hyperparameters); "-bf16": amp=True, bf16 autocast where the CPU has it
     "mf": ("mf", MF), "ncf": ("ncf", NEUMF), "ncf-bf16": ("ncf", {**NEUMF, "amp": True}),
@@ -171,8 +175,8 @@ def neumf_products_epoch_s(dtype_name: str, pairs: int, distinct: dict, repeats:
     """The floor of a NeuMF epoch (``NEUMF``) on this CPU, all threads: the matrix products of its
     step alone (``NeuMFNetwork.pair_gradient``'s: the first layer's user and item halves over a
     batch's ``distinct`` users and items, the hidden layers over its pairs, forward, and the two
-    products of each one's backward) over ``pairs`` (user, item) pairs in batches of 2048 users
-    with one sampled item each beside the positive; nothing between the products, no embeddings,
+    products of each one's backward) over ``pairs`` (user, item) pairs in batches of ``NEUMF``'s
+    users with one sampled item each beside the positive; nothing between the products, no embeddings,
     loss or optimiser. The median of ``repeats`` epochs after a warm-up one."""
     import torch
 
