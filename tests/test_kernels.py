@@ -1,4 +1,5 @@
-"""The compiled SparseAdam against torch's: the same update, the same state, interchangeable;
+"""The compiled SparseAdam and the lean fused Adam against torch's: the same update, the same
+state, interchangeable;
 the distinct entities of a batch as torch.unique gives them; dropout's hashed draws, compiled and
 in torch ops, the same and uniform; the passes in bf16 and in a forked child.
 (The BPR kernels are checked against the torch path in test_mf.py and test_sampling.py.)"""
@@ -14,6 +15,7 @@ from torch import nn
 
 from recsearch.models import kernels
 from recsearch.models.ncf import NeuralCF
+from recsearch.models.torch_base import FusedAdam
 
 
 def steps(optimizer_class, n_steps: int = 5, unique: bool = False, **options
@@ -93,6 +95,35 @@ def test_gradient_models_pick_the_compiled_one_on_the_cpu_in_float32(planted_spl
     model = NeuralCF(seed=0, device="cpu", dim=8)
     model.prepare(planted_split.train)
     assert type(model.optimizers["sparse"]) is kernels.SparseAdam
+
+
+def test_the_lean_fused_adam_steps_as_torchs_and_hands_over_its_state():
+    """Bit for bit torch's fused Adam: over steps where every parameter has a gradient (its own
+    path), a step where one has none (torch's), and across a checkpoint either way."""
+    def run(optimizer_class, steps: int, state: dict | None = None) -> tuple[list[torch.Tensor], dict]:
+        torch.manual_seed(0)
+        params = [nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(2, 2))]
+        options = {} if optimizer_class is FusedAdam else {"fused": True}
+        optimizer = optimizer_class(params, lr=0.01, **options)
+        if state is not None:
+            for param, saved in zip(params, state["params"], strict=True):
+                param.data.copy_(saved)
+            optimizer.load_state_dict(state["optimizer"])
+        grads = torch.Generator().manual_seed(len(state or ()))
+        for step in range(steps):
+            for i, param in enumerate(params):
+                skipped = step == 2 and i == 1  # torch leaves it and its moments untouched
+                param.grad = None if skipped else torch.randn(param.shape, generator=grads)
+            optimizer.step()
+        return params, {"params": [p.detach().clone() for p in params], "optimizer": optimizer.state_dict()}
+
+    expected, torch_state = run(torch.optim.Adam, 5)
+    actual, lean_state = run(FusedAdam, 5)
+    for got, want in zip(actual, expected, strict=True):
+        assert torch.equal(got, want)
+    continued = run(torch.optim.Adam, 3, lean_state)[0], run(FusedAdam, 3, torch_state)[0]
+    for got, want in zip(*continued, strict=True):
+        assert torch.equal(got, want)
 
 
 def test_distinct_answers_what_torch_unique_does():
