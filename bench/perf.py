@@ -7,9 +7,9 @@ Scales: MovieLens 100K (random 0.8/0.1/0.1 split; LSTM: temporal leave-one-out),
 data of 1M interactions (6,040 users x 3,706 items, ML-1M's shape) and 10M interactions
 (100,000 users x 20,000 items). Gradient models use RecBole's benchmark settings (embedding 64,
 batch 2048, one negative; NeuMF layers [128, 64], its batch as RecBole's: 1024 interactions and
-their negatives; LSTM: our defaults, max length 50) and report
-the median epoch after a warm-up epoch, training throughput (interactions per second), and the
-median full-ranking validation (every item scored for every user, seen items masked, top-20).
+their negatives; LSTM: our defaults, max length 50) and report the median epoch after a warm-up
+epoch, training throughput (interactions per second), and the median full-ranking validation
+(every item scored for every user, seen items masked, top-20).
 Cases named "-bf16" run the same model with ``amp=True``: bf16 autocast in training and
 scoring, which this CPU (AVX512-BF16) executes natively. Closed-form models report their fit
 time. Each case runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its
@@ -176,8 +176,8 @@ def neumf_products_epoch_s(dtype_name: str, pairs: int, distinct: dict, repeats:
     step alone (``NeuMFNetwork.pair_gradient``'s: the first layer's user and item halves over a
     batch's ``distinct`` users and items, the hidden layers over its pairs, forward, and the two
     products of each one's backward) over ``pairs`` (user, item) pairs in batches of ``NEUMF``'s
-    users with one sampled item each beside the positive; nothing between the products, no embeddings,
-    loss or optimiser. The median of ``repeats`` epochs after a warm-up one."""
+    users with one sampled item each beside the positive; nothing between the products, no
+    embeddings, loss or optimiser. The median of ``repeats`` epochs after a warm-up one."""
     import torch
 
     dtype = getattr(torch, dtype_name)

@@ -6,10 +6,11 @@
 MovieLens 100K, random 0.8/0.1/0.1 split (GRU4Rec and our LSTM: leave-one-out), embedding 64,
 batch 2048, one sampled negative (BPR, NeuMF), NeuMF layers [128, 64], GRU4Rec/LSTM hidden 64
 and 50 items of context. RecBole's NeuMF batch of 2048 counts rows, positives and negatives:
-1024 interactions a step, which ours counts (``perf.NEUMF``); so both take 79 steps an epoch. Each round runs every pair once, RecBole's case and ours one after the
-other, each in its own process, so a machine whose load drifts slows both sides alike; the
-table gives the median over rounds and the ratio RecBole / recsearch (higher: recsearch faster, or
-leaner for peak_rss_gib, each process's peak resident memory).
+1024 interactions a step, which ours counts (``perf.NEUMF``), so both take 79 steps an epoch.
+Each round runs every pair once, RecBole's case and ours one after the other, each in its own
+process, so a machine whose load drifts slows both sides alike; the table gives the median over
+rounds and the ratio RecBole / recsearch (higher: recsearch faster, or leaner for peak_rss_gib,
+each process's peak resident memory).
 
 RecBole needs numpy<2, so it runs in its own virtual environment, made here on first use at
 bench/.recbole (gitignored) with torch==2.13.0 (the CPU build on this machine's disk), RecBole's
