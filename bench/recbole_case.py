@@ -80,7 +80,7 @@ def main(model_name: str, data_path: str) -> dict:
     build_s = time.perf_counter() - start  # ItemKNN computes its similarities here
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     result = {"model": model_name, "recbole": __import__("recbole").__version__,
-              "train_interactions": len(train_data.dataset)}
+              "train_interactions": len(train_data.dataset), "steps_per_epoch": len(train_data)}
     times = []
     for epoch in range(warmup + max(epochs, 1)):  # a closed-form model's "epoch" stores its matrix
         start = time.perf_counter()
