@@ -82,7 +82,7 @@ def main() -> None:
     for _ in range(EPOCHS):
         model.train_epoch()
     total = time.perf_counter() - start
-    steps = EPOCHS * -(-model.n_examples() // model.batch_size)
+    steps = EPOCHS * model.steps_per_epoch
     inner = sum(spent[name] for name in (*KERNELS, PRODUCTS))
     spent["rest of the step"] = spent.pop("pair_gradient") - inner
     spent["rest of the epoch"] = total - sum(spent.values())

@@ -114,8 +114,8 @@ def run_case(case: str, scale: str) -> dict:
     result["device"] = str(model.device)
     result["hparams"] = {**hparams, "amp": getattr(model, "amp", False)}  # amp: in effect, not asked
     model.prepare(data.train)
-    if hasattr(model, "n_examples"):  # mini-batch models: the optimiser's steps in an epoch
-        result["steps_per_epoch"] = -(-model.n_examples() // model.batch_size)
+    if hasattr(model, "steps_per_epoch"):  # mini-batch models
+        result["steps_per_epoch"] = model.steps_per_epoch
     if model.iterative:
         epochs = []
         for _ in range(EPOCHS[scale]):

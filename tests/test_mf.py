@@ -38,6 +38,16 @@ def test_ranking_losses_learn_planted_tastes(loss, planted_split):
     assert heldout_percentile(model, planted_split) > 0.85
 
 
+def test_an_epoch_takes_steps_per_epoch_steps(planted_split):
+    model = MatrixFactorization(seed=0, device="cpu", **{**FAST, "batch_size": 7})
+    model.prepare(planted_split.train)
+    steps = []
+    model.train_step = lambda index: steps.append(len(index)) or torch.zeros(())
+    model.train_epoch()
+    assert len(steps) == model.steps_per_epoch and steps[-1] == model.n_examples() - 7 * (len(steps) - 1)
+    assert model.n_examples() % 7  # the last batch short: the rounding up is what is checked
+
+
 def test_ratings_beat_popularity(planted_split):
     mf = MatrixFactorization(seed=0, device="cpu", task="rating", **FAST).fit(planted_split.train, 30)
     pop = Popularity(seed=0, device="cpu", task="rating").fit(planted_split.train)

@@ -159,6 +159,11 @@ class TorchRecommender(IterativeRecommender):
         order = torch.randperm(n, device=self.device, generator=self.generator)
         yield from order.split(self.batch_size)
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """The optimiser's steps in an epoch: ``batches`` over ``n_examples``, the last one short."""
+        return -(-self.n_examples() // self.batch_size)
+
     def autocast(self) -> AbstractContextManager:
         if self.amp:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
